@@ -174,7 +174,8 @@ def load_keyring(reference: str) -> Keyring:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise KeyringError(f"keyring file {path} does not exist; create it with: flink-anonymizer keys new --out {path}") from None
+        hint = f"create it with: flink-anonymizer keys new --out {path}"
+        raise KeyringError(f"keyring file {path} does not exist; {hint}") from None
     return Keyring.from_json(text, source=f"file:{path}")
 
 
