@@ -232,7 +232,10 @@ def produce_file(
     """
     ensure_topics(bootstrap, [topic], partitions=partitions, create=create_topic)
     # Idempotent producer: a retry never duplicates a line, and order per partition is kept.
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all"})
+    # log_level 3: errors only; the retry warnings while a fresh broker loads its coordinators are noise.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all", "log_level": 3}
+    )
     failures: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
