@@ -1,0 +1,1148 @@
+"""k-anonymity on a live stream: a cascade of keyed buffers, one per generalization level.
+
+Level 0 keys each record by its quasi-identifiers (QIs) generalized to their finest
+level and buffers it. A class (one combination of generalized QIs) is released as
+soon as it holds ``k`` distinct subjects (and, optionally, ``l`` distinct values of
+a sensitive attribute); after that it passes records straight through until its
+state TTL runs out. A record that has waited its share of ``max_delay`` moves up one
+level, to a coarser class, through a side output. Past the last level it is
+suppressed: counted and sent to a suppressed output, never to the view. This is the
+CASTLE idea (Cao et al. 2011) with Flink's keyed state and timers.
+
+The policy block, checked by :meth:`KAnonymityParams.from_policy`::
+
+    k_anonymity:
+      k: 5
+      quasi_identifiers:
+        age: {hierarchy: [{range: 5}, {range: 10}, {range: 20}, "*"], domain: [0, 120]}
+        zip: {paths: [zip, address.zip], hierarchy: [{truncate: 4}, {truncate: 3}, {truncate: 2}, "*"]}
+        location: {lat_field: lat, lon_field: lon, hierarchy: [{geohash: 5}, {geohash: 4}, {geohash: 3}, "*"]}
+        signup: {hierarchy: [{date: day}, {date: month}, {date: year}, "*"]}
+        occupation: {hierarchy_file: conf/hierarchies/occupation.csv, hierarchy: [exact, {group: 1}, "*"]}
+      max_delay: 30s           # total wait bound, split evenly over the levels
+      timing: processing       # or event (watermarks drive the timers)
+      on_timeout: generalize   # or suppress (no cascade: a timeout at level 0 suppresses)
+      l_diversity: {attribute: purchaseBand, l: 2}
+      state_ttl: 10m           # how long a released class passes records through
+
+Cascade level ``L`` generalizes every QI to ``hierarchy[min(L, last)]``, so the
+number of levels is the length of the longest hierarchy. Level ``L`` gives up on a
+record at ``entered + max_delay * (L + 1) / levels``: the deadlines are cumulative,
+so no record waits longer than ``max_delay`` in total, plus timer slack.
+
+The QIs are named only here, never in the view's ``fields``: the job extracts their
+raw values with :func:`extract_quasi_identifiers` and the operator publishes each
+one, generalized, under the QI's name.
+
+References
+----------
+.. [1] J. Cao, B. Carminati, E. Ferrari, K.-L. Tan, "CASTLE: Continuously Anonymizing
+   Data Streams", IEEE TDSC 8(3), 2011.
+.. [2] J. Xu, W. Wang, J. Pei, X. Wang, B. Shi, A. W.-C. Fu, "Utility-based
+   anonymization using local recoding", KDD 2006 (the NCP measure).
+.. [3] A. Machanavajjhala, D. Kifer, J. Gehrke, M. Venkitasubramaniam,
+   "l-diversity: privacy beyond k-anonymity", ACM TKDD 1(1), 2007.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import heapq
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from udfs.generalize import cut_datetime, geohash, numeric_range, truncate
+from udfs.registry import ParamError, TransformError
+
+__all__ = [
+    "KAnonymityParams",
+    "LDiversity",
+    "Level",
+    "LocalCascade",
+    "QuasiIdentifier",
+    "attach",
+    "class_key",
+    "extract_quasi_identifiers",
+    "generalize",
+    "ncp",
+]
+
+STAR = "*"
+BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl")
+QI_KEYS = ("hierarchy", "paths", "lat_field", "lon_field", "hierarchy_file", "groups", "domain")
+TIMINGS = ("processing", "event")
+ON_TIMEOUT = ("generalize", "suppress")
+DATE_UNITS = ("hour", "day", "month", "year")
+_DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
+_LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "date": "date", "group": "category"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+_PATH = re.compile(r"^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$")
+#: timestamp of the event-time timer that flushes a buffer when a bounded input ends
+FLUSH_TIMER = 2**63 - 2
+
+
+# -- parameters ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    """One step of a hierarchy: ``exact``, ``*``, or a kind with its argument (``range`` 10)."""
+
+    kind: str  # exact, star, range, truncate, geohash, date, group
+    arg: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("exact", "star", *_LEVEL_KINDS):
+            raise ValueError(f"unknown level kind {self.kind!r}")
+
+    def describe(self) -> str:
+        return {"exact": "exact", "star": STAR}.get(self.kind, f"{{{self.kind}: {self.arg}}}")
+
+
+@dataclass(frozen=True)
+class QuasiIdentifier:
+    """A quasi-identifier: where its raw value is and how it coarsens, finest level first.
+
+    Parameters
+    ----------
+    name : str
+        The name it is published under in the view.
+    kind : str
+        ``number``, ``string``, ``geo``, ``date`` or ``category``.
+    levels : tuple of Level
+        Finest first, ending with the ``star`` level.
+    paths : tuple of str
+        Dotted paths tried in order for the raw value (``zip``, ``address.zip``).
+    lat_paths, lon_paths : tuple of str
+        For a ``geo`` QI built from two fields; empty when ``paths`` holds ``{lat, lon}``.
+    groups : mapping
+        For a ``category`` QI: value -> its groups, finest first.
+    domain : tuple of float, optional
+        ``(low, high)`` that normalizes the NCP of a ``number`` or ``date`` (epoch seconds) QI.
+    """
+
+    name: str
+    kind: str
+    levels: tuple[Level, ...]
+    paths: tuple[str, ...]
+    lat_paths: tuple[str, ...] = ()
+    lon_paths: tuple[str, ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    domain: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.levels or self.levels[-1].kind != "star":
+            raise ValueError(f"quasi-identifier {self.name}: the hierarchy must end in '*'")
+        if self.kind not in ("number", "string", "geo", "date", "category"):
+            raise ValueError(f"quasi-identifier {self.name}: unknown kind {self.kind!r}")
+        if self.domain is not None and not self.domain[0] < self.domain[1]:
+            raise ValueError(f"quasi-identifier {self.name}: domain must be [low, high] with low < high")
+
+    def level(self, cascade_level: int) -> Level:
+        return self.levels[min(cascade_level, len(self.levels) - 1)]
+
+
+@dataclass(frozen=True)
+class LDiversity:
+    """Release a class only when ``attribute`` (a path in the protected record) has ``l`` distinct values."""
+
+    attribute: str
+    l: int  # noqa: E741 - the letter is the name the literature uses
+
+    def __post_init__(self) -> None:
+        if isinstance(self.l, bool) or not isinstance(self.l, int) or self.l < 2:
+            raise ValueError("l must be an integer >= 2")
+
+
+@dataclass(frozen=True)
+class KAnonymityParams:
+    """A checked ``k_anonymity:`` block. Build it with :meth:`from_policy`.
+
+    Parameters
+    ----------
+    k : int
+        Distinct subjects a class needs before it is released (>= 2).
+    quasi_identifiers : tuple of QuasiIdentifier
+        In the order their generalized values make up a class key.
+    max_delay_ms : int
+        Longest total wait of a record, across all levels.
+    timing : str
+        ``processing`` (a latency bound) or ``event`` (watermarks drive the deadlines).
+    state_ttl_ms : int
+        Life of a released class and of any buffer entry; longer than ``max_delay_ms``.
+    l_diversity : LDiversity, optional
+        Extra release condition.
+    on_timeout : str
+        ``generalize`` runs the cascade; ``suppress`` stops at level 0.
+    """
+
+    k: int
+    quasi_identifiers: tuple[QuasiIdentifier, ...]
+    max_delay_ms: int
+    timing: str = "processing"
+    state_ttl_ms: int = 600_000
+    l_diversity: LDiversity | None = None
+    on_timeout: str = "generalize"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ValueError("k must be an integer >= 2")
+        if not self.quasi_identifiers:
+            raise ValueError("at least one quasi-identifier is needed")
+        if self.max_delay_ms <= 0:
+            raise ValueError("max_delay must be positive")
+        if self.state_ttl_ms <= self.max_delay_ms:
+            raise ValueError("state_ttl must be longer than max_delay, or buffered records would expire unseen")
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}")
+        if self.on_timeout not in ON_TIMEOUT:
+            raise ValueError(f"on_timeout must be one of {ON_TIMEOUT}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(qi.name for qi in self.quasi_identifiers)
+
+    @property
+    def levels(self) -> int:
+        """Number of cascade levels (1 with ``on_timeout: suppress``)."""
+        if self.on_timeout == "suppress":
+            return 1
+        return max(len(qi.levels) for qi in self.quasi_identifiers)
+
+    @property
+    def source_paths(self) -> tuple[str, ...]:
+        """Every raw path the QIs read: the job must keep them out of the protected record."""
+        out: list[str] = []
+        for qi in self.quasi_identifiers:
+            out.extend(qi.paths + qi.lat_paths + qi.lon_paths)
+        return tuple(dict.fromkeys(out))
+
+    def deadline(self, entered: int, level: int) -> int:
+        """When level ``level`` gives up on a record that entered level 0 at ``entered`` (ms)."""
+        return entered + self.max_delay_ms * (level + 1) // self.levels
+
+    @classmethod
+    def from_policy(cls, block: Any, fields: Mapping[str, Any] | None = None) -> KAnonymityParams:
+        """Check a view's ``k_anonymity:`` block; raise :class:`ParamError` naming the path inside it.
+
+        Parameters
+        ----------
+        block : dict
+            The parsed block.
+        fields : dict, optional
+            The view's ``fields:`` mapping. A QI (its name or any path it reads) must not be
+            listed there, because the operator publishes it generalized; the l-diversity
+            attribute must be.
+        """
+        if not isinstance(block, Mapping):
+            raise ParamError("", "must be a mapping", "{k: 5, quasi_identifiers: {...}, max_delay: 30s}")
+        unknown = sorted(set(block) - set(BLOCK_KEYS))
+        if unknown:
+            raise ParamError(str(unknown[0]), "unknown key", ", ".join(BLOCK_KEYS))
+        k = block.get("k")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ParamError("k", "missing or not an integer", "an integer >= 2, such as 5")
+        if k < 2:
+            raise ParamError("k", f"must be at least 2, got {k}", "an integer >= 2, such as 5")
+        max_delay = _duration(block.get("max_delay"), "max_delay")
+        ttl_default = max(10 * max_delay, 600_000)
+        state_ttl = _duration(block["state_ttl"], "state_ttl") if "state_ttl" in block else ttl_default
+        if state_ttl <= max_delay:
+            raise ParamError("state_ttl", "must be longer than max_delay", "a duration above max_delay, such as 10m")
+        timing = block.get("timing", "processing")
+        if timing not in TIMINGS:
+            raise ParamError("timing", f"unknown value {timing!r}", ", ".join(TIMINGS))
+        on_timeout = block.get("on_timeout", "generalize")
+        if on_timeout not in ON_TIMEOUT:
+            raise ParamError("on_timeout", f"unknown value {on_timeout!r}", ", ".join(ON_TIMEOUT))
+        field_paths = {str(p) for p in (fields or {})}
+        qis = _parse_quasi_identifiers(block.get("quasi_identifiers"), field_paths)
+        ldiv = None
+        if block.get("l_diversity") is not None:
+            ldiv = _parse_l_diversity(block["l_diversity"], field_paths, qis)
+        return cls(k=k, quasi_identifiers=qis, max_delay_ms=max_delay, timing=timing, state_ttl_ms=state_ttl,
+                   l_diversity=ldiv, on_timeout=on_timeout)
+
+
+def _duration(raw: Any, param: str) -> int:
+    allowed = "a duration such as 500ms, 30s, 10m or 1h"
+    if not isinstance(raw, str):
+        raise ParamError(param, "missing or not a duration string", allowed)
+    match = _DURATION.match(raw)
+    if match is None:
+        raise ParamError(param, f"not a duration: {raw!r}", allowed)
+    ms = int(float(match[1]) * _UNIT_MS[match[2]])
+    if ms <= 0:
+        raise ParamError(param, "must be positive", allowed)
+    return ms
+
+
+def _paths(raw: Any, param: str) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) and _PATH.match(p) for p in items):
+        raise ParamError(param, "must be a dotted path or a non-empty list of them", "e.g. zip or [zip, address.zip]")
+    return tuple(items)
+
+
+def _parse_quasi_identifiers(raw: Any, field_paths: set[str]) -> tuple[QuasiIdentifier, ...]:
+    allowed = "a mapping of name to {hierarchy: [..., '*']}, e.g. {age: {hierarchy: [{range: 10}, '*']}}"
+    if not isinstance(raw, Mapping) or not raw:
+        raise ParamError("quasi_identifiers", "must be a non-empty mapping", allowed)
+    out = []
+    for name, spec in raw.items():
+        where = f"quasi_identifiers.{name}"
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_$][\w$-]*$", name):
+            raise ParamError(where, "a quasi-identifier name must be a plain field name", "letters, digits, _ and -")
+        qi = _parse_quasi_identifier(name, spec, where)
+        clash = [p for p in (qi.name, *qi.paths, *qi.lat_paths, *qi.lon_paths) if p in field_paths]
+        clash += [p for p in field_paths if p.split(".", 1)[0].split("[", 1)[0] == qi.name]
+        if clash:
+            raise ParamError(where, f"field {clash[0]!r} is also listed in fields",
+                             "a quasi-identifier only under k_anonymity: its hierarchy generalizes it, "
+                             "and it is published under its own name")
+        out.append(qi)
+    return tuple(out)
+
+
+def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier:
+    if not isinstance(spec, Mapping):
+        raise ParamError(where, "must be a mapping", "{hierarchy: [..., '*']}")
+    unknown = sorted(set(spec) - set(QI_KEYS))
+    if unknown:
+        raise ParamError(f"{where}.{unknown[0]}", "unknown key", ", ".join(QI_KEYS))
+    groups: dict[str, tuple[str, ...]] = {}
+    if "hierarchy_file" in spec or "groups" in spec:
+        groups = _parse_groups(spec, where)
+    hierarchy = spec.get("hierarchy")
+    if hierarchy is None and groups:
+        depth = len(next(iter(groups.values())))
+        hierarchy = ["exact", *({"group": c} for c in range(1, depth + 1)), STAR]
+    if not isinstance(hierarchy, list) or not hierarchy:
+        raise ParamError(f"{where}.hierarchy", "missing or not a list", "finest first, ending in '*'")
+    levels = tuple(_parse_level(item, f"{where}.hierarchy[{i}]") for i, item in enumerate(hierarchy))
+    if levels[-1].kind != "star":
+        raise ParamError(f"{where}.hierarchy[{len(levels) - 1}]", "a hierarchy must end in '*'", "'*' as the last level")
+    for i in range(1, len(levels)):
+        _check_coarser(levels[i - 1], levels[i], f"{where}.hierarchy[{i}]")
+    kinds = {_LEVEL_KINDS[lv.kind] for lv in levels if lv.kind in _LEVEL_KINDS}
+    if len(kinds) > 1:
+        raise ParamError(f"{where}.hierarchy", "mixes kinds of level", "one of range, truncate, geohash, date, group")
+    if not kinds:
+        raise ParamError(f"{where}.hierarchy", "needs at least one generalizing level",
+                         "{range: n}, {truncate: n}, {geohash: n}, {date: unit} or {group: n}")
+    kind = kinds.pop()
+    if levels.index(levels[-1]) != len(levels) - 1:
+        raise ParamError(f"{where}.hierarchy", "'*' may only be the last level", "finest first, ending in '*'")
+    for i, lv in enumerate(levels):
+        if lv.kind == "exact" and i != 0:
+            raise ParamError(f"{where}.hierarchy[{i}]", "'exact' may only be the first level", "exact first, or not at all")
+    if kind == "category":
+        if not groups:
+            raise ParamError(where, "group levels need hierarchy_file or groups", "hierarchy_file: path.csv")
+        depth = len(next(iter(groups.values())))
+        for i, lv in enumerate(levels):
+            if lv.kind == "group" and lv.arg > depth:
+                raise ParamError(f"{where}.hierarchy[{i}]", f"the hierarchy has {depth} group columns", f"1 to {depth}")
+    elif groups:
+        raise ParamError(where, "hierarchy_file and groups are for {group: n} levels", "drop them, or use group levels")
+    lat_paths = _paths(spec["lat_field"], f"{where}.lat_field") if "lat_field" in spec else ()
+    lon_paths = _paths(spec["lon_field"], f"{where}.lon_field") if "lon_field" in spec else ()
+    if bool(lat_paths) != bool(lon_paths):
+        raise ParamError(f"{where}.lat_field", "lat_field and lon_field go together", "both or neither")
+    if lat_paths and kind != "geo":
+        raise ParamError(f"{where}.lat_field", "only for geohash hierarchies", "drop it")
+    paths = _paths(spec["paths"], f"{where}.paths") if "paths" in spec else (() if lat_paths else (name,))
+    if lat_paths and "paths" in spec:
+        raise ParamError(f"{where}.paths", "give either paths (to a {lat, lon} object) or lat_field/lon_field",
+                         "one of the two")
+    domain = None
+    if "domain" in spec:
+        domain = _parse_domain(spec["domain"], kind, f"{where}.domain")
+    return QuasiIdentifier(name=name, kind=kind, levels=levels, paths=paths, lat_paths=lat_paths,
+                           lon_paths=lon_paths, groups=groups, domain=domain)
+
+
+def _parse_level(item: Any, where: str) -> Level:
+    allowed = "exact, '*', {range: 10}, {truncate: 3}, {geohash: 5}, {date: day|month|year|hour}, {group: 1}"
+    if item in ("exact", "keep"):
+        return Level("exact")
+    if item == STAR:
+        return Level("star")
+    if not isinstance(item, Mapping) or len(item) != 1:
+        raise ParamError(where, "not a hierarchy level", allowed)
+    (kind, arg), = item.items()
+    if kind == "range":
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) or arg <= 0:
+            raise ParamError(where, "a range width must be a positive number", "such as {range: 10}")
+    elif kind in ("truncate", "geohash", "group"):
+        low = 0 if kind == "truncate" else 1
+        if isinstance(arg, bool) or not isinstance(arg, int) or arg < low or (kind == "geohash" and arg > 12):
+            high = {"geohash": " to 12", "truncate": " or more", "group": " or more"}[kind]
+            raise ParamError(where, f"{kind} needs an integer from {low}{high}", f"such as {{{kind}: 3}}")
+    elif kind == "date":
+        if arg not in DATE_UNITS:
+            raise ParamError(where, f"unknown date unit {arg!r}", ", ".join(DATE_UNITS))
+    else:
+        raise ParamError(where, f"unknown level kind {kind!r}", allowed)
+    return Level(kind, arg)
+
+
+def _check_coarser(finer: Level, coarser: Level, where: str) -> None:
+    if finer.kind == "star":
+        raise ParamError(where, "nothing can follow '*'", "'*' as the last level")
+    if coarser.kind == "star" or finer.kind == "exact":
+        if coarser.kind == "exact":
+            raise ParamError(where, "'exact' is not coarser than 'exact'", "a generalizing level")
+        return
+    if coarser.kind == "exact":
+        raise ParamError(where, "'exact' is finer than the level before it", "exact only first")
+    if coarser.kind != finer.kind:
+        raise ParamError(where, f"a {coarser.kind} level after a {finer.kind} level mixes kinds",
+                         f"another {finer.kind} level, or '*'")
+    a, b = finer.arg, coarser.arg
+    if finer.kind == "range":
+        # a coarse bucket must hold whole fine buckets, or one record would straddle two classes
+        ratio = b / a
+        if b <= a or abs(ratio - round(ratio)) > 1e-9:
+            raise ParamError(where, f"range {b} is not a larger multiple of the range {a} before it",
+                             f"a multiple of {a} above {a}, such as {a * 2}")
+    elif finer.kind in ("truncate", "geohash"):
+        if b >= a:
+            raise ParamError(where, f"{coarser.kind} {b} keeps as much as {a} before it", f"fewer than {a}")
+    elif finer.kind == "date":
+        if DATE_UNITS.index(b) <= DATE_UNITS.index(a):
+            raise ParamError(where, f"date {b} is not coarser than {a}", f"a unit after {a} in {', '.join(DATE_UNITS)}")
+    elif finer.kind == "group" and b <= a:
+        raise ParamError(where, f"group {b} is not a coarser column than {a}", f"a column after {a}")
+
+
+def _parse_groups(spec: Mapping[str, Any], where: str) -> dict[str, tuple[str, ...]]:
+    """Read ``value -> groups`` from an ARX-style CSV (``value;group;...;*``) or an inline mapping."""
+    if "hierarchy_file" in spec and "groups" in spec:
+        raise ParamError(f"{where}.groups", "give hierarchy_file or groups, not both", "one of the two")
+    rows: list[list[str]] = []
+    if "hierarchy_file" in spec:
+        param = f"{where}.hierarchy_file"
+        path = spec["hierarchy_file"]
+        if not isinstance(path, str):
+            raise ParamError(param, "must be a path", "a CSV file, one row per value: value;group;...;*")
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            raise ParamError(param, "cannot read the file", "a readable CSV file, relative to the job's directory") from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        delimiter = ";" if ";" in first or "," not in first else ","
+        rows = [[c.strip() for c in row] for row in csv.reader(text.splitlines(), delimiter=delimiter) if row]
+    else:
+        param = f"{where}.groups"
+        raw = spec["groups"]
+        if not isinstance(raw, Mapping) or not all(isinstance(v, list) for v in raw.values()):
+            raise ParamError(param, "must map each value to its list of groups", "{nurse: [health], surgeon: [health]}")
+        rows = [[str(k), *(str(g) for g in v)] for k, v in raw.items()]
+    rows = [r[:-1] if r and r[-1] == STAR else r for r in rows]
+    if not rows or len(rows[0]) < 2:
+        raise ParamError(param, "needs at least one value and one group per row", "value;group;...;*")
+    width = len(rows[0])
+    table: dict[str, tuple[str, ...]] = {}
+    for number, row in enumerate(rows, 1):
+        if len(row) != width:
+            raise ParamError(param, f"row {number} has {len(row)} columns, the first has {width}", "equal rows")
+        if row[0] in table:
+            raise ParamError(param, f"row {number} repeats a value of an earlier row", "each value once")
+        table[row[0]] = tuple(row[1:])
+    for column in range(width - 2):
+        parent: dict[str, str] = {}
+        for groups in table.values():
+            # each group must sit inside exactly one coarser group, or it would not be a hierarchy
+            if parent.setdefault(groups[column], groups[column + 1]) != groups[column + 1]:
+                raise ParamError(param, f"a group in column {column + 1} has two parents in column {column + 2}",
+                                 "each group inside exactly one coarser group")
+    return table
+
+
+def _parse_domain(raw: Any, kind: str, where: str) -> tuple[float, float]:
+    if kind not in ("number", "date"):
+        raise ParamError(where, "only for range and date hierarchies", "drop it")
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise ParamError(where, "must be [low, high]", "e.g. [0, 120], or ISO dates for a date hierarchy")
+    if kind == "date":
+        try:
+            low, high = (_epoch_seconds(v) for v in raw)
+        except (TypeError, ValueError):
+            raise ParamError(where, "dates must be ISO-8601 strings", "e.g. [2000-01-01, 2030-01-01]") from None
+    else:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            raise ParamError(where, "must be two numbers", "e.g. [0, 120]")
+        low, high = float(raw[0]), float(raw[1])
+    if not low < high:
+        raise ParamError(where, "low must be below high", "[low, high]")
+    return low, high
+
+
+def _parse_l_diversity(raw: Any, field_paths: set[str], qis: Sequence[QuasiIdentifier]) -> LDiversity:
+    if not isinstance(raw, Mapping) or set(raw) - {"attribute", "l"}:
+        raise ParamError("l_diversity", "must be {attribute: ..., l: ...}", "{attribute: purchaseBand, l: 2}")
+    attribute, l_value = raw.get("attribute"), raw.get("l")
+    if not isinstance(attribute, str) or not _PATH.match(attribute):
+        raise ParamError("l_diversity.attribute", "missing or not a field path", "a field of the view")
+    if field_paths and attribute not in field_paths:
+        raise ParamError("l_diversity.attribute", f"{attribute!r} is not among the view's fields",
+                         "a field listed in fields (its protected value is what counts)")
+    if attribute in {qi.name for qi in qis}:
+        raise ParamError("l_diversity.attribute", "is a quasi-identifier", "a sensitive attribute, not a QI")
+    if isinstance(l_value, bool) or not isinstance(l_value, int) or l_value < 2:
+        raise ParamError("l_diversity.l", "must be an integer >= 2", "such as 2")
+    return LDiversity(attribute=attribute, l=l_value)
+
+
+# -- per record: extract and generalize -------------------------------------------------
+
+
+def _lookup(record: Mapping[str, Any], path: str) -> Any:
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+_ABSENT = object()
+
+
+def _first(record: Mapping[str, Any], paths: Sequence[str]) -> Any:
+    for path in paths:
+        value = _lookup(record, path)
+        if value is not _ABSENT and value is not None:
+            return value
+    return _ABSENT
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epoch_seconds(value: Any) -> float:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def extract_quasi_identifiers(params: KAnonymityParams, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw QI values of one input record, ``{qi_name: value}``, checked against their hierarchies.
+
+    A ``geo`` QI gives ``{"lat": .., "lon": ..}``. Raises
+    :class:`~udfs.registry.TransformError` (``"field age: missing"``) when a value is
+    missing or of the wrong type, so the record goes to the dead-letter output; the
+    reason never holds the value.
+    """
+    out: dict[str, Any] = {}
+    for qi in params.quasi_identifiers:
+        if qi.lat_paths:
+            lat, lon = _first(record, qi.lat_paths), _first(record, qi.lon_paths)
+            if lat is _ABSENT or lon is _ABSENT:
+                raise TransformError(f"field {qi.name}: missing")
+            value: Any = {"lat": lat, "lon": lon}
+        else:
+            value = _first(record, qi.paths)
+            if value is _ABSENT:
+                raise TransformError(f"field {qi.name}: missing")
+        out[qi.name] = _checked(qi, value)
+    return out
+
+
+def _checked(qi: QuasiIdentifier, value: Any) -> Any:
+    name = qi.name
+    if qi.kind == "number":
+        if not _is_number(value):
+            raise TransformError(f"field {name}: expected a number, got {type(value).__name__}")
+    elif qi.kind == "string":
+        if not isinstance(value, str):
+            # a zip code as a number has already lost its leading zeros
+            raise TransformError(f"field {name}: expected a string, got {type(value).__name__}")
+    elif qi.kind == "geo":
+        if not isinstance(value, Mapping) or not _is_number(value.get("lat")) or not _is_number(value.get("lon")):
+            raise TransformError(f"field {name}: expected a coordinate {{lat, lon}}")
+        if not (-90 <= value["lat"] <= 90 and -180 <= value["lon"] <= 180):
+            raise TransformError(f"field {name}: coordinate out of range")
+        value = {"lat": value["lat"], "lon": value["lon"]}
+    elif qi.kind == "date":
+        try:
+            _epoch_seconds(value)
+        except (TypeError, ValueError):
+            raise TransformError(f"field {name}: expected an ISO-8601 date or timestamp") from None
+    elif qi.kind == "category":
+        if not isinstance(value, str) or value not in qi.groups:
+            raise TransformError(f"field {name}: not a value of its hierarchy")
+    return value
+
+
+def generalize(qi: QuasiIdentifier, level: Level, value: Any) -> Any:
+    """The published form of one raw QI value at one hierarchy level (``34`` at ``range 10`` -> ``"30-39"``)."""
+    kind = level.kind
+    if kind == "star":
+        return STAR
+    if kind == "exact":
+        return value
+    if kind == "range":
+        return numeric_range(value, level.arg)
+    if kind == "truncate":
+        return truncate(value, level.arg)
+    if kind == "geohash":
+        return geohash(value["lat"], value["lon"], level.arg)
+    if kind == "date":
+        return cut_datetime(value, level.arg)
+    return qi.groups[value][level.arg - 1]
+
+
+def class_key(params: KAnonymityParams, level: int, qis: Mapping[str, Any]) -> str:
+    """The equivalence class of a record at a cascade level: a JSON array of its generalized QIs."""
+    return orjson.dumps([generalize(qi, qi.level(level), qis[qi.name]) for qi in params.quasi_identifiers]).decode()
+
+
+def ncp(params: KAnonymityParams, level: int | None, qis: Mapping[str, Any],
+        spans: Mapping[str, tuple[float, float]] | None = None) -> float:
+    """Normalized certainty penalty of one record published at ``level`` (None: suppressed, 1.0).
+
+    The mean over QIs of the share of its domain the published value covers [2]_. A
+    ``number``/``date`` QI is normalized by its policy ``domain`` or else by ``spans[name]``
+    (``spans[name + ".lat"]``/``".lon"`` for ``geo``; the globe without one); a truncated
+    string by the strings its mask stands for; a category by the leaves under its group.
+    """
+    if level is None:
+        return 1.0
+    spans = spans or {}
+    total = 0.0
+    for qi in params.quasi_identifiers:
+        total += _qi_ncp(qi, qi.level(level), qis[qi.name], spans)
+    return total / len(params.quasi_identifiers)
+
+
+def _qi_ncp(qi: QuasiIdentifier, level: Level, value: Any, spans: Mapping[str, tuple[float, float]]) -> float:
+    kind = level.kind
+    if kind == "star":
+        return 1.0
+    if kind == "exact":
+        return 0.0
+    if kind in ("range", "date"):
+        width = level.arg if kind == "range" else _DATE_SECONDS[level.arg]
+        low, high = qi.domain or spans.get(qi.name, (0.0, 0.0))
+        return 1.0 if high <= low else min(1.0, width / (high - low))
+    if kind == "truncate":
+        masked = max(0, len(value) - level.arg)
+        base = 10 if value.isdigit() else 36
+        return 0.0 if not value else (base**masked - 1) / (base ** len(value) - 1)
+    if kind == "geohash":
+        bits = 5 * level.arg
+        lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
+        lat_low, lat_high = spans.get(qi.name + ".lat", (-90.0, 90.0))
+        lon_low, lon_high = spans.get(qi.name + ".lon", (-180.0, 180.0))
+        lat_part = 1.0 if lat_high <= lat_low else min(1.0, lat_w / (lat_high - lat_low))
+        lon_part = 1.0 if lon_high <= lon_low else min(1.0, lon_w / (lon_high - lon_low))
+        return (lat_part + lon_part) / 2
+    group = qi.groups[value][level.arg - 1]
+    leaves = sum(1 for groups in qi.groups.values() if groups[level.arg - 1] == group)
+    return 0.0 if len(qi.groups) < 2 else (leaves - 1) / (len(qi.groups) - 1)
+
+
+class SpanTracker:
+    """Running min/max of the numeric QIs one operator instance has seen: NCP's default normalizer."""
+
+    def __init__(self, params: KAnonymityParams) -> None:
+        self._dims: list[tuple[str, str, Callable[[Any], float]]] = []
+        for qi in params.quasi_identifiers:
+            if qi.domain is not None:
+                continue
+            if qi.kind == "number":
+                self._dims.append((qi.name, qi.name, float))
+            elif qi.kind == "date":
+                self._dims.append((qi.name, qi.name, _epoch_seconds))
+            elif qi.kind == "geo":
+                self._dims.append((qi.name, qi.name + ".lat", lambda v: float(v["lat"])))
+                self._dims.append((qi.name, qi.name + ".lon", lambda v: float(v["lon"])))
+        self.spans: dict[str, tuple[float, float]] = {}
+
+    def see(self, qis: Mapping[str, Any]) -> None:
+        for name, dim, read in self._dims:
+            value = read(qis[name])
+            low, high = self.spans.get(dim, (value, value))
+            if value < low or value > high:
+                self.spans[dim] = (min(low, value), max(high, value))
+            elif dim not in self.spans:
+                self.spans[dim] = (value, value)
+
+
+# -- per class: the buffer logic, shared by the plain cascade and the Flink operator -------
+
+# A staged record, between levels and in the buffers:
+# (kafka key | None, headers JSON, protected value JSON, subject, raw QIs JSON, event time ms, entered ms)
+KEY, HEADERS, VALUE, SUBJECT, QIS, EVENT_TIME, ENTERED = range(7)
+Staged = tuple
+
+
+class ClassState(Protocol):
+    """What the buffer logic needs from the state of one class (one key at one level)."""
+
+    def is_released(self) -> bool: ...
+    def mark_released(self, now: int) -> None: ...
+    def append(self, record: Staged) -> None: ...
+    def records(self) -> list[Staged]: ...
+    def add_subject(self, subject: str) -> int: ...
+    def add_sensitive(self, value: str) -> int: ...
+    def reset(self, records: list[Staged], sensitive: list[str]) -> None: ...
+
+
+class ClassBuffer:
+    """Release, timeout and flush rules of one cascade level, for any :class:`ClassState`.
+
+    Parameters
+    ----------
+    params : KAnonymityParams
+        The checked block.
+    level : int
+        Cascade level, 0 the finest.
+    """
+
+    def __init__(self, params: KAnonymityParams, level: int) -> None:
+        self.params = params
+        self.level = level
+        self.last = level == params.levels - 1
+        self._k = params.k
+        self._l = params.l_diversity.l if params.l_diversity else 0
+        self._attribute = params.l_diversity.attribute.split(".") if params.l_diversity else []
+
+    def deadline(self, record: Staged) -> int:
+        return self.params.deadline(record[ENTERED], self.level)
+
+    def sensitive(self, record: Staged) -> str:
+        """The l-diversity value of a record, as text; a missing one counts as one value, ``null``."""
+        node: Any = orjson.loads(record[VALUE])
+        for part in self._attribute:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return orjson.dumps(node).decode()
+
+    def on_record(self, state: ClassState, record: Staged) -> tuple[list[Staged], int | None, bool]:
+        """Take one record.
+
+        Returns
+        -------
+        released : list
+            Records to publish now: this one alone when the class is already released,
+            or the whole buffer when this record completes the class.
+        deadline : int or None
+            When this record, now buffered, times out at this level.
+        drained : bool
+            True when ``released`` is the buffer, whose deadlines can be dropped.
+        """
+        if state.is_released():
+            return [record], None, False
+        state.append(record)
+        subjects = state.add_subject(record[SUBJECT])
+        values = state.add_sensitive(self.sensitive(record)) if self._l else 0
+        if subjects >= self._k and values >= self._l:
+            released = state.records()
+            state.reset([], [])
+            state.mark_released(record[ENTERED])
+            return released, None, True
+        return [], self.deadline(record), False
+
+    def on_deadline(self, state: ClassState, now: int) -> list[Staged]:
+        """Remove and return the records whose deadline is at or before ``now``."""
+        if state.is_released():
+            return []
+        records = state.records()
+        expired = [r for r in records if self.deadline(r) <= now]
+        if expired:
+            keep = [r for r in records if self.deadline(r) > now]
+            state.reset(keep, [self.sensitive(r) for r in keep] if self._l else [])
+        return expired
+
+    def flush(self, state: ClassState) -> list[Staged]:
+        """Remove and return every buffered record (end of a bounded input)."""
+        records = [] if state.is_released() else state.records()
+        if records:
+            state.reset([], [])
+        return records
+
+
+class DictClassState:
+    """A :class:`ClassState` in plain dicts, for :class:`LocalCascade` and the tests."""
+
+    __slots__ = ("released_at", "buffer", "subjects", "values")
+
+    def __init__(self) -> None:
+        self.released_at: int | None = None
+        self.buffer: list[Staged] = []
+        self.subjects: dict[str, int] = {}
+        self.values: dict[str, int] = {}
+
+    def is_released(self) -> bool:
+        return self.released_at is not None
+
+    def mark_released(self, now: int) -> None:
+        self.released_at = now
+
+    def append(self, record: Staged) -> None:
+        self.buffer.append(record)
+
+    def records(self) -> list[Staged]:
+        return list(self.buffer)
+
+    def add_subject(self, subject: str) -> int:
+        self.subjects[subject] = self.subjects.get(subject, 0) + 1
+        return len(self.subjects)
+
+    def add_sensitive(self, value: str) -> int:
+        self.values[value] = self.values.get(value, 0) + 1
+        return len(self.values)
+
+    def reset(self, records: list[Staged], sensitive: list[str]) -> None:
+        self.buffer = list(records)
+        self.subjects = {}
+        for record in records:
+            self.subjects[record[SUBJECT]] = self.subjects.get(record[SUBJECT], 0) + 1
+        self.values = {}
+        for value in sensitive:
+            self.values[value] = self.values.get(value, 0) + 1
+
+
+def publish(params: KAnonymityParams, record: Staged, level: int, generalized: Sequence[Any]) -> tuple:
+    """``(key, headers, value)`` of a released record: generalized QIs merged into the value, ``k_level`` header."""
+    value = orjson.loads(record[VALUE])
+    for qi, published in zip(params.quasi_identifiers, generalized, strict=True):
+        value[qi.name] = published
+    headers = orjson.loads(record[HEADERS]) if record[HEADERS] else {}
+    headers["k_level"] = str(level)
+    return record[KEY], orjson.dumps(headers).decode(), orjson.dumps(value).decode()
+
+
+def suppress(record: Staged, reason: str = "timeout") -> tuple:
+    """``(key, headers, value)`` of a suppressed record. It holds the raw QIs: as sensitive as the input."""
+    value = orjson.loads(record[VALUE])
+    value.update(orjson.loads(record[QIS]))
+    headers = orjson.loads(record[HEADERS]) if record[HEADERS] else {}
+    headers["k_suppressed"] = reason
+    return record[KEY], orjson.dumps(headers).decode(), orjson.dumps(value).decode()
+
+
+class LocalCascade:
+    """The whole cascade in plain Python with an explicit clock: the reference the Flink job mirrors.
+
+    ``push(record, now)`` feeds a staged record at level 0, ``advance(now)`` fires every
+    deadline up to ``now`` and ``flush()`` ends the input. Outputs collect in
+    ``released`` as ``(level, key, headers, value, wait_ms)`` and in ``suppressed``.
+    """
+
+    def __init__(self, params: KAnonymityParams) -> None:
+        self.params = params
+        self.buffers = [ClassBuffer(params, level) for level in range(params.levels)]
+        self.classes: list[dict[str, DictClassState]] = [{} for _ in range(params.levels)]
+        self.timers: list[tuple[int, int, str]] = []  # heap of (deadline, level, class key)
+        self.released: list[tuple] = []
+        self.suppressed: list[tuple] = []
+        self.now = 0
+        self.spans = SpanTracker(params)
+        self.ncp_total = 0.0
+
+    def push(self, record: Staged, now: int) -> None:
+        self.advance(now)
+        self._enter(record, 0)
+
+    def _enter(self, record: Staged, level: int) -> None:
+        qis = orjson.loads(record[QIS])
+        key = class_key(self.params, level, qis)
+        state = self.classes[level].get(key)
+        if state is None:
+            state = self.classes[level][key] = DictClassState()
+        released, deadline, _ = self.buffers[level].on_record(state, record)
+        if deadline is not None:
+            heapq.heappush(self.timers, (max(deadline, self.now), level, key))
+        if released:
+            generalized = orjson.loads(key)
+            for item in released:
+                self._release(item, level, generalized)
+
+    def _release(self, record: Staged, level: int, generalized: list) -> None:
+        qis = orjson.loads(record[QIS])
+        self.spans.see(qis)
+        self.ncp_total += ncp(self.params, level, qis, self.spans.spans)
+        key, headers, value = publish(self.params, record, level, generalized)
+        self.released.append((level, key, headers, value, self.now - record[ENTERED]))
+
+    def _timeout(self, records: list[Staged], level: int) -> None:
+        for record in records:
+            if level + 1 < self.params.levels:
+                self._enter(record, level + 1)
+            else:
+                self.ncp_total += 1.0
+                self.suppressed.append((*suppress(record), self.now - record[ENTERED]))
+
+    def advance(self, now: int) -> None:
+        while self.timers and self.timers[0][0] <= now:
+            when, level, key = heapq.heappop(self.timers)
+            self.now = max(self.now, when)  # a timer fires at its own time, as in Flink
+            self._timeout(self.buffers[level].on_deadline(self.classes[level][key], self.now), level)
+        self.now = max(self.now, now)
+
+    def flush(self) -> None:
+        """End of input: every buffer, finest level first, promotes its records, and the last suppresses."""
+        for level in range(self.params.levels):
+            for state in list(self.classes[level].values()):
+                self._timeout(self.buffers[level].flush(state), level)
+        self.timers.clear()
+
+    @property
+    def mean_ncp(self) -> float:
+        done = len(self.released) + len(self.suppressed)
+        return self.ncp_total / done if done else 0.0
+
+
+# -- Flink wrappers ---------------------------------------------------------------------
+
+
+def _types():
+    from pyflink.common.typeinfo import Types
+
+    staged = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
+                          Types.LONG(), Types.LONG()])
+    out = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+    return staged, out
+
+
+class _FlinkClassState:
+    """:class:`ClassState` over the keyed Flink state of the current key."""
+
+    def __init__(self, released, buffer, subjects, distinct, values, distinct_values) -> None:
+        self._released, self._buffer = released, buffer
+        self._subjects, self._distinct = subjects, distinct
+        self._values, self._distinct_values = values, distinct_values
+
+    def is_released(self) -> bool:
+        return self._released.value() is not None
+
+    def empty(self) -> bool:
+        return not self._distinct.value()
+
+    def mark_released(self, now: int) -> None:
+        self._released.update(now)
+
+    def append(self, record: Staged) -> None:
+        self._buffer.add(record)
+
+    def records(self) -> list[Staged]:
+        return [tuple(r) for r in (self._buffer.get() or [])]
+
+    def _count(self, mapping, distinct, item: str) -> int:
+        seen = mapping.get(item)
+        mapping.put(item, (seen or 0) + 1)
+        count = distinct.value() or 0
+        if seen is None:
+            count += 1
+            distinct.update(count)
+        return count
+
+    def add_subject(self, subject: str) -> int:
+        return self._count(self._subjects, self._distinct, subject)
+
+    def add_sensitive(self, value: str) -> int:
+        return self._count(self._values, self._distinct_values, value)
+
+    def reset(self, records: list[Staged], sensitive: list[str]) -> None:
+        for state in (self._buffer, self._subjects, self._distinct, self._values, self._distinct_values):
+            state.clear()
+        if records:
+            self._buffer.update(records)
+        for record in records:
+            self.add_subject(record[SUBJECT])
+        for value in sensitive:
+            self.add_sensitive(value)
+
+
+def _level_function(params: KAnonymityParams, level: int, view_name: str, promote_tag, suppress_tag):
+    from pyflink.common.time import Time
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import KeyedProcessFunction, TimeDomain
+    from pyflink.datastream.state import (
+        ListStateDescriptor,
+        MapStateDescriptor,
+        StateTtlConfig,
+        ValueStateDescriptor,
+    )
+
+    staged_type, _ = _types()
+
+    class LevelFunction(KeyedProcessFunction):
+        """One cascade level: buffer per class, release at k, promote or suppress on deadline."""
+
+        def __init__(self) -> None:
+            self.params, self.level = params, level
+
+        def open(self, runtime_context) -> None:
+            self.logic = ClassBuffer(self.params, self.level)
+            ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.params.state_ttl_ms))
+                   .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+                   .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+                   .build())
+            descriptors = [
+                ValueStateDescriptor("released_at", Types.LONG()),
+                ListStateDescriptor("buffer", staged_type),
+                MapStateDescriptor("subjects", Types.STRING(), Types.INT()),
+                ValueStateDescriptor("distinct_subjects", Types.INT()),
+                MapStateDescriptor("sensitive", Types.STRING(), Types.INT()),
+                ValueStateDescriptor("distinct_sensitive", Types.INT()),
+            ]
+            states = []
+            for descriptor in descriptors:
+                descriptor.enable_time_to_live(ttl)
+                getter = {ValueStateDescriptor: runtime_context.get_state,
+                          ListStateDescriptor: runtime_context.get_list_state,
+                          MapStateDescriptor: runtime_context.get_map_state}[type(descriptor)]
+                states.append(getter(descriptor))
+            self.state = _FlinkClassState(*states)
+            group = runtime_context.get_metrics_group().add_group("k_anonymity").add_group("view", view_name)
+            group = group.add_group("level", str(self.level))
+            self.buffered = group.counter("buffered")
+            self.released = group.counter("released")
+            self.promoted = group.counter("promoted")
+            self.suppressed = group.counter("suppressed")
+            self.longest_wait = 0
+            self.ncp_total, self.ncp_count = 0.0, 0
+            self.spans = SpanTracker(self.params)
+            group.gauge("longest_wait_ms", lambda: self.longest_wait)
+            group.gauge("ncp_permille", lambda: int(1000 * self.ncp_total / self.ncp_count) if self.ncp_count else 0)
+
+        def _now(self, ctx) -> int:
+            service = ctx.timer_service()
+            if self.params.timing == "event":
+                return service.current_watermark()
+            return service.current_processing_time()
+
+        def process_element(self, record, ctx):
+            record = tuple(record)
+            key = ctx.get_current_key()
+            was_empty = self.params.timing == "processing" and self.state.empty()
+            released, deadline, drained = self.logic.on_record(self.state, record)
+            service = ctx.timer_service()
+            if deadline is not None:
+                self.buffered.inc()
+                if self.params.timing == "event":
+                    service.register_event_time_timer(deadline)
+                else:
+                    service.register_processing_time_timer(deadline)
+                    if was_empty:
+                        # processing-time timers die with a bounded input; the final watermark flushes
+                        service.register_event_time_timer(FLUSH_TIMER)
+            if released:
+                yield from self._release(released, key, ctx, drained)
+
+        def _release(self, records, key, ctx, drained):
+            generalized = orjson.loads(key)
+            now = self._now(ctx) if self.params.timing == "processing" else None
+            service = ctx.timer_service()
+            for record in records:
+                if drained and self.params.timing == "processing":
+                    service.delete_processing_time_timer(self.logic.deadline(record))
+                qis = orjson.loads(record[QIS])
+                self.spans.see(qis)
+                self.ncp_total += ncp(self.params, self.level, qis, self.spans.spans)
+                self.ncp_count += 1
+                if now is not None:
+                    self.longest_wait = max(self.longest_wait, now - record[ENTERED])
+                self.released.inc()
+                yield publish(self.params, record, self.level, generalized)
+            if drained and self.params.timing == "processing":
+                service.delete_event_time_timer(FLUSH_TIMER)
+
+        def on_timer(self, timestamp, ctx):
+            flushing = ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER
+            if flushing:
+                expired = self.logic.flush(self.state)
+            else:
+                expired = self.logic.on_deadline(self.state, timestamp)
+                if self.params.timing == "processing" and expired and self.state.empty():
+                    ctx.timer_service().delete_event_time_timer(FLUSH_TIMER)
+            for record in expired:
+                if self.logic.last:
+                    self.suppressed.inc()
+                    self.ncp_total += 1.0
+                    self.ncp_count += 1
+                    yield suppress_tag, suppress(record)
+                else:
+                    self.promoted.inc()
+                    yield promote_tag, record
+
+    return LevelFunction()
+
+
+def attach(stream, params: KAnonymityParams, *, view_name: str):
+    """Wire the cascade onto a stream of the job's k-anonymity tuples.
+
+    Parameters
+    ----------
+    stream : DataStream
+        ``(key | None, headers JSON, protected value JSON without the QIs, subject,
+        raw QIs JSON, event time ms)``, typed ``Types.TUPLE([STRING x 5, LONG])``.
+    params : KAnonymityParams
+        From :meth:`KAnonymityParams.from_policy`.
+    view_name : str
+        Used in operator names, uids and metric groups.
+
+    Returns
+    -------
+    released, suppressed : DataStream, DataStream
+        Both ``Types.TUPLE([STRING key, STRING headers JSON, STRING value JSON])``. A
+        released value holds the generalized QIs under their names and its headers a
+        ``k_level``; a suppressed one holds the raw QIs (as sensitive as the input)
+        and a ``k_suppressed`` header.
+    """
+    from pyflink.datastream import OutputTag
+
+    staged_type, out_type = _types()
+    event = params.timing == "event"
+
+    def stamp(record):
+        # the entry time anchors every deadline: wall clock, or event time with timing: event
+        entered = record[5] if event else int(time.time() * 1000)
+        return (record[0], record[1], record[2], record[3], record[4], record[5], entered)
+
+    current = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
+    # (key, headers, value, subject, qis JSON, event ms, entered ms)
+    released_streams, suppressed = [], None
+    suppress_tag = OutputTag(f"kanon-{view_name}-suppress", out_type)
+    for level in range(params.levels):
+        promote_tag = OutputTag(f"kanon-{view_name}-promote-{level}", staged_type)
+
+        def selector(record, _level=level):
+            return class_key(params, _level, orjson.loads(record[QIS]))
+
+        released = (current.key_by(selector, key_type=_string_type())
+                    .process(_level_function(params, level, view_name, promote_tag, suppress_tag), output_type=out_type)
+                    .name(f"k-anon {view_name} level {level}").uid(f"kanon-{view_name}-level-{level}"))
+        # released: (key, headers + k_level, value + generalized QIs)
+        released_streams.append(released)
+        if level + 1 < params.levels:
+            current = released.get_side_output(promote_tag)
+            # promoted: staged tuples again, to be keyed by the next, coarser level
+        else:
+            suppressed = released.get_side_output(suppress_tag)
+            # suppressed: (key, headers + k_suppressed, value + raw QIs)
+    out = released_streams[0] if len(released_streams) == 1 else released_streams[0].union(*released_streams[1:])
+    return out, suppressed
+
+
+def _string_type():
+    from pyflink.common.typeinfo import Types
+
+    return Types.STRING()

@@ -1,0 +1,296 @@
+"""Unit tests of the k-anonymity core: policy checks, extraction, generalization, the cascade. No JVM."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.k_anonymity import (
+    ClassBuffer,
+    DictClassState,
+    KAnonymityParams,
+    LocalCascade,
+    class_key,
+    extract_quasi_identifiers,
+    ncp,
+)
+from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from udfs.registry import ParamError, TransformError
+
+QIS = {
+    "age": {"hierarchy": [{"range": 5}, {"range": 10}, {"range": 20}, "*"]},
+    "zip": {"paths": ["zip", "address.zip"], "hierarchy": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"]},
+    "location": {"lat_field": "lat", "lon_field": "lon", "hierarchy": [{"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"]},
+}
+FIELDS = {"customerId": {"pseudonymize": "hmac_sha256"}, "purchaseAmount": "keep", "band": "keep"}
+
+
+def block(**overrides):
+    out = {"k": 3, "quasi_identifiers": json.loads(json.dumps(QIS)), "max_delay": "1s"}
+    out.update(overrides)
+    return out
+
+
+def params(**overrides) -> KAnonymityParams:
+    return KAnonymityParams.from_policy(block(**overrides), FIELDS)
+
+
+def refused(bad_block, fields=FIELDS) -> ParamError:
+    with pytest.raises(ParamError) as info:
+        KAnonymityParams.from_policy(bad_block, fields)
+    return info.value
+
+
+# -- the policy block ---------------------------------------------------------------
+
+
+def test_when_block_is_valid_then_levels_follow_the_longest_hierarchy():
+    p = params(state_ttl="5m", timing="event", l_diversity={"attribute": "band", "l": 2})
+    assert p.k == 3 and p.levels == 4 and p.max_delay_ms == 1000 and p.state_ttl_ms == 300_000
+    assert p.names == ("age", "zip", "location")
+    assert p.source_paths == ("age", "zip", "address.zip", "lat", "lon")
+    assert p.l_diversity.l == 2
+    # deadlines are cumulative shares of max_delay, the last one is max_delay itself
+    assert [p.deadline(100, level) for level in range(4)] == [350, 600, 850, 1100]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"k": 0}, "k"),  # zero
+        ({"k": -5}, "k"),  # negative
+        ({"k": 1}, "k"),  # k=1 protects nobody
+        ({"k": "5"}, "k"),  # a string
+        ({"k": True}, "k"),  # a bool is not an integer here
+        ({"max_delay": 30}, "max_delay"),  # a bare number has no unit
+        ({"max_delay": "0s"}, "max_delay"),  # zero
+        ({"state_ttl": "500ms"}, "state_ttl"),  # shorter than max_delay: buffers would expire unseen
+        ({"timing": "wall"}, "timing"),  # unknown timing
+        ({"on_timeout": "drop"}, "on_timeout"),  # unknown timeout action
+        ({"quasi_identifiers": ["age", "zip"]}, "quasi_identifiers"),  # the list form names no hierarchy
+        ({"surprise": 1}, "surprise"),  # unknown key
+        ({"l_diversity": {"attribute": "nope", "l": 2}}, "l_diversity.attribute"),  # not a view field
+        ({"l_diversity": {"attribute": "band", "l": 1}}, "l_diversity.l"),  # l below 2
+    ],
+)
+def test_when_a_top_level_param_is_wrong_then_its_path_is_named(overrides, path):
+    assert refused(block(**overrides)).param == path
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"hierarchy": [{"range": 5}, {"range": 10}]}, "quasi_identifiers.q.hierarchy[1]"),  # no '*' at the end
+        ({"hierarchy": [{"range": 10}, {"range": 5}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # finer after coarser
+        ({"hierarchy": [{"range": 5}, {"range": 7}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # 7 is no multiple of 5
+        ({"hierarchy": [{"truncate": 3}, {"truncate": 3}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # not coarser
+        ({"hierarchy": [{"geohash": 13}, "*"]}, "quasi_identifiers.q.hierarchy[0]"),  # geohash above 12
+        ({"hierarchy": [{"date": "year"}, {"date": "month"}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # date finer
+        ({"hierarchy": [{"range": 5}, {"truncate": 2}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # mixed kinds
+        ({"hierarchy": ["*", "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # something after '*'
+        ({"hierarchy": [{"range": 5}, "exact", "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # exact not first
+        ({"hierarchy": [{"bucket": 5}, "*"]}, "quasi_identifiers.q.hierarchy[0]"),  # unknown level
+        ({"hierarchy": [{"range": 5}, "*"], "colour": 1}, "quasi_identifiers.q.colour"),  # unknown key
+        ({"hierarchy": [{"group": 1}, "*"]}, "quasi_identifiers.q"),  # group levels need a table
+        ({"hierarchy": [{"range": 5}, "*"], "domain": [10, 0]}, "quasi_identifiers.q.domain"),  # low above high
+        ({"hierarchy": [{"range": 5}, "*"], "lat_field": "lat"}, "quasi_identifiers.q.lat_field"),  # lat alone
+    ],
+)
+def test_when_a_hierarchy_is_wrong_then_the_level_is_named(spec, path):
+    assert refused(block(quasi_identifiers={"q": spec})).param == path
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "age",  # the QI's own name
+        "address.zip",  # one of its source paths
+        "lat",  # a coordinate it reads
+        "age.bucket",  # a path under its published name
+    ],
+)
+def test_when_a_quasi_identifier_is_also_a_view_field_then_refused(field):
+    error = refused(block(), {**FIELDS, field: "keep"})
+    assert error.param.startswith("quasi_identifiers.")
+    assert "also listed in fields" in error.problem
+
+
+def test_when_groups_are_given_then_category_levels_use_them(tmp_path):
+    table = tmp_path / "occupation.csv"
+    table.write_text("nurse;health;*\nsurgeon;health;*\nwelder;trade;*\nplumber;trade;*\n")
+    p = params(quasi_identifiers={"job": {"hierarchy_file": str(table)}})
+    assert [lv.describe() for lv in p.quasi_identifiers[0].levels] == ["exact", "{group: 1}", "*"]
+    assert class_key(p, 1, {"job": "nurse"}) == '["health"]'
+    with pytest.raises(TransformError, match="not a value of its hierarchy"):
+        extract_quasi_identifiers(p, {"job": "astronaut"})
+
+
+def test_when_a_group_has_two_parents_then_the_table_is_refused():
+    groups = {"nurse": ["health", "care"], "surgeon": ["health", "medicine"]}
+    error = refused(block(quasi_identifiers={"job": {"groups": groups, "hierarchy": [{"group": 1}, {"group": 2}, "*"]}}))
+    assert error.param == "quasi_identifiers.job.groups" and "two parents" in error.problem
+
+
+# -- extraction and generalization --------------------------------------------------------
+
+
+def test_when_zip_is_top_level_or_nested_then_both_are_found():
+    p = params()
+    top = {"age": 34, "zip": "94102", "lat": 37.77, "lon": -122.42}
+    nested = {"age": 34, "address": {"zip": "94102"}, "lat": 37.77, "lon": -122.42}
+    assert extract_quasi_identifiers(p, top) == extract_quasi_identifiers(p, nested)
+    assert extract_quasi_identifiers(p, top) == {"age": 34, "zip": "94102", "location": {"lat": 37.77, "lon": -122.42}}
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"zip": "94102", "lat": 1.0, "lon": 2.0}, "field age: missing"),  # no age
+        ({"age": "34", "zip": "94102", "lat": 1.0, "lon": 2.0}, "field age: expected a number, got str"),  # text age
+        ({"age": 34, "zip": 94102, "lat": 1.0, "lon": 2.0}, "field zip: expected a string, got int"),  # zip lost zeros
+        ({"age": 34, "zip": "94102", "lat": 1.0}, "field location: missing"),  # half a coordinate
+        ({"age": 34, "zip": "94102", "lat": 91.5, "lon": 2.0}, "field location: coordinate out of range"),
+    ],
+)
+def test_when_a_value_is_missing_or_mistyped_then_the_reason_names_the_field_not_the_value(record, reason):
+    with pytest.raises(TransformError) as info:
+        extract_quasi_identifiers(params(), record)
+    assert str(info.value) == reason
+    assert "94102" not in str(info.value) and "91.5" not in str(info.value)
+
+
+def test_when_level_rises_then_the_class_key_coarsens_to_stars():
+    p = params()
+    qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
+    keys = [json.loads(class_key(p, level, qis)) for level in range(p.levels)]
+    assert keys == [["30-34", "9410*", "9q8yy"], ["30-39", "941**", "9q8y"], ["20-39", "94***", "9q8"], ["*", "*", "*"]]
+
+
+def test_when_level_rises_then_ncp_does_not_fall():
+    p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}})
+    qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
+    spans = {"location.lat": (25.0, 49.0), "location.lon": (-125.0, -67.0)}
+    losses = [ncp(p, level, qis, spans) for level in range(p.levels)]
+    assert losses == sorted(losses) and losses[-1] == 1.0 and ncp(p, None, qis) == 1.0
+    cell = 360 / 2**13  # a 5-character geohash is 13 bits of longitude, 12 of latitude: the same width in degrees
+    expected = (5 / 100 + (10 - 1) / (10**5 - 1) + (cell / 24 + cell / 58) / 2) / 3
+    assert losses[0] == pytest.approx(expected)
+
+
+# -- the buffer of one class ------------------------------------------------------------------
+
+
+def staged(subject: str, entered: int = 0, band: str = "a", n: int = 0):
+    qis = {"age": 34, "zip": "94102", "location": {"lat": 37.77, "lon": -122.42}}
+    value = json.dumps({"id": f"{subject}-{n}", "band": band})
+    return (None, "{}", value, subject, json.dumps(qis), entered, entered)
+
+
+def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
+    logic, state = ClassBuffer(params(), 0), DictClassState()
+    for n in range(10):
+        released, deadline, _ = logic.on_record(state, staged("alice", n=n))
+        assert released == [] and deadline == 250
+    assert len(state.buffer) == 10
+
+
+def test_when_k_distinct_subjects_arrive_then_the_class_is_released_and_passes_through():
+    logic, state = ClassBuffer(params(), 0), DictClassState()
+    assert logic.on_record(state, staged("a"))[0] == []
+    assert logic.on_record(state, staged("a", n=1))[0] == []
+    assert logic.on_record(state, staged("b"))[0] == []
+    released, deadline, drained = logic.on_record(state, staged("c"))
+    assert len(released) == 4 and deadline is None and drained
+    # after release, a lone record passes straight through
+    released, deadline, drained = logic.on_record(state, staged("z"))
+    assert len(released) == 1 and deadline is None and not drained
+
+
+def test_when_l_diversity_is_set_then_release_waits_for_l_values():
+    logic, state = ClassBuffer(params(l_diversity={"attribute": "band", "l": 2}), 0), DictClassState()
+    for subject in "abcd":
+        assert logic.on_record(state, staged(subject, band="same"))[0] == []
+    assert len(logic.on_record(state, staged("e", band="other"))[0]) == 5
+
+
+def test_when_deadlines_pass_then_only_the_expired_records_leave():
+    logic, state = ClassBuffer(params(), 0), DictClassState()
+    logic.on_record(state, staged("a", entered=0))
+    logic.on_record(state, staged("b", entered=100))
+    expired = logic.on_deadline(state, 250)
+    assert [r[3] for r in expired] == ["a"] and state.subjects == {"b": 1}
+    # the class still needs k fresh subjects: "a" left, so two more are needed
+    assert logic.on_record(state, staged("c", entered=200))[0] == []
+
+
+# -- the whole cascade ------------------------------------------------------------------------
+
+
+def cascade_records(rng: random.Random, n: int, subjects: int, rare: float, step: int = 7):
+    """Synthetic staged records, one every ``step`` ms; ``rare`` is the share with a unique-ish location."""
+    for i in range(n):
+        subject = f"s{rng.randrange(subjects)}"
+        if rng.random() < rare:
+            qis = {"age": rng.randrange(0, 100), "zip": f"{rng.randrange(10**5):05d}",
+                   "location": {"lat": rng.uniform(-60, 60), "lon": rng.uniform(-170, 170)}}
+        else:
+            qis = {"age": rng.choice([31, 33, 47]), "zip": rng.choice(["94102", "94107", "10001"]),
+                   "location": {"lat": 37.77 + rng.random() / 100, "lon": -122.42}}
+        value = json.dumps({"id": str(i), "customerId": subject})
+        yield (None, "{}", value, subject, json.dumps(qis), i * step, i * step)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), k=st.integers(2, 6), rare=st.floats(0, 0.5), subjects=st.integers(3, 40))
+def test_cascade_publishes_only_k_anonymous_classes_and_accounts_for_every_record(seed, k, rare, subjects):
+    p = params(k=k)
+    cascade = LocalCascade(p)
+    rng = random.Random(seed)
+    ids = []
+    for now, record in enumerate(cascade_records(rng, 300, subjects, rare)):
+        ids.append(json.loads(record[2])["id"])
+        cascade.push(record, now * 7)
+    cascade.flush()
+    released = [json.loads(r[3]) for r in cascade.released]
+    assert_k_anonymous(released, ["age", "zip", "location"], "customerId", k)
+    assert_accounted(ids, [r["id"] for r in released], [json.loads(r[2])["id"] for r in cascade.suppressed])
+    assert all(r[4] <= p.max_delay_ms for r in cascade.released)
+
+
+def test_when_a_record_is_rare_then_it_is_promoted_and_then_suppressed():
+    p = params(k=2)
+    cascade = LocalCascade(p)
+    cascade.push(staged("loner", entered=0), 0)
+    cascade.advance(999)
+    assert cascade.released == [] and cascade.suppressed == []
+    cascade.advance(1000)
+    assert cascade.released == [] and len(cascade.suppressed) == 1
+    key, headers, value, wait = cascade.suppressed[0]
+    assert json.loads(headers) == {"k_suppressed": "timeout"} and wait == 1000
+    assert json.loads(value)["age"] == 34  # the suppressed output holds raw QIs: it is as sensitive as the input
+
+
+def test_when_two_subjects_meet_only_at_a_coarser_level_then_they_are_released_there():
+    p = params(k=2)
+    cascade = LocalCascade(p)
+    near = staged("a", entered=0)
+    other = json.dumps({"age": 38, "zip": "94177", "location": {"lat": 37.77, "lon": -122.42}})
+    cascade.push(near, 0)
+    cascade.push((None, "{}", '{"id": "b"}', "b", other, 0, 0), 0)
+    cascade.advance(600)
+    assert [r[0] for r in cascade.released] == [1, 1]
+    published = json.loads(cascade.released[0][3])
+    assert (published["age"], published["zip"]) == ("30-39", "941**")
+    assert json.loads(cascade.released[0][2]) == {"k_level": "1"}
+
+
+def test_when_on_timeout_is_suppress_then_there_is_no_cascade():
+    p = params(k=2, on_timeout="suppress")
+    cascade = LocalCascade(p)
+    cascade.push(staged("loner"), 0)
+    cascade.advance(1000)
+    assert p.levels == 1 and len(cascade.suppressed) == 1
