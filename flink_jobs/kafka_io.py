@@ -1,0 +1,322 @@
+"""Kafka source and sink for the jobs, through the Table API Kafka connector.
+
+Why the Table API: PyFlink's DataStream ``KafkaSource`` cannot hand a record's partition and
+offset to Python, and its ``KafkaSink`` cannot write headers. The SQL connector can, with
+metadata columns, and a table converts to and from a ``DataStream`` at no cost to the
+rest of the job, which stays in the DataStream API.
+
+A job wires them like this::
+
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    add_connector_jars(env)                          # before the table environment is created
+    env.enable_checkpointing(10_000)                 # exactly-once commits on checkpoints
+    t_env = StreamTableEnvironment.create(env)
+
+    raw = kafka_source(env, t_env, bootstrap=b, topic="raw", group_id="anon", start="earliest",
+                       read_committed=True)           # (position, key, value, timestamp_ms)
+    masked = raw.map(protect, output_type=SINK_TYPE)  # (key, headers_json, value)
+
+    sinks = t_env.create_statement_set()
+    kafka_sink(t_env, masked, bootstrap=b, topic="masked", delivery="exactly-once",
+               transactional_id_prefix="anon-masked", statement_set=sinks)
+    kafka_sink(t_env, dlq, ..., statement_set=sinks)
+    sinks.attach_as_datastream()                     # the INSERTs join the DataStream graph
+    env.execute("protect_stream")                    # one job runs sources, Python and all sinks
+
+``attach_as_datastream()`` must come after the last ``kafka_sink`` call and before
+``env.execute()``; it empties the statement set. Calling ``statement_set.execute()`` instead
+would submit the sinks as a separate job without the DataStream parts that do not feed them.
+
+Both adapters add one Python ``map`` (Row to tuple, tuple to Row). PyFlink chains it with the
+caller's neighbouring Python functions, so it costs no extra hand-over between Java and Python.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import Row, Types
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StatementSet, StreamTableEnvironment
+from pyflink.table.expressions import col
+
+__all__ = [
+    "DEFAULT_JARS_DIR",
+    "SINK_TYPE",
+    "SOURCE_TYPE",
+    "add_connector_jars",
+    "connector_jar_urls",
+    "kafka_sink",
+    "kafka_source",
+]
+
+DEFAULT_JARS_DIR = Path(__file__).resolve().parents[1] / "jars" / "flink"
+
+#: Records out of :func:`kafka_source`: ("topic/partition/offset", key or None, raw value, Kafka timestamp in ms).
+SOURCE_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+#: Records into :func:`kafka_sink`: (key or None, headers as a JSON object of str -> str, value).
+SINK_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+
+_SINK_ROW_TYPE = Types.ROW_NAMED(
+    ["k", "headers", "v"],
+    [Types.STRING(), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())), Types.STRING()],
+)
+_STARTS = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
+_DELIVERIES = {"exactly-once", "at-least-once"}
+# The broker caps transaction.timeout.ms at transaction.max.timeout.ms (15 min by default); the
+# connector would ask for 1 h and every transactional producer would be refused on a stock broker.
+_TRANSACTION_TIMEOUT_MS = "900000"
+
+
+def connector_jar_urls(jars_dir: Path = DEFAULT_JARS_DIR) -> list[str]:
+    """``file://`` URLs of the Flink Kafka connector jar(s), for ``env.add_jars``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``flink-sql-connector-kafka-*.jar`` in `jars_dir`; ``make jars`` fetches it.
+    """
+    jars = sorted(Path(jars_dir).resolve().glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise FileNotFoundError(
+            f"no flink-sql-connector-kafka jar in {jars_dir}; fetch it with `make jars` (bash conf/fetch_jars.sh)"
+        )
+    return [j.as_uri() for j in jars]
+
+
+def add_connector_jars(env: StreamExecutionEnvironment, jars_dir: Path = DEFAULT_JARS_DIR) -> None:
+    """Add the Kafka connector to `env` once (later calls are no-ops).
+
+    Call it before ``StreamTableEnvironment.create(env)``: the table environment resolves
+    connectors with the class loader current at its creation.
+    """
+    wanted = connector_jar_urls(jars_dir)
+    missing = [u for u in wanted if u not in _pipeline_jars(env)]
+    if missing:
+        env.add_jars(*missing)
+
+
+def kafka_source(
+    env: StreamExecutionEnvironment,
+    t_env: StreamTableEnvironment,
+    *,
+    bootstrap: str,
+    topic: str,
+    group_id: str,
+    start: str = "earliest",
+    read_committed: bool = True,
+    bounded: bool = False,
+    properties: dict[str, str] | None = None,
+    name: str | None = None,
+) -> DataStream:
+    """A stream of the raw records of a Kafka topic.
+
+    Parameters
+    ----------
+    env, t_env : StreamExecutionEnvironment, StreamTableEnvironment
+        The job's environments (`t_env` created from `env`).
+    bootstrap : str
+        ``HOST:PORT``.
+    topic : str
+        The topic to read.
+    group_id : str
+        Consumer group; offsets are committed to it on every completed checkpoint.
+    start : {"earliest", "latest", "group-offsets"}
+        Where a fresh start begins. ``group-offsets`` resumes from the group's committed offsets
+        (and from the earliest offset for partitions it never committed). A restore from a
+        checkpoint or savepoint always resumes from the offsets in that snapshot.
+    read_committed : bool
+        Skip records of open and aborted transactions (``isolation.level=read_committed``).
+    bounded : bool
+        Stop at the offsets that are the latest when the job starts, so the job ends (tests, backfills).
+    properties : dict, optional
+        Extra Kafka consumer properties (``{"security.protocol": "SSL"}``), without the ``properties.`` prefix.
+    name : str, optional
+        Base for the table name, operator name and uid (default: ``kafka-source-<topic>``).
+
+    Returns
+    -------
+    DataStream
+        Records of :data:`SOURCE_TYPE`: ``("topic/partition/offset", key or None, value, timestamp_ms)``.
+        Key and value are the record bytes decoded as UTF-8 (the ``raw`` format: never parsed,
+        so a malformed JSON value arrives intact; bytes that are not UTF-8 become U+FFFD).
+        A tombstone's value is None.
+    """
+    if start not in _STARTS:
+        raise ValueError(f"start must be one of {', '.join(_STARTS)}, not {start!r}")
+    add_connector_jars(env)
+    name = name or f"kafka-source-{topic}"
+    table = _table_name(name)
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": bootstrap,
+        "properties.group.id": group_id,
+        "properties.isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        "scan.startup.mode": _STARTS[start],
+        # Only consulted for group-offsets on partitions without a committed offset.
+        "properties.auto.offset.reset": "earliest",
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        # With key.fields set, the value format must not also claim the key column.
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    if bounded:
+        options["scan.bounded.mode"] = "latest-offset"
+    options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
+    t_env.execute_sql(
+        f"""CREATE TEMPORARY TABLE `{table}` (
+            `k` STRING,
+            `v` STRING,
+            `kafka_topic` STRING METADATA FROM 'topic' VIRTUAL,
+            `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
+            `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
+            `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+        ) WITH ({_with(options)})"""
+    )
+    rows = t_env.to_data_stream(
+        t_env.sql_query(
+            f"SELECT CONCAT(`kafka_topic`, '/', CAST(`kafka_partition` AS STRING), '/', CAST(`kafka_offset` AS STRING)),"
+            f" `k`, `v`, `kafka_ts` FROM `{table}`"
+        )
+    )
+    # No SQL function turns a TIMESTAMP_LTZ into epoch milliseconds, so the Python map does it.
+    return rows.map(_source_row_to_tuple, output_type=SOURCE_TYPE).name(f"{name}-to-tuple").uid(f"{name}-to-tuple")
+
+
+def kafka_sink(
+    t_env: StreamTableEnvironment,
+    stream: DataStream,
+    *,
+    bootstrap: str,
+    topic: str,
+    delivery: str,
+    transactional_id_prefix: str,
+    statement_set: StatementSet | None = None,
+    properties: dict[str, str] | None = None,
+    name: str | None = None,
+) -> StatementSet:
+    """Write a stream of ``(key, headers_json, value)`` to a Kafka topic, as an INSERT in a statement set.
+
+    Parameters
+    ----------
+    t_env : StreamTableEnvironment
+        The job's table environment.
+    stream : DataStream
+        Records of :data:`SINK_TYPE`: key (None for no key; the partition is then chosen by
+        Kafka's sticky partitioner), headers as a JSON object string of str -> str (None or "" for
+        none), value (None for a tombstone). Keys and values are written as UTF-8.
+    bootstrap : str
+        ``HOST:PORT``.
+    topic : str
+        The target topic; it must exist (``kafka_tools.ensure_topics``).
+    delivery : {"exactly-once", "at-least-once"}
+        ``exactly-once`` writes in Kafka transactions committed on each checkpoint: the caller
+        must enable checkpointing, and readers must use ``read_committed`` to see only committed
+        records (they see them one checkpoint interval late).
+    transactional_id_prefix : str
+        Prefix of the transactional ids; unique per sink and per job on the cluster, and stable
+        across restarts of the job, so a restart can abort the transactions it left open.
+    statement_set : StatementSet, optional
+        The set that collects the job's sinks; a new one is made when omitted.
+    properties : dict, optional
+        Extra Kafka producer properties, without the ``properties.`` prefix.
+    name : str, optional
+        Base for the table name, operator name and uid (default: ``kafka-sink-<topic>``).
+
+    Returns
+    -------
+    StatementSet
+        `statement_set` (or the new one) with this sink's INSERT added. Call
+        ``attach_as_datastream()`` on it once all sinks are added, then ``env.execute()``.
+    """
+    if delivery not in _DELIVERIES:
+        raise ValueError(f"delivery must be one of {', '.join(sorted(_DELIVERIES))}, not {delivery!r}")
+    add_connector_jars(stream.get_execution_environment())
+    name = name or f"kafka-sink-{topic}"
+    table = _table_name(name)
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": bootstrap,
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        "sink.delivery-guarantee": delivery,
+    }
+    if delivery == "exactly-once":
+        options["sink.transactional-id-prefix"] = transactional_id_prefix
+        options["properties.transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
+    options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
+    t_env.execute_sql(
+        f"""CREATE TEMPORARY TABLE `{table}` (
+            `k` STRING,
+            `v` STRING,
+            `headers` MAP<STRING, BYTES> METADATA
+        ) WITH ({_with(options)})"""
+    )
+    rows = stream.map(_sink_tuple_to_row, output_type=_SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
+    ss = statement_set if statement_set is not None else t_env.create_statement_set()
+    # Physical columns first, then the writable metadata column, as the sink table declares them.
+    ss.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
+    return ss
+
+
+def _source_row_to_tuple(row: Row) -> tuple[str, str | None, str | None, int | None]:
+    return row[0], row[1], row[2], _epoch_ms(row[3])
+
+
+def _epoch_ms(ts: Any) -> int | None:
+    # Thread mode hands over the java.time.Instant itself; process mode a pyflink Instant or a datetime.
+    if ts is None:
+        return None
+    if hasattr(ts, "toEpochMilli"):
+        return int(ts.toEpochMilli())
+    if hasattr(ts, "to_epoch_milli"):
+        return int(ts.to_epoch_milli())
+    return int(ts.timestamp() * 1000)
+
+
+def _sink_tuple_to_row(record: tuple) -> Row:
+    key, headers, value = record
+    hdrs: dict[str, bytes] = {}
+    if headers:
+        for k, v in json.loads(headers).items():
+            if v is not None:
+                hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
+    return Row(k=key, headers=hdrs, v=value)
+
+
+def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:
+    # The same lookup env.add_jars does, so a second add of the same jar can be skipped.
+    from pyflink.common import Configuration
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    key = jvm.org.apache.flink.configuration.PipelineOptions.JARS.key()
+    conf = jvm.org.apache.flink.python.util.PythonConfigUtil.getEnvironmentConfig(env._j_stream_execution_environment)
+    return Configuration.parse_list_value(conf.getString(key, None))
+
+
+_seq = 0
+
+
+def _table_name(base: str) -> str:
+    # Temporary tables share one namespace per table environment; a counter keeps two sources
+    # or sinks on the same topic apart.
+    global _seq
+    _seq += 1
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', base)}_{_seq}"
+
+
+def _with(options: dict[str, str]) -> str:
+    return ", ".join(f"'{_sql_str(k)}' = '{_sql_str(v)}'" for k, v in options.items())
+
+
+def _sql_str(s: str) -> str:
+    return str(s).replace("'", "''")
