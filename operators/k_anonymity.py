@@ -970,18 +970,16 @@ class _FlinkClassState:
             self.add_sensitive(value)
 
 
-def _level_function(params: KAnonymityParams, level: int, view_name: str, promote_tag, suppress_tag):
+def _level_function(params: KAnonymityParams, level: int, view_name: str, promote_id: str, suppress_id: str):
     from pyflink.common.time import Time
     from pyflink.common.typeinfo import Types
-    from pyflink.datastream import KeyedProcessFunction, TimeDomain
+    from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
     from pyflink.datastream.state import (
         ListStateDescriptor,
         MapStateDescriptor,
         StateTtlConfig,
         ValueStateDescriptor,
     )
-
-    staged_type, _ = _types()
 
     class LevelFunction(KeyedProcessFunction):
         """One cascade level: buffer per class, release at k, promote or suppress on deadline."""
@@ -990,6 +988,10 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
             self.params, self.level = params, level
 
         def open(self, runtime_context) -> None:
+            # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
+            staged_type, out_type = _types()
+            self.promote_tag = OutputTag(promote_id, staged_type)
+            self.suppress_tag = OutputTag(suppress_id, out_type)
             self.logic = ClassBuffer(self.params, self.level)
             ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.params.state_ttl_ms))
                    .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
@@ -1078,10 +1080,10 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
                     self.suppressed.inc()
                     self.ncp_total += 1.0
                     self.ncp_count += 1
-                    yield suppress_tag, suppress(record)
+                    yield self.suppress_tag, suppress(record)
                 else:
                     self.promoted.inc()
-                    yield promote_tag, record
+                    yield self.promote_tag, record
 
     return LevelFunction()
 
@@ -1127,8 +1129,9 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
         def selector(record, _level=level):
             return class_key(params, _level, orjson.loads(record[QIS]))
 
+        function = _level_function(params, level, view_name, promote_tag.tag_id, suppress_tag.tag_id)
         released = (current.key_by(selector, key_type=_string_type())
-                    .process(_level_function(params, level, view_name, promote_tag, suppress_tag), output_type=out_type)
+                    .process(function, output_type=out_type)
                     .name(f"k-anon {view_name} level {level}").uid(f"kanon-{view_name}-level-{level}"))
         # released: (key, headers + k_level, value + generalized QIs)
         released_streams.append(released)
