@@ -1,0 +1,44 @@
+# flink-anonymizer: every target bootstraps what it needs, and is idempotent.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CLI := $(VENV)/bin/flink-anonymizer
+POLICY ?= conf/policies/customer-events.yaml
+SAMPLE := conf/samples/customer-events.jsonl
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench jars kafka-up kafka-down demo-kafka clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): setup.cfg
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+jars: ## fetch the Kafka broker and the Flink Kafka connector from Maven Central
+	@bash conf/fetch_jars.sh
+
+run: $(STAMP) jars ## run the main job in a local MiniCluster on the bundled sample events
+	$(CLI) run --policy $(POLICY) --input $(SAMPLE) --output out --dev-keyring
+
+test: $(STAMP) jars ## the whole suite, integration tests included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
+	$(PY) bench/masked_view.py
+
+kafka-up: $(STAMP) jars ## start a single-node KRaft broker on 127.0.0.1:9092, data in .local/kafka
+	$(PY) -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092
+
+kafka-down: $(STAMP) ## stop it
+	$(PY) -m flink_jobs.kafka_broker down --data-dir .local/kafka
+
+clean: ## remove outputs (keeps the venv and the jars)
+	rm -rf out .pytest_cache

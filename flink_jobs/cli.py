@@ -1,0 +1,358 @@
+"""The ``flink-anonymizer`` command line: run jobs, check policies, manage keys, decrypt."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flink_jobs.policy import PolicyError, load_policy
+from udfs.keyring import PURPOSES, Keyring, KeyringError, load_keyring
+
+DEV_KEYRING = Path(".local/dev-keyring.json")
+KEYRING_ENV = "ANON_KEYRING"
+
+#: modules that add their own subcommands with ``register(subparsers)``, when present
+_EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, with what to do next."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, KeyringError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(f"error: the policy has {len(exc.problems)} problem(s):\n{exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flink-anonymizer",
+        description="Split a raw stream into masked, anonymized and DP-aggregated views with PyFlink.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the protect_stream job", description="Run the protect_stream job. "
+                         "With --input/--output it reads JSON Lines and writes DIR/<view>/ and DIR/dlq/ in a "
+                         "local MiniCluster; with --bootstrap-servers it reads and writes Kafka topics.")
+    run.add_argument("--policy", required=True, help="policy YAML file")
+    run.add_argument("--input", help="JSON Lines file or folder to read (bounded run)")
+    run.add_argument("--output", help="folder for the views and the dead letters (with --input)")
+    run.add_argument("--bootstrap-servers", help="Kafka HOST:PORT (instead of --input/--output)")
+    run.add_argument("--start", choices=("earliest", "latest", "group-offsets"), default="earliest",
+                     help="where to start reading the source topic (Kafka only)")
+    run.add_argument("--delivery", choices=("exactly-once", "at-least-once"),
+                     help="override the policy's delivery guarantee (Kafka only)")
+    run.add_argument("--no-create-topics", action="store_true", help="refuse to start when an output topic is missing")
+    run.add_argument("--keyring", default=None, help=f"keyring reference env:NAME or file:PATH (default: ${KEYRING_ENV})")
+    run.add_argument("--dev-keyring", action="store_true",
+                     help=f"create or use a development keyring at {DEV_KEYRING} (demo only, never production)")
+    run.add_argument("--parallelism", type=int, default=1, help="job parallelism (default 1)")
+    run.add_argument("--execution-mode", choices=("thread", "process"), default="thread",
+                     help="PyFlink Python execution mode (default thread)")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a policy", description="Check a policy and say exactly "
+                              "what is wrong: the file, the path inside it, the problem, and what is allowed.")
+    validate.add_argument("policy", help="policy YAML file")
+    validate.add_argument("--keyring", help="also check that every key the policy names is in this keyring")
+    validate.set_defaults(func=cmd_validate)
+
+    keys = sub.add_parser("keys", help="create, rotate and list keyrings", description="Manage JSON keyrings. "
+                          "Key material is never printed.")
+    keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION")
+    new = keys_sub.add_parser("new", help="create a keyring with one active key per purpose",
+                              description="Create a keyring with one active key per purpose.")
+    new.add_argument("--out", required=True, help="file to write (created with mode 0600)")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.set_defaults(func=cmd_keys_new)
+    rotate = keys_sub.add_parser("rotate", help="add a key and make it active",
+                                 description="Add a new key for a purpose and make it the active one. "
+                                 "Old keys stay, so old data still decrypts.")
+    rotate.add_argument("--keyring", required=True, help="keyring file to update")
+    rotate.add_argument("--purpose", required=True, choices=sorted(PURPOSES))
+    rotate.set_defaults(func=cmd_keys_rotate)
+    listing = keys_sub.add_parser("list", help="list key ids, purposes and which are active",
+                                  description="List key ids and purposes (never material).")
+    listing.add_argument("--keyring", required=True, help="keyring reference env:NAME or file:PATH")
+    listing.set_defaults(func=cmd_keys_list)
+    keys.set_defaults(func=lambda _args: keys.print_help() or 2)
+
+    decrypt = sub.add_parser("decrypt", help="decrypt the reversible fields of a view",
+                             description="Read protected records (JSON Lines, as written by run) and print them "
+                             "with every reversible field (encryption, FPE) decrypted. Needs the keyring.")
+    decrypt.add_argument("--policy", required=True, help="the policy that wrote the view")
+    decrypt.add_argument("--view", required=True, help="view name in the policy")
+    decrypt.add_argument("--keyring", default=None, help=f"keyring reference (default: ${KEYRING_ENV})")
+    decrypt.add_argument("input", nargs="?", default="-", help="JSON Lines file or view folder (default: stdin)")
+    decrypt.set_defaults(func=cmd_decrypt)
+
+    transforms = sub.add_parser("transforms", help="list the registered transforms",
+                                description="List every transform a policy can name.")
+    transforms.set_defaults(func=cmd_transforms)
+
+    for module_name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+# -- keyring -------------------------------------------------------------------
+
+def resolve_keyring(reference: str | None, *, dev: bool = False) -> tuple[Keyring, str]:
+    """The keyring and its reference; with ``dev``, a development keyring under .local/."""
+    if dev:
+        if not DEV_KEYRING.exists():
+            Keyring.generate().save(DEV_KEYRING)
+        banner = "WARNING: using the DEVELOPMENT keyring " + str(DEV_KEYRING) + " - demo only, never for real data"
+        print("!" * len(banner) + "\n" + banner + "\n" + "!" * len(banner), file=sys.stderr)
+        reference = f"file:{DEV_KEYRING.resolve()}"
+    reference = reference or (f"env:{KEYRING_ENV}" if os.environ.get(KEYRING_ENV) else None)
+    if not reference:
+        raise CliError(f"no keyring: pass --keyring env:NAME or file:PATH, or set ${KEYRING_ENV} "
+                       "(create one with: flink-anonymizer keys new --out keyring.json)")
+    if reference.startswith("file:"):
+        # workers load the keyring themselves: give them an absolute path
+        reference = f"file:{Path(reference[5:]).resolve()}"
+    return load_keyring(reference), reference
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    path = Path(args.out)
+    if path.exists() and not args.force:
+        raise CliError(f"{path} exists; pass --force to overwrite it (its keys would be lost)")
+    ring = Keyring.generate()
+    ring.save(path)
+    print(f"wrote {path} with keys: " + ", ".join(f"{k.purpose}={k.id}" for k in ring.keys.values()))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    path = Path(args.keyring.removeprefix("file:"))
+    ring = load_keyring(f"file:{path}")
+    old = ring.active.get(args.purpose)
+    key = ring.add(args.purpose)
+    ring.save(path)
+    print(f"{args.purpose}: {key.id} is now active" + (f" (was {old}; kept for old data)" if old else ""))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    ring = load_keyring(args.keyring)
+    for key in ring.keys.values():
+        mark = "active" if ring.active.get(key.purpose) == key.id else ""
+        print(f"{key.id}\t{key.purpose}\t{key.created}\t{mark}".rstrip())
+    return 0
+
+
+# -- validate / transforms -------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    keyring = load_keyring(args.keyring) if args.keyring else None
+    policy = load_policy(args.policy, keyring=keyring)
+    print(f"ok: {args.policy}: policy {policy.id} (hash {policy.hash}), source {policy.source_topic}")
+    for name, view in policy.views.items():
+        if view.differential_privacy:
+            detail = "differential privacy"
+        else:
+            detail = f"{len(view.fields)} fields" + (", k-anonymity" if view.k_anonymity else "")
+        print(f"  view {name} -> {view.topic}: {detail}")
+    if keyring is None:
+        print("  (keys not checked: pass --keyring to check them)")
+    return 0
+
+
+def cmd_transforms(args: argparse.Namespace) -> int:
+    from udfs import registry
+
+    for name in registry.names():
+        cls = registry.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:28} {doc[0] if doc else ''}")
+    return 0
+
+
+# -- run ---------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
+    policy = load_policy(args.policy, keyring=keyring)
+    if args.bootstrap_servers:
+        from flink_jobs import kafka_job
+
+        return kafka_job.run(args, policy, reference)
+    if not args.input or not args.output:
+        raise CliError("pass --input FILE and --output DIR for a file run, or --bootstrap-servers HOST:PORT for Kafka")
+    return run_files(policy, reference, Path(args.input), Path(args.output), parallelism=args.parallelism,
+                     execution_mode=args.execution_mode, quiet=args.quiet)
+
+
+def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, parallelism: int = 1,
+              execution_mode: str = "thread", quiet: bool = False) -> int:
+    from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env
+
+    if not input_path.exists():
+        raise CliError(f"input {input_path} does not exist")
+    total = count_records(input_path)
+    channels = _channels(policy)
+    output.mkdir(parents=True, exist_ok=True)
+    for channel in [*channels, "_stats"]:
+        # each run replaces the previous one's results, so the counts below are this run's
+        shutil.rmtree(output / channel, ignore_errors=True)
+    options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
+                         stats_dir=str((output / "_stats").resolve()))
+    env = make_env(options)
+    build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
+    started = time.monotonic()
+    done = threading.Event()
+    if not quiet:
+        threading.Thread(target=_show_progress, args=(output / "_stats", total, done, started), daemon=True).start()
+    try:
+        env.execute(f"protect_stream[{policy.id}]")
+    finally:
+        done.set()
+    elapsed = time.monotonic() - started
+    summary = summarize(output, channels, total, elapsed, policy)
+    print(summary["text"])
+    return 0 if summary["balanced"] else 1
+
+
+def _channels(policy: Any) -> list[str]:
+    channels = ["dlq"]
+    for name, view in policy.views.items():
+        channels.append(name)
+        if view.k_anonymity:
+            channels.append(f"{name}.suppressed")
+    return channels
+
+
+def count_records(path: Path) -> int:
+    """Non-blank lines in a file or in every file of a folder (Flink's reader skips nothing else)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    total = 0
+    for file in files:
+        with open(file, "rb") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
+
+
+def read_channel(directory: Path) -> list[dict]:
+    """Every record of a channel folder written by a file run (finished part files only)."""
+    records = []
+    for file in sorted(directory.rglob("*.jsonl")) if directory.exists() else []:
+        if file.name.startswith("."):
+            continue  # in-progress part files are hidden
+        with open(file) as fh:
+            records.extend(json.loads(line) for line in fh if line.strip())
+    return records
+
+
+def _count_lines(directory: Path) -> int:
+    return sum(
+        sum(1 for _ in open(f, "rb")) for f in directory.rglob("*.jsonl") if not f.name.startswith(".")
+    ) if directory.exists() else 0
+
+
+def _show_progress(stats_dir: Path, total: int, done: threading.Event, started: float) -> None:
+    interactive = sys.stderr.isatty()
+    last_print = 0.0
+    while not done.wait(0.5):
+        seen = 0
+        for file in stats_dir.glob("subtask-*.json"):
+            try:
+                seen += json.loads(file.read_text())["records_in"]
+            except (OSError, ValueError, KeyError):
+                pass
+        fraction = min(1.0, seen / total) if total else 1.0
+        bar = "#" * int(fraction * 30)
+        line = f"[{bar:<30}] {fraction:5.1%} {seen:,}/{total:,} records  {time.monotonic() - started:5.1f}s"
+        if interactive:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+    if interactive:
+        print(file=sys.stderr)
+
+
+def summarize(output: Path, channels: list[str], total: int, elapsed: float, policy: Any) -> dict:
+    counts = {channel: _count_lines(output / channel) for channel in channels}
+    dropped: dict[str, int] = {}
+    for file in (output / "_stats").glob("subtask-*.json"):
+        for name, count in json.loads(file.read_text()).get("dropped_fields", {}).items():
+            dropped[name] = dropped.get(name, 0) + count
+    lines = [f"protect_stream finished in {elapsed:.1f}s: {total:,} records in", f"results in {output}/"]
+    balanced = True
+    for name, view in policy.views.items():
+        if view.differential_privacy:
+            lines.append(f"  {name:<12} {counts[name]:>8,} DP releases    -> {output / name}/")
+            continue
+        out = counts[name] + counts.get(f"{name}.suppressed", 0)
+        ok = out + counts["dlq"] == total
+        balanced &= ok
+        extra = f" (+{counts[f'{name}.suppressed']:,} suppressed)" if view.k_anonymity else ""
+        lines.append(f"  {name:<12} {counts[name]:>8,} records{extra}  -> {output / name}/  "
+                     f"[{'balanced' if ok else 'NOT BALANCED'}: view + dead letters = in]")
+    lines.append(f"  {'dlq':<12} {counts['dlq']:>8,} dead letters -> {output / 'dlq'}/ (as sensitive as the input)")
+    if dropped:
+        lines.append("  fields dropped (not in the policy): " + ", ".join(
+            f"{name} x{count:,}" for name, count in sorted(dropped.items())))
+    return {"text": "\n".join(lines), "balanced": balanced, "counts": counts, "dropped": dropped}
+
+
+# -- decrypt -------------------------------------------------------------------------
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from udfs.record import invert_view
+
+    keyring, _ = resolve_keyring(args.keyring)
+    policy = load_policy(args.policy, keyring=keyring)
+    view = policy.views.get(args.view)
+    if view is None or view.tree is None:
+        raise CliError(f"policy has no record view {args.view!r}; views: {', '.join(policy.views)}")
+    for leaf_transform in policy.transforms():
+        leaf_transform.open(keyring)
+    for line in _input_lines(args.input):
+        doc = json.loads(line)
+        value = doc["value"] if isinstance(doc, dict) and "value" in doc and "headers" in doc else doc
+        print(json.dumps(invert_view(view.tree, value), ensure_ascii=False))
+    return 0
+
+
+def _input_lines(source: str):
+    if source == "-":
+        yield from (line for line in sys.stdin if line.strip())
+        return
+    path = Path(source)
+    files = sorted(f for f in path.rglob("*.jsonl") if not f.name.startswith(".")) if path.is_dir() else [path]
+    for file in files:
+        with open(file) as fh:
+            yield from (line for line in fh if line.strip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Load, check and compile a protection policy (one YAML file per raw topic).
+
+Checking happens once, before a job is built. Every problem is reported with the
+file, the path inside it (``views.masked.fields.card``), what is wrong and what
+is allowed. Nothing here runs per record.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from udfs import registry
+from udfs.keyring import Keyring, KeyringError
+from udfs.record import Node, PathError, build_tree, leaves
+from udfs.registry import ParamError, Transform
+
+TOP_LEVEL_KEYS = ("version", "id", "description", "source", "subject_field", "views", "plugins", "delivery")
+SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay")
+VIEW_KEYS = ("description", "sink", "fields", "k_anonymity", "differential_privacy")
+SINK_KEYS = ("topic", "compacted")
+DELIVERY_MODES = ("exactly-once", "at-least-once")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    problem: str
+    allowed: str = ""
+
+    def render(self, file: str) -> str:
+        text = f"{file}: {self.path or '<top>'}: {self.problem}"
+        return text + (f" (allowed: {self.allowed})" if self.allowed else "")
+
+
+class PolicyError(ValueError):
+    """One or more problems in a policy. ``str()`` lists them, one per line."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+@dataclass
+class View:
+    name: str
+    topic: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    tree: Node | None = None
+    k_anonymity: dict[str, Any] | None = None
+    differential_privacy: dict[str, Any] | None = None
+    compacted: bool = False
+    key_ids: tuple[str, ...] = ()
+
+    @property
+    def is_record_view(self) -> bool:
+        return self.tree is not None
+
+
+@dataclass
+class Policy:
+    """A checked policy. ``document`` is the parsed YAML, kept so workers can recompile it."""
+
+    id: str
+    hash: str
+    file: str
+    document: dict[str, Any]
+    source_topic: str
+    timestamp_field: str
+    subject_field: str
+    required_fields: tuple[str, ...]
+    key_field: str | None
+    watermark_delay_ms: int
+    delivery: str
+    views: dict[str, View]
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.source_topic}.dlq"
+
+    def transforms(self) -> list[Transform]:
+        return [leaf.transform for view in self.views.values() if view.tree for leaf in leaves(view.tree)]
+
+    def open(self, keyring: Keyring | None) -> None:
+        """Resolve keys and build ciphers in every transform (once per task)."""
+        for transform in self.transforms():
+            transform.open(keyring)
+
+
+def load_policy(path: str | Path, keyring: Keyring | None = None) -> Policy:
+    """Read and check a policy file; with a keyring, also check that every key it names exists."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PolicyError(str(path), [Problem("", "file not found", "a path to a YAML policy")]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise PolicyError(str(path), [Problem("", f"not valid YAML at {where}", "a YAML mapping")]) from None
+    return compile_policy(document, file=str(path), keyring=keyring)
+
+
+def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | None = None) -> Policy:
+    """Check a parsed policy and compile it; raise :class:`PolicyError` listing every problem."""
+    problems: list[Problem] = []
+    doc = document if isinstance(document, dict) else {}
+    if not isinstance(document, dict):
+        raise PolicyError(file, [Problem("", "the policy must be a mapping", "keys: " + ", ".join(TOP_LEVEL_KEYS))])
+    _unknown_keys(doc, TOP_LEVEL_KEYS, "", problems)
+    if doc.get("version") != 1:
+        problems.append(Problem("version", f"unsupported version {doc.get('version')!r}", "1"))
+
+    plugins = doc.get("plugins", []) or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        problems.append(Problem("plugins", "must be a list of module names", "e.g. [my_company.udfs]"))
+        plugins = []
+    for index, module in enumerate(plugins):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            problems.append(Problem(f"plugins[{index}]", f"cannot import {module!r} ({exc.name} not found)",
+                                    "a module on the Python path of the job and its workers"))
+
+    source = doc.get("source")
+    if not isinstance(source, dict):
+        problems.append(Problem("source", "missing or not a mapping", "{topic: ..., format: json, timestamp_field: ...}"))
+        source = {}
+    _unknown_keys(source, SOURCE_KEYS, "source", problems)
+    topic = source.get("topic")
+    if not isinstance(topic, str) or not topic:
+        problems.append(Problem("source.topic", "missing", "the raw topic's name"))
+    if source.get("format", "json") != "json":
+        problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}", "json"))
+    timestamp_field = source.get("timestamp_field")
+    if not isinstance(timestamp_field, str) or not timestamp_field:
+        problems.append(Problem("source.timestamp_field", "missing", "the field holding the event time (ISO-8601)"))
+    required = source.get("required_fields", []) or []
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        problems.append(Problem("source.required_fields", "must be a list of field names", "e.g. [customerId]"))
+        required = []
+    watermark_delay_ms = _duration_ms(source.get("watermark_delay", "5s"), "source.watermark_delay", problems)
+
+    subject = doc.get("subject_field")
+    if not isinstance(subject, str) or not subject:
+        problems.append(Problem("subject_field", "missing", "the field that says whose data a record is, e.g. customerId"))
+
+    delivery = doc.get("delivery", "exactly-once")
+    if delivery not in DELIVERY_MODES:
+        problems.append(Problem("delivery", f"unknown mode {delivery!r}", ", ".join(DELIVERY_MODES)))
+
+    views: dict[str, View] = {}
+    raw_views = doc.get("views")
+    if not isinstance(raw_views, dict) or not raw_views:
+        problems.append(Problem("views", "missing or empty", "a mapping of view name to {sink, fields} or {sink, differential_privacy}"))
+        raw_views = {}
+    for name, raw_view in raw_views.items():
+        view = _compile_view(str(name), raw_view, keyring, problems)
+        if view is not None:
+            views[str(name)] = view
+
+    if problems:
+        raise PolicyError(file, problems)
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return Policy(
+        id=str(doc.get("id") or Path(file).stem),
+        hash=hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        file=file,
+        document=doc,
+        source_topic=topic,
+        timestamp_field=timestamp_field,
+        subject_field=subject,
+        required_fields=tuple(dict.fromkeys([subject, timestamp_field, *required])),
+        key_field=source.get("key_field"),
+        watermark_delay_ms=watermark_delay_ms,
+        delivery=delivery,
+        views=views,
+        plugins=tuple(plugins),
+    )
+
+
+def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[Problem]) -> View | None:
+    where = f"views.{name}"
+    if not isinstance(raw, dict):
+        problems.append(Problem(where, "must be a mapping", "keys: " + ", ".join(VIEW_KEYS)))
+        return None
+    _unknown_keys(raw, VIEW_KEYS, where, problems)
+    sink = raw.get("sink")
+    topic = None
+    if not isinstance(sink, dict) or not isinstance(sink.get("topic"), str):
+        problems.append(Problem(f"{where}.sink", "missing or without a topic", "{topic: masked-customer-events}"))
+        sink = {}
+    else:
+        _unknown_keys(sink, SINK_KEYS, f"{where}.sink", problems)
+        topic = sink["topic"]
+    fields, dp = raw.get("fields"), raw.get("differential_privacy")
+    if (fields is None) == (dp is None):
+        problems.append(Problem(where, "needs exactly one of 'fields' and 'differential_privacy'",
+                                "fields for a record view, differential_privacy for an aggregate view"))
+        return None
+    view = View(name=name, topic=topic or "", compacted=bool(sink.get("compacted", False)))
+    if dp is not None:
+        if not isinstance(dp, dict):
+            problems.append(Problem(f"{where}.differential_privacy", "must be a mapping", "see DESIGN.md"))
+            return None
+        from operators.dp_aggregates import DpParams  # imported late: only aggregate views need it
+
+        try:
+            view.differential_privacy = DpParams.from_policy(dp)
+        except ParamError as exc:
+            problems.append(Problem(f"{where}.differential_privacy.{exc.param}".rstrip("."), exc.problem, exc.allowed))
+        return view
+    if not isinstance(fields, dict) or not fields:
+        problems.append(Problem(f"{where}.fields", "must be a non-empty mapping of field path to transform",
+                                "e.g. {email: {mask: email}, customerId: keep}"))
+        return None
+    rules = []
+    for path, spec in fields.items():
+        transform = compile_transform(spec, f"{where}.fields.{path}", str(path), problems)
+        if transform is not None:
+            if keyring is not None:
+                _check_key(transform, keyring, f"{where}.fields.{path}", problems)
+            rules.append((str(path), transform))
+    try:
+        view.tree = build_tree(rules)
+    except PathError as exc:
+        problems.append(Problem(f"{where}.fields", str(exc), "dotted names with optional [*], e.g. items[*].card"))
+        return None
+    view.fields = fields
+    if raw.get("k_anonymity") is not None:
+        from operators.k_anonymity import KAnonymityParams  # only anonymized views need it
+
+        try:
+            view.k_anonymity = KAnonymityParams.from_policy(raw["k_anonymity"], fields)
+        except ParamError as exc:
+            problems.append(Problem(f"{where}.k_anonymity.{exc.param}".rstrip("."), exc.problem, exc.allowed))
+    return view
+
+
+def compile_transform(spec: Any, where: str, path: str, problems: list[Problem]) -> Transform | None:
+    """Turn ``keep`` or ``{mask: keep_last, n: 4}`` into a checked transform instance."""
+    try:
+        from udfs.record import parse_path
+
+        parse_path(path)
+    except PathError as exc:
+        problems.append(Problem(where, str(exc), "dotted names with optional [*], e.g. address.zip, items[*].card"))
+        return None
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, dict) and spec:
+        # the family is the first key naming one ({n: 4, mask: keep_last} works too)
+        known = set(registry.names())
+        family = next((k for k, v in spec.items() if isinstance(v, str) and f"{k}.{v}" in known), next(iter(spec)))
+        variant = spec[family]
+        params = {k: v for k, v in spec.items() if k != family}
+        if not isinstance(variant, str):
+            problems.append(Problem(where, f"'{family}' needs a variant name, got {type(variant).__name__}",
+                                    _variants(str(family)) or "a registered transform"))
+            return None
+        name = f"{family}.{variant}"
+    else:
+        problems.append(Problem(where, "a transform is a name or a mapping", "keep, drop, null, {mask: email}, ..."))
+        return None
+    try:
+        cls = registry.get(name)
+    except KeyError:
+        problems.append(Problem(where, f"unknown transform {name!r}", _suggest(name)))
+        return None
+    leaf = path.split(".")[-1].replace("[*]", "")
+    try:
+        return cls(params, domain=leaf)
+    except ParamError as exc:
+        problems.append(Problem(f"{where}.{exc.param}" if exc.param else where, exc.problem, exc.allowed))
+        return None
+
+
+def _check_key(transform: Transform, keyring: Keyring, where: str, problems: list[Problem]) -> None:
+    if transform.key_purpose is None:
+        return
+    try:
+        keyring.resolve(transform.key_purpose, transform.key_id)
+    except KeyringError as exc:
+        problems.append(Problem(f"{where}.key_id" if transform.key_id else where, str(exc),
+                                ", ".join(keyring.ids(transform.key_purpose)) or f"add a '{transform.key_purpose}' key"))
+
+
+def view_key_ids(view: View, keyring: Keyring) -> tuple[str, ...]:
+    """The key ids a view's transforms use (written into every output record's headers)."""
+    ids = []
+    for leaf in leaves(view.tree) if view.tree else []:
+        if leaf.transform.key_purpose:
+            ids.append(keyring.resolve(leaf.transform.key_purpose, leaf.transform.key_id).id)
+    return tuple(sorted(set(ids)))
+
+
+def _variants(family: str) -> str:
+    return ", ".join(n for n in registry.names() if n.startswith(family + "."))
+
+
+def _suggest(name: str) -> str:
+    known = registry.names()
+    close = difflib.get_close_matches(name, known, n=3)
+    return ("did you mean " + " or ".join(close) + "? " if close else "") + "known: " + ", ".join(known)
+
+
+def _unknown_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: str, problems: list[Problem]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            problems.append(Problem(f"{where}.{key}" if where else str(key), "unknown key", ", ".join(allowed)))
+
+
+def _duration_ms(raw: Any, where: str, problems: list[Problem]) -> int:
+    try:
+        return parse_duration_ms(raw)
+    except ValueError as exc:
+        problems.append(Problem(where, str(exc), "a duration such as 500ms, 30s, 5m, 1h"))
+        return 0
+
+
+def parse_duration_ms(raw: Any) -> int:
+    """``"30s"`` -> 30000. Plain numbers are seconds."""
+    if isinstance(raw, bool):
+        raise ValueError(f"not a duration: {raw!r}")
+    if isinstance(raw, (int, float)):
+        if raw < 0:
+            raise ValueError("a duration cannot be negative")
+        return int(raw * 1000)
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    text = str(raw).strip()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(text[: -len(unit)]) * units[unit])
+    raise ValueError(f"not a duration: {raw!r}")

@@ -1,0 +1,146 @@
+"""The per-record core of the protect_stream job, in plain Python.
+
+One raw record in; out come one protected record per view, or one dead-letter
+entry. A record is protected for every view or for none, so for each record view
+``records in = view records + dead-letter entries``. The Flink wrapper in
+``protect_stream.py`` only routes what this returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from flink_jobs.policy import Policy, compile_policy, view_key_ids
+from udfs.keyring import Keyring
+from udfs.record import apply_view
+from udfs.registry import TransformError
+
+log = logging.getLogger(__name__)
+
+DLQ = "dlq"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What the core emits: ``channel`` is a view name or ``"dlq"``; ``value`` is channel-shaped."""
+
+    channel: str
+    value: tuple
+
+
+class Protector:
+    """Apply a policy to raw records.
+
+    ``__init__`` keeps only the policy document (picklable, shipped to workers);
+    :meth:`open` compiles it and builds the ciphers, once per task.
+    """
+
+    def __init__(self, policy_document: dict[str, Any], policy_file: str) -> None:
+        self.policy_document = policy_document
+        self.policy_file = policy_file
+        self.dropped: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+
+    def open(self, keyring: Keyring | None) -> None:
+        self.policy: Policy = compile_policy(self.policy_document, file=self.policy_file, keyring=keyring)
+        self.policy.open(keyring)
+        policy = self.policy
+        base = {"policy_id": policy.id, "policy_hash": policy.hash}
+        self._view_headers = {
+            name: json.dumps({**base, "key_ids": ",".join(view_key_ids(view, keyring)) if keyring else ""})
+            for name, view in policy.views.items()
+        }
+        self._dlq_base = base
+        self._record_views = [(n, v.tree) for n, v in policy.views.items() if v.is_record_view and not v.k_anonymity]
+        self._kanon_views = [(n, v) for n, v in policy.views.items() if v.k_anonymity]
+        self._dp_views = [(n, v) for n, v in policy.views.items() if v.differential_privacy]
+        self._required = policy.required_fields
+        self._timestamp_field = policy.timestamp_field
+        self._subject_field = policy.subject_field
+        self._logged_drops: set[str] = set()
+
+    def view_headers(self, view: str) -> str:
+        return self._view_headers[view]
+
+    def process(self, position: str, key: str | None, raw: str) -> list[Routed]:
+        """Protect one raw record. Never raises for bad input: it routes it to the dead-letter channel."""
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return [self._dead(position, key, raw, "invalid_json")]
+        if not isinstance(record, dict):
+            return [self._dead(position, key, raw, "not_an_object")]
+        for name in self._required:
+            if record.get(name) is None:
+                return [self._dead(position, key, raw, f"missing_field {name}")]
+        event_ms = _event_time_ms(record.get(self._timestamp_field))
+        if event_ms is None:
+            return [self._dead(position, key, raw, f"field {self._timestamp_field}: expected an ISO-8601 timestamp")]
+        dropped: list[str] = []
+        out: list[Routed] = []
+        try:
+            for name, tree in self._record_views:
+                protected = apply_view(tree, record, dropped)
+                out.append(Routed(name, (key, self._view_headers[name], orjson.dumps(protected).decode())))
+                if dropped:
+                    self._count_dropped(name, dropped)
+                    dropped = []
+            for name, view in self._kanon_views:
+                out.append(Routed(name, self._kanon_input(name, view, key, record, event_ms, dropped)))
+                if dropped:
+                    self._count_dropped(name, dropped)
+                    dropped = []
+            for name, view in self._dp_views:
+                out.append(Routed(name, self._dp_input(view, record, event_ms)))
+        except TransformError as exc:
+            return [self._dead(position, key, raw, str(exc))]
+        return out
+
+    def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
+        from operators.k_anonymity import extract_quasi_identifiers
+
+        params = view.k_anonymity
+        quasi = extract_quasi_identifiers(params, record)
+        protected = apply_view(view.tree, record, dropped)
+        # the raw subject only lives in keyed state (as sensitive as the raw topic); it is never published
+        subject = str(record[self._subject_field])
+        return (key, self._view_headers[name], orjson.dumps(protected).decode(), subject,
+                orjson.dumps(quasi).decode(), event_ms)
+
+    def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
+        from operators.dp_aggregates import extract_contribution
+
+        group_json, values_json = extract_contribution(view.differential_privacy, record)
+        return (str(record[self._subject_field]), group_json, values_json, event_ms)
+
+    def _count_dropped(self, view: str, names: list[str]) -> None:
+        for name in names:
+            self.dropped[f"{view}:{name}"] += 1
+            if name not in self._logged_drops:
+                self._logged_drops.add(name)
+                # the name only: values never reach a log
+                log.warning("field %r is not in the policy and is dropped from the views (deny by default)", name)
+
+    def _dead(self, position: str, key: str | None, raw: str, reason: str) -> Routed:
+        self.counts["dlq:" + reason.split(":")[0]] += 1
+        headers = json.dumps({**self._dlq_base, "reason": reason, "position": position})
+        return Routed(DLQ, (key, headers, raw))
+
+
+def _event_time_ms(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)

@@ -1,0 +1,259 @@
+"""The protect_stream job: one raw stream in, one output per view plus a dead-letter output.
+
+    raw ──[number]──[protect]──┬─▶ masked view        (key, headers, value)
+                               ├─▶ anonymized view ──[k-anonymity cascade]──▶ released / suppressed
+                               ├─▶ aggregated view ──[DP stage 1]──[DP stage 2, windows]──▶ releases
+                               └─▶ dead letters       (key, headers with reason, raw value)
+
+``build(env, policy, source, sinks)`` wires the graph; ``main()`` is for ``flink run -py``.
+Sources and sinks are small objects with ``open_source(env)`` and ``write(stream, channel, topic)``,
+so the same graph runs on JSONL files (the embedded default) and on Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import (
+    MapFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeExecutionMode,
+    StreamExecutionEnvironment,
+)
+from pyflink.datastream.connectors.file_system import (
+    FileSink,
+    FileSource,
+    OutputFileConfig,
+    RollingPolicy,
+    StreamFormat,
+)
+
+from flink_jobs.policy import Policy
+from flink_jobs.protect import DLQ, Protector
+from udfs.keyring import load_keyring
+
+#: (position, key, raw value, source timestamp ms): what every source yields
+RAW_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+#: (key, headers JSON, value): what every sink takes
+OUT_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+#: k-anonymity input: (key, headers, protected value, subject, quasi-identifiers JSON, event ms)
+KANON_TYPE = Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
+#: DP input: (subject, group JSON, metric values JSON, event ms)
+DP_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+
+
+class Source(Protocol):
+    def open_source(self, env: StreamExecutionEnvironment) -> Any: ...
+
+
+class Sinks(Protocol):
+    def write(self, stream: Any, channel: str, topic: str) -> None: ...
+
+
+@dataclass
+class JobOptions:
+    keyring_ref: str
+    parallelism: int = 1
+    execution_mode: str = "thread"
+    checkpoint_interval_ms: int = 2000
+    stats_dir: str | None = None
+    bundle_size: int = 1000
+    bundle_time_ms: int = 100
+
+
+def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEnvironment:
+    """A streaming environment configured the way these jobs need it."""
+    config = Configuration()
+    config.set_string("python.execution-mode", options.execution_mode)
+    # workers must run this interpreter, or they cannot import pyflink and this project
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    config.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
+    config.set_string("python.fn-execution.bundle.time", str(options.bundle_time_ms))
+    config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
+    project_root = str(Path(__file__).resolve().parent.parent)
+    config.set_string("python.pythonpath", project_root)
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
+    env.set_parallelism(options.parallelism)
+    if options.checkpoint_interval_ms > 0:
+        env.enable_checkpointing(options.checkpoint_interval_ms)
+    for jar in jars:
+        env.add_jars(jar)
+    return env
+
+
+class NumberLines(MapFunction):
+    """Give each file line its 1-based position, for dead-letter reasons (runs at parallelism 1)."""
+
+    def open(self, runtime_context: Any) -> None:
+        self.line = 0
+
+    def map(self, value: str) -> tuple:
+        self.line += 1
+        return (f"line {self.line}", None, value, 0)
+
+
+class FileInput:
+    """A bounded JSON Lines file or folder: the embedded default source."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(Path(path).resolve())
+
+    def open_source(self, env: StreamExecutionEnvironment) -> Any:
+        source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), self.path).build()
+        lines = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw-file").set_parallelism(1)
+        # shape: (position "line N", key None, raw line, 0)
+        return (
+            lines.map(NumberLines(), output_type=RAW_TYPE).set_parallelism(1).name("number-lines").uid("number-lines")
+        )
+
+
+class Envelope(MapFunction):
+    """Turn (key, headers, value) into one JSONL line: ``{"key":..,"headers":{..},"value":..}``."""
+
+    def __init__(self, value_is_json: bool) -> None:
+        self.value_is_json = value_is_json
+
+    def map(self, item: tuple) -> str:
+        key, headers, value = item
+        body = value if self.value_is_json else json.dumps(value, ensure_ascii=False)
+        return f'{{"key":{json.dumps(key)},"headers":{headers},"value":{body}}}'
+
+
+class FileOutput:
+    """Write each channel to ``<dir>/<channel>/`` as JSON Lines part files."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory).resolve()
+
+    def write(self, stream: Any, channel: str, topic: str) -> None:
+        lines = stream.map(Envelope(value_is_json=channel != DLQ), output_type=Types.STRING())
+        lines = lines.name(f"envelope-{channel}").uid(f"envelope-{channel}")
+        sink = (
+            FileSink.for_row_format(str(self.directory / channel), Encoder.simple_string_encoder())
+            .with_output_file_config(OutputFileConfig.builder().with_part_prefix(channel).with_part_suffix(".jsonl").build())
+            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+            .build()
+        )
+        lines.sink_to(sink).name(f"sink-{channel}").uid(f"sink-{channel}")
+
+
+class ProtectFunction(ProcessFunction):
+    """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
+
+    def __init__(self, policy: Policy, options: JobOptions, tags: dict[str, OutputTag]) -> None:
+        self.protector = Protector(policy.document, policy.file)
+        self.keyring_ref = options.keyring_ref
+        self.stats_dir = options.stats_dir
+        self.tags = tags
+
+    def open(self, runtime_context: Any) -> None:
+        self.protector.open(load_keyring(self.keyring_ref))
+        self.subtask = runtime_context.get_index_of_this_subtask()
+        group = runtime_context.get_metrics_group().add_group("protect")
+        self.metric_in = group.counter("records_in")
+        self.metric_dlq = group.counter("dead_letters")
+        self.seen = 0
+        self.dead = 0
+        self.next_progress = time.monotonic() + 1.0
+
+    def process_element(self, value: tuple, ctx: Any):
+        position, key, raw, _ = value
+        self.seen += 1
+        for routed in self.protector.process(position, key, raw):
+            if routed.channel == DLQ:
+                self.dead += 1
+            yield self.tags[routed.channel], routed.value
+        if self.stats_dir and not self.seen & 1023 and time.monotonic() > self.next_progress:
+            self.next_progress = time.monotonic() + 1.0
+            self._write_stats("progress")
+
+    def close(self) -> None:
+        if hasattr(self, "metric_in"):
+            self.metric_in.inc(self.seen)
+            self.metric_dlq.inc(self.dead)
+            if self.stats_dir:
+                self._write_stats("final")
+
+    def _write_stats(self, kind: str) -> None:
+        # names and counts only: never a value
+        stats = {"subtask": self.subtask, "kind": kind, "records_in": self.seen, "dead_letters": self.dead,
+                 "dropped_fields": dict(self.protector.dropped)}
+        os.makedirs(self.stats_dir, exist_ok=True)
+        path = os.path.join(self.stats_dir, f"subtask-{self.subtask}.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(stats, fh)
+        os.replace(path + ".tmp", path)
+
+
+class EventTime(TimestampAssigner):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        return value[self.index]
+
+
+def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks: Sinks, options: JobOptions) -> None:
+    """Wire the protect_stream graph for ``policy`` into ``env``."""
+    tags: dict[str, OutputTag] = {DLQ: OutputTag("dead-letters", OUT_TYPE)}
+    for name, view in policy.views.items():
+        kind = DP_TYPE if view.differential_privacy else KANON_TYPE if view.k_anonymity else OUT_TYPE
+        tags[name] = OutputTag(f"view-{name}", kind)
+
+    raw = source.open_source(env)
+    # shape: (position, key, raw value, source ms)
+    protected = (
+        raw.process(ProtectFunction(policy, options, tags), output_type=Types.STRING())
+        .name("protect").uid("protect")
+    )
+    sinks.write(protected.get_side_output(tags[DLQ]), DLQ, policy.dlq_topic)
+
+    for name, view in policy.views.items():
+        stream = protected.get_side_output(tags[name])
+        if view.k_anonymity:
+            from operators import k_anonymity
+
+            # shape: (key, headers, protected value, subject, quasi-identifiers, event ms)
+            released, suppressed = k_anonymity.attach(stream, view.k_anonymity, view_name=name)
+            sinks.write(released, name, view.topic)
+            sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
+        elif view.differential_privacy:
+            from operators import dp_aggregates
+
+            delay = Duration.of_millis(policy.watermark_delay_ms)
+            strategy = (
+                WatermarkStrategy.for_bounded_out_of_orderness(delay)
+                .with_timestamp_assigner(EventTime(3))
+                .with_idleness(Duration.of_seconds(5))
+            )
+            # shape: (subject, group JSON, metric values JSON, event ms) with event-time timestamps
+            timed = stream.assign_timestamps_and_watermarks(strategy).name(f"event-time-{name}").uid(f"event-time-{name}")
+            releases = dp_aggregates.attach(timed, view.differential_privacy, view_name=name,
+                                            policy_id=policy.id, policy_hash=policy.hash)
+            sinks.write(releases, name, view.topic)
+        else:
+            # shape: (key, headers, protected value)
+            sinks.write(stream, name, view.topic)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``flink run -py flink_jobs/protect_stream.py -- --policy P ...``."""
+    from flink_jobs import cli
+
+    return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Keep, drop, null, redaction and partial masks.
+
+These need no key: they hide part of a value and keep its shape, as in the
+source text's ``j***@example.com`` and ``***-**-6789``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+
+DROP = object()
+"""Returned by a transform to remove the field from the view."""
+
+
+@transform("keep")
+class Keep(Transform):
+    """Pass the value through unchanged (the field is named, so it is allowed)."""
+
+    def apply(self, value: Any) -> Any:
+        return value
+
+
+@transform("drop")
+class Drop(Transform):
+    """Remove the field from the view. Same as not naming it, but explicit and not counted."""
+
+    def apply(self, value: Any) -> Any:
+        return DROP
+
+
+@transform("null")
+class Null(Transform):
+    """Keep the field but replace its value with JSON null."""
+
+    def apply(self, value: Any) -> Any:
+        return None
+
+
+@transform("redact")
+class Redact(Transform):
+    """Replace the whole value with a fixed mask (``{redact: fixed, mask: "[REDACTED]"}``)."""
+
+    params = ("mask",)
+
+    def validate(self) -> None:
+        self.mask = self.option("mask", "[REDACTED]")
+        if not isinstance(self.mask, str):
+            raise ParamError("mask", "must be a string", 'a fixed string such as "[REDACTED]"')
+
+    def apply(self, value: Any) -> Any:
+        return None if value is None else self.mask
+
+
+@transform("redact.fixed")
+class RedactFixed(Redact):
+    """The mapping form of :class:`Redact`: ``{redact: fixed, mask: "[CARD]"}``."""
+
+
+class _StringMask(Transform):
+    """Base of the partial masks: they take strings only, and keep separators."""
+
+    params: ClassVar[tuple[str, ...]] = ("char",)
+    #: characters kept in place, so ``123-45-6789`` keeps its dashes
+    separators: ClassVar[frozenset[str]] = frozenset(" -().+/_")
+
+    def validate(self) -> None:
+        self.char = self.option("char", "*")
+        if not isinstance(self.char, str) or len(self.char) != 1:
+            raise ParamError("char", "must be a single character", 'one character such as "*"')
+
+    def text(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TransformError(f"{self.name} expected a string, got {_type_name(value)}")
+        return value
+
+    def mask_except(self, text: str, keep: set[int]) -> str:
+        char, separators = self.char, self.separators
+        return "".join(c if i in keep or c in separators else char for i, c in enumerate(text))
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _significant_positions(text: str, separators: frozenset[str]) -> list[int]:
+    return [i for i, c in enumerate(text) if c not in separators]
+
+
+@transform("mask.keep_last")
+class KeepLast(_StringMask):
+    """Mask all but the last ``n`` significant characters: ``***-**-6789``."""
+
+    params = ("n", "char", "min_length")
+
+    def validate(self) -> None:
+        super().validate()
+        self.n = self.int_option("n", 4, minimum=0)
+        # keep_last 4 on a 4-character value would reveal it whole; refuse that at policy time
+        self.min_length = self.int_option("min_length", self.n + 1, minimum=0)
+        if self.min_length <= self.n:
+            raise ParamError(
+                "n", f"keep_last {self.n} would reveal whole values of length {self.min_length}",
+                f"n smaller than min_length ({self.min_length})",
+            )
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        text = self.text(value)
+        positions = _significant_positions(text, self.separators)
+        if len(positions) < self.min_length:
+            raise TransformError(f"{self.name}: value has {len(positions)} characters, needs at least {self.min_length}")
+        return self.mask_except(text, set(positions[len(positions) - self.n:]) if self.n else set())
+
+
+@transform("mask.keep_first")
+class KeepFirst(KeepLast):
+    """Mask all but the first ``n`` significant characters: ``4111-****-****-****``."""
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        text = self.text(value)
+        positions = _significant_positions(text, self.separators)
+        if len(positions) < self.min_length:
+            raise TransformError(f"{self.name}: value has {len(positions)} characters, needs at least {self.min_length}")
+        return self.mask_except(text, set(positions[: self.n]))
+
+
+@transform("mask.email")
+class MaskEmail(_StringMask):
+    """``john.doe@example.com`` becomes ``j***@example.com``: first letter and domain kept."""
+
+    params = ("char", "keep_domain")
+
+    def validate(self) -> None:
+        super().validate()
+        self.keep_domain = bool(self.option("keep_domain", True))
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        text = self.text(value)
+        local, at, domain = text.rpartition("@")
+        if not at or not local or not domain or "." not in domain:
+            raise TransformError(f"{self.name}: not an email address")
+        masked_domain = domain if self.keep_domain else self.char * 3 + domain[domain.rfind("."):]
+        return f"{local[0]}{self.char * 3}@{masked_domain}"
+
+
+@transform("mask.phone")
+class MaskPhone(_StringMask):
+    """Keep the format and the last ``n`` digits of a phone number: ``+*-***-***-0134``."""
+
+    params = ("n", "char")
+
+    def validate(self) -> None:
+        super().validate()
+        self.n = self.int_option("n", 4, minimum=0)
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        text = self.text(value)
+        digits = [i for i, c in enumerate(text) if c.isdigit()]
+        if len(digits) < 7 or len(digits) > 15:
+            raise TransformError(f"{self.name}: expected 7 to 15 digits, got {len(digits)}")
+        if any(not (c.isdigit() or c in self.separators) for c in text):
+            raise TransformError(f"{self.name}: unexpected characters in a phone number")
+        return self.mask_except(text, set(digits[len(digits) - self.n:]) if self.n else set())
+
+
+__all__ = ["DROP", "MISSING", "Drop", "Keep", "KeepFirst", "KeepLast", "MaskEmail", "MaskPhone", "Null", "Redact"]

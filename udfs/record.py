@@ -1,0 +1,181 @@
+"""Apply a view's field transforms to one record: the per-record core of every view.
+
+A view is a tree compiled from dotted paths (``address.zip``, ``items[*].card``).
+Only named paths reach the output (deny by default); the names of the others are
+reported so the job can count them. A value that does not fit its transform
+raises :class:`~udfs.registry.TransformError` with the field's path in the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from udfs.masking import DROP
+from udfs.registry import MISSING, Transform, TransformError
+
+_SEGMENT = re.compile(r"^(?P<name>[A-Za-z_$][\w$-]*)(?P<array>\[\*\])?$")
+
+
+class PathError(ValueError):
+    """A field path is not ``name(.name)*`` with optional ``[*]`` after a name."""
+
+
+@dataclass
+class Leaf:
+    path: str
+    transform: Transform
+
+
+@dataclass
+class Node:
+    children: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArrayOf:
+    item: Any
+
+
+def parse_path(path: str) -> list[tuple[str, bool]]:
+    """``"items[*].card"`` -> ``[("items", True), ("card", False)]``."""
+    if not isinstance(path, str) or not path:
+        raise PathError("a field path must be a non-empty string")
+    segments = []
+    for part in path.split("."):
+        match = _SEGMENT.match(part)
+        if match is None:
+            raise PathError(f"segment {part!r} is not a field name, optionally followed by [*]")
+        segments.append((match["name"], match["array"] is not None))
+    return segments
+
+
+def build_tree(rules: Iterable[tuple[str, Transform]]) -> Node:
+    """Compile ``(path, transform)`` pairs into a tree; raise :class:`PathError` on clashes."""
+    root = Node()
+    for path, transform in rules:
+        segments = parse_path(path)
+        node: Any = root
+        for index, (name, is_array) in enumerate(segments):
+            last = index == len(segments) - 1
+            existing = node.children.get(name)
+            if last:
+                target: Any = Leaf(path, transform)
+                if is_array:
+                    target = ArrayOf(target)
+                if existing is not None:
+                    raise PathError(f"{path} overlaps another rule for the same field")
+                node.children[name] = target
+                continue
+            if existing is None:
+                existing = ArrayOf(Node()) if is_array else Node()
+                node.children[name] = existing
+            inner = existing.item if isinstance(existing, ArrayOf) else existing
+            if isinstance(existing, Leaf) or isinstance(inner, Leaf) or isinstance(existing, ArrayOf) != is_array:
+                raise PathError(f"{path} overlaps another rule for the same field")
+            node = inner
+    return root
+
+
+def leaves(node: Any) -> list[Leaf]:
+    if isinstance(node, Leaf):
+        return [node]
+    if isinstance(node, ArrayOf):
+        return leaves(node.item)
+    return [leaf for child in node.children.values() for leaf in leaves(child)]
+
+
+def apply_view(root: Node, record: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """Protect ``record`` with the tree; append the paths of unnamed fields to ``dropped``."""
+    return _apply_node(root, record, record, "", dropped)
+
+
+def _apply_node(node: Node, value: Mapping[str, Any], record: Mapping[str, Any], prefix: str, dropped: list[str]) -> dict:
+    children = node.children
+    extra = value.keys() - children.keys()
+    if extra:
+        dropped.extend(prefix + name for name in sorted(extra))
+    out: dict[str, Any] = {}
+    for name, child in children.items():
+        item = value.get(name, MISSING)
+        if isinstance(child, Leaf):
+            result = _apply_leaf(child, item, record)
+        elif item is MISSING:
+            continue
+        elif item is None:
+            result = None
+        elif isinstance(child, Node):
+            if not isinstance(item, Mapping):
+                raise TransformError(f"field {prefix}{name}: expected an object, got {_kind(item)}")
+            result = _apply_node(child, item, record, f"{prefix}{name}.", dropped)
+        else:
+            result = _apply_array(child, item, record, f"{prefix}{name}", dropped)
+        if result is not MISSING and result is not DROP:
+            out[name] = result
+    return out
+
+
+def _apply_array(child: ArrayOf, items: Any, record: Mapping[str, Any], path: str, dropped: list[str]) -> list:
+    if not isinstance(items, list):
+        raise TransformError(f"field {path}: expected a list, got {_kind(items)}")
+    inner = child.item
+    out = []
+    for element in items:
+        if isinstance(inner, Leaf):
+            result = _apply_leaf(inner, element, record)
+            if result is DROP:
+                continue
+        elif element is None:
+            result = None
+        elif isinstance(inner, Node):
+            if not isinstance(element, Mapping):
+                raise TransformError(f"field {path}[*]: expected an object, got {_kind(element)}")
+            result = _apply_node(inner, element, record, f"{path}[*].", dropped)
+        else:
+            result = _apply_array(inner, element, record, f"{path}[*]", dropped)
+        out.append(result)
+    return out
+
+
+def _apply_leaf(leaf: Leaf, value: Any, record: Mapping[str, Any]) -> Any:
+    transform = leaf.transform
+    try:
+        if transform.needs_record:
+            return transform.apply_in_record(value, record)
+        if value is MISSING:
+            return MISSING
+        return transform.apply(value)
+    except TransformError as exc:
+        raise TransformError(f"field {leaf.path}: {exc}") from None
+
+
+def invert_view(root: Node, protected: Mapping[str, Any]) -> dict[str, Any]:
+    """Decrypt the reversible fields of a protected record; other fields are left as they are."""
+    out = dict(protected)
+    for name, child in root.children.items():
+        if name not in out:
+            continue
+        value = out[name]
+        if isinstance(child, Leaf):
+            if child.transform.reversible:
+                try:
+                    out[name] = child.transform.invert_in_record(value, protected)
+                except TransformError as exc:
+                    raise TransformError(f"field {child.path}: {exc}") from None
+        elif isinstance(child, Node) and isinstance(value, Mapping):
+            out[name] = invert_view(child, value)
+        elif isinstance(child, ArrayOf) and isinstance(value, list):
+            item = child.item
+            if isinstance(item, Leaf) and item.transform.reversible:
+                out[name] = [item.transform.invert(v) for v in value]
+            elif isinstance(item, Node):
+                out[name] = [invert_view(item, v) if isinstance(v, Mapping) else v for v in value]
+    return out
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else {"str": "a string", "list": "a list", "dict": "an object"}.get(
+        type(value).__name__, type(value).__name__
+    )
