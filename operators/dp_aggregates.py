@@ -883,7 +883,8 @@ def attach(
     """
     from pyflink.common.typeinfo import Types
 
-    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE())])
+    # LIST, not PRIMITIVE_ARRAY: thread mode hands Java an ArrayList, not a double[]
+    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.LIST(Types.DOUBLE())])
     uid = f"dp/{view_name}"
 
     windowed = (
@@ -930,8 +931,20 @@ def _ttl(ms: int) -> Any:
         StateTtlConfig.new_builder(Time.milliseconds(ms))
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        # incremental heap cleanup fails in thread mode ("Failed to incrementally clean up
+        # state with TTL"); expired entries go on read and in full snapshots instead
+        .disable_cleanup_in_background()
+        .cleanup_full_snapshot()
         .build()
     )
+
+
+def _subtask_index(ctx: Any) -> int:
+    try:
+        return ctx.get_index_of_this_subtask()
+    except AttributeError:
+        # thread mode in PyFlink 2.2 calls a method Flink 2 moved to TaskInfo
+        return ctx._runtime_context.getTaskInfo().getIndexOfThisSubtask()
 
 
 def _flink_bases() -> tuple[type, type]:
@@ -969,11 +982,12 @@ class _BoundContributions(_KeyedProcess):
         from pyflink.common.typeinfo import Types
         from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-        seed = None if self.random_state is None else self.random_state * 1000 + ctx.get_index_of_this_subtask()
+        seed = None if self.random_state is None else self.random_state * 1000 + _subtask_index(ctx)
         self.rng = make_random(seed)
         self.core = ContributionBounder(self.params)
         ttl = _ttl(self.params.state_ttl_ms)
-        groups = MapStateDescriptor("groups", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()))
+        # LIST, not PRIMITIVE_ARRAY: thread mode fails on get() of a missing array value (PyFlink 2.2)
+        groups = MapStateDescriptor("groups", Types.STRING(), Types.LIST(Types.DOUBLE()))
         groups.enable_time_to_live(ttl)
         salt = ValueStateDescriptor("salt", Types.LONG())
         salt.enable_time_to_live(ttl)
@@ -1029,9 +1043,9 @@ class _NoisyAggregate(_KeyedProcess):
         from pyflink.common.typeinfo import Types
         from pyflink.datastream.state import MapStateDescriptor
 
-        seed = None if self.random_state is None else self.random_state * 1000 + 500 + ctx.get_index_of_this_subtask()
+        seed = None if self.random_state is None else self.random_state * 1000 + 500 + _subtask_index(ctx)
         self.core = GroupReleaser(self.params, seed)
-        windows = MapStateDescriptor("windows", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()))
+        windows = MapStateDescriptor("windows", Types.LONG(), Types.LIST(Types.DOUBLE()))
         windows.enable_time_to_live(_ttl(self.params.state_ttl_ms))
         self.windows = ctx.get_map_state(windows)
         metrics = ctx.get_metrics_group()

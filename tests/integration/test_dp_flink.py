@@ -1,0 +1,159 @@
+"""The DP aggregate operators in a real MiniCluster (thread mode, parallelism 1), event time over several windows."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import sysconfig
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from operators.dp_aggregates import DpParams, attach
+
+pytestmark = pytest.mark.integration
+
+MINUTE = 60_000
+T0 = 1_710_460_800_000  # 2024-03-15T00:00:00Z, a window boundary
+WINDOWS = 4
+#: subjects per region; each subject stays in its region and buys 1-3 times per window
+REGIONS = {"us-west": 400, "us-east": 250, "eu": 150, "tiny": 1}
+FLOOD = 2000  # records one subject pours into us-west in window 0
+PUBLIC_EMPTY = "nowhere"
+#: |error| bound, in standard deviations, that geometric (Laplace-like) noise of that std
+#: exceeds with probability 1e-6 per release: P(|L| > t) = exp(-t / b) and std = b * sqrt(2)
+TAIL_SIGMAS = math.log(1e6) / math.sqrt(2)  # about 9.8
+
+
+def synthetic() -> tuple[list[tuple[str, str, str, int]], dict[tuple[str, int], int]]:
+    """Input tuples in event-time order, and the true number of subjects per (region, window)."""
+    rng = random.Random(42)
+    rows, truth = [], defaultdict(int)
+    for w in range(WINDOWS):
+        start = T0 + w * MINUTE
+        for region, n in REGIONS.items():
+            for s in range(n):
+                truth[(region, start)] += 1
+                for _ in range(rng.randint(1, 3)):
+                    amount = round(rng.uniform(1, 200), 2)
+                    rows.append(
+                        (
+                            f"{region}-{s}",
+                            json.dumps([region]),
+                            json.dumps({"purchaseAmount": amount}),
+                            start + rng.randrange(MINUTE),
+                        )
+                    )
+    truth[("us-west", T0)] += 1
+    rows += [("flooder", '["us-west"]', '{"purchaseAmount": 1000000}', T0 + i % MINUTE) for i in range(FLOOD)]
+    rows.sort(key=lambda r: r[3])
+    return rows, truth
+
+
+def run_job(params: DpParams, rows, random_state) -> list[tuple[str, dict, dict]]:
+    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    class EventTime(TimestampAssigner):
+        def extract_timestamp(self, value, record_timestamp):
+            return value[3]
+
+    conf = Configuration()
+    conf.set_string("python.execution-mode", "thread")
+    conf.set_string("python.executable", sys.executable)
+    root = str(Path(__file__).resolve().parents[2])
+    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(1)
+    source_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+    stream = env.from_collection(rows, type_info=source_type).assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(5)).with_timestamp_assigner(EventTime())
+    )
+    out = attach(stream, params, view_name="aggregated", policy_id="test-policy", policy_hash="abc123", random_state=random_state)
+    with out.execute_and_collect("dp-flink-test") as results:
+        return [(key, json.loads(headers), json.loads(value)) for key, headers, value in results]
+
+
+def base_block(**extra):
+    return {
+        "window": "1m",
+        "group_by": ["region"],
+        "epsilon": 1.0,
+        "max_groups_per_subject": 1,
+        "metrics": ["count", {"sum": "purchaseAmount", "bounds": [0, 200]}, {"mean": "purchaseAmount", "bounds": [0, 200]}],
+        **extra,
+    }
+
+
+def check_release(value: dict, headers: dict, truth: dict, params: DpParams) -> float:
+    """Common checks on one release; returns its count error in standard deviations."""
+    start = value["window_start"]
+    assert start.endswith(":00.000Z") and value["window_end"] > start
+    assert (value["epsilon"], value["mechanism"]) == (1.0, "laplace")
+    assert value["delta"] == params.window_delta
+    assert headers["policy_id"] == "test-policy" and headers["policy_hash"] == "abc123"
+    for name in ("count", "purchaseAmount_sum", "purchaseAmount_mean"):
+        assert value[name]["std"] > 0 and len(value[name]["ci95"]) == 2
+    assert 0 <= value["purchaseAmount_mean"]["value"] <= 200
+    return (value["count"]["value"] - truth) / value["count"]["std"]
+
+
+def window_index(value: dict) -> int:
+    from datetime import datetime
+
+    ms = int(datetime.fromisoformat(value["window_start"].replace("Z", "+00:00")).timestamp() * 1000)
+    return (ms - T0) // MINUTE
+
+
+def test_public_groups_release_every_window_near_the_truth_with_bounded_flood():
+    rows, truth = synthetic()
+    params = DpParams.from_policy(base_block(public_groups=["us-west", "us-east", "eu", PUBLIC_EMPTY], total_epsilon=3.0))
+    out = run_job(params, rows, random_state=1)
+
+    by_window = defaultdict(dict)
+    z = []
+    for key, headers, value in out:
+        by_window[window_index(value)][value["region"]] = (headers, value)
+        assert key == json.dumps([value["region"]])
+    # total_epsilon 3 stops the view after three windows of epsilon 1
+    assert sorted(by_window) == [0, 1, 2]
+    for w, groups in by_window.items():
+        assert set(groups) == {"us-west", "us-east", "eu", PUBLIC_EMPTY}  # "tiny" is not public: dropped
+        for region, (headers, value) in groups.items():
+            true = truth.get((region, T0 + w * MINUTE), 0)
+            z.append(check_release(value, headers, true, params))
+            assert abs(z[-1]) < TAIL_SIGMAS, (w, region)
+            assert headers["epsilon_spent"] == pytest.approx(w + 1.0)
+    # the errors are the size the releases state: mean square z about 1 (12 Laplace-like draws)
+    assert 0.05 < sum(x * x for x in z) / len(z) < 4
+    # the flooder's 2000 records of 1,000,000 move the window-0 sum by at most its bound, 200
+    west0 = by_window[0]["us-west"][1]["purchaseAmount_sum"]
+    true_sum_bound = truth[("us-west", T0)] * 200
+    assert west0["value"] < true_sum_bound + 4 * west0["std"]
+
+
+def test_private_selection_hides_a_lone_subject_and_runs_differ():
+    rows, truth = synthetic()
+    params = DpParams.from_policy(base_block(delta=1e-6))
+    first = run_job(params, rows, random_state=None)
+    second = run_job(params, rows, random_state=None)
+
+    counts, z = [], []
+    for out in (first, second):
+        released = {(window_index(v), v["region"]): (h, v) for _, h, v in out}
+        # the one-subject region never passes the threshold; the big ones always do
+        assert not any(region == "tiny" for _, region in released)
+        assert {r for _, r in released} == {"us-west", "us-east", "eu"}
+        assert {w for w, _ in released} == set(range(WINDOWS))
+        for (w, region), (headers, value) in released.items():
+            z.append(check_release(value, headers, truth[(region, T0 + w * MINUTE)], params))
+            assert abs(z[-1]) < TAIL_SIGMAS
+            assert headers["epsilon_spent"] == pytest.approx(w + 1.0)
+        counts.append(sorted((k, v["count"]["value"]) for k, (_, v) in released.items()))
+    assert 0.05 < sum(x * x for x in z) / len(z) < 4
+    # secure randomness: two runs over the same input give different noise
+    assert counts[0] != counts[1]
