@@ -129,6 +129,11 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _Z95 = 1.959963984540054
 
+try:  # orjson is pinned in setup.cfg; it parses the per-record values about 3x faster
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
 
 # ---------------------------------------------------------------------------
 # parameters
@@ -576,8 +581,10 @@ class ContributionBounder:
         digest = hashlib.blake2b(group_json.encode(), key=salt.to_bytes(8, "little"), digest_size=8).digest()
         return (int.from_bytes(digest, "little") >> 11) / 9007199254740992.0
 
-    def vector(self, values: Mapping[str, Any]) -> list[float]:
-        """Clamped value slots of one record (NaN for a null value)."""
+    def vector(self, values: Mapping[str, Any] | str) -> list[float]:
+        """Clamped value slots of one record (NaN for a null value); takes the dict or its JSON."""
+        if isinstance(values, str):
+            values = _loads(values)
         out = []
         for m in self.metrics:
             v = values.get(m.field)
@@ -1011,7 +1018,7 @@ class _BoundContributions(_KeyedProcess):
             salt = self.core.new_salt(self.rng)
             self.salt.update(salt)
             ctx.timer_service().register_event_time_timer(release)
-        self.core.offer(self.groups, salt, group_json, self.core.vector(json.loads(values_json)), self.rng)
+        self.core.offer(self.groups, salt, group_json, self.core.vector(values_json), self.rng)
         return
         yield  # a generator, as PyFlink expects
 
