@@ -60,6 +60,12 @@ class Protector:
         self._dlq_base = base
         self._record_views = [(n, v.tree) for n, v in policy.views.items() if v.is_record_view and not v.k_anonymity]
         self._kanon_views = [(n, v) for n, v in policy.views.items() if v.k_anonymity]
+        # fields a k-anonymity view reads as quasi-identifiers are published generalized: not "dropped"
+        self._consumed = {
+            name: {path.split(".")[0].split("[")[0] for qi in v.k_anonymity.quasi_identifiers
+                   for path in (*qi.paths, *qi.lat_paths, *qi.lon_paths)}
+            for name, v in self._kanon_views
+        }
         self._dp_views = [(n, v) for n, v in policy.views.items() if v.differential_privacy]
         self._required = policy.required_fields
         self._timestamp_field = policy.timestamp_field
@@ -95,7 +101,8 @@ class Protector:
             for name, view in self._kanon_views:
                 out.append(Routed(name, self._kanon_input(name, view, key, record, event_ms, dropped)))
                 if dropped:
-                    self._count_dropped(name, dropped)
+                    consumed = self._consumed[name]
+                    self._count_dropped(name, [d for d in dropped if d.split(".")[0] not in consumed])
                     dropped = []
             for name, view in self._dp_views:
                 out.append(Routed(name, self._dp_input(view, record, event_ms)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import sysconfig
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pyflink.datastream import (
     StreamExecutionEnvironment,
 )
 from pyflink.datastream.connectors.file_system import (
+    BucketAssigner,
     FileSink,
     FileSource,
     OutputFileConfig,
@@ -39,6 +41,7 @@ from pyflink.datastream.connectors.file_system import (
 )
 
 from flink_jobs.policy import Policy
+from operators.flink_compat import subtask_index
 from flink_jobs.protect import DLQ, Protector
 from udfs.keyring import load_keyring
 
@@ -69,6 +72,7 @@ class JobOptions:
     stats_dir: str | None = None
     bundle_size: int = 1000
     bundle_time_ms: int = 100
+    restart_attempts: int = 0
 
 
 def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEnvironment:
@@ -81,8 +85,16 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     config.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(options.bundle_time_ms))
     config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
+    # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
     project_root = str(Path(__file__).resolve().parent.parent)
-    config.set_string("python.pythonpath", project_root)
+    config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")
+    if options.restart_attempts:
+        config.set_string("restart-strategy.type", "fixed-delay")
+        config.set_string("restart-strategy.fixed-delay.attempts", str(options.restart_attempts))
+        config.set_string("restart-strategy.fixed-delay.delay", "2s")
+    else:
+        # a bounded run that fails must say so, not restart forever
+        config.set_string("restart-strategy.type", "none")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
     env.set_parallelism(options.parallelism)
@@ -143,6 +155,7 @@ class FileOutput:
         sink = (
             FileSink.for_row_format(str(self.directory / channel), Encoder.simple_string_encoder())
             .with_output_file_config(OutputFileConfig.builder().with_part_prefix(channel).with_part_suffix(".jsonl").build())
+            .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
             .build()
         )
@@ -160,7 +173,7 @@ class ProtectFunction(ProcessFunction):
 
     def open(self, runtime_context: Any) -> None:
         self.protector.open(load_keyring(self.keyring_ref))
-        self.subtask = runtime_context.get_index_of_this_subtask()
+        self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
         self.metric_in = group.counter("records_in")
         self.metric_dlq = group.counter("dead_letters")

@@ -22,6 +22,47 @@ class Keep(Transform):
         return value
 
 
+class _KeepTyped(Transform):
+    """Keep a value only when it has the declared JSON type; anything else goes to the dead letters."""
+
+    accepts: ClassVar[tuple[type, ...]] = ()
+    label: ClassVar[str] = ""
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, self.accepts):
+            raise TransformError(f"{self.name}: expected {self.label}, got {_type_name(value)}")
+        return value
+
+
+@transform("keep.string")
+class KeepString(_KeepTyped):
+    """Keep a string (``{keep: string}``)."""
+
+    accepts, label = (str,), "a string"
+
+
+@transform("keep.integer")
+class KeepInteger(_KeepTyped):
+    """Keep an integer (``{keep: integer}``)."""
+
+    accepts, label = (int,), "an integer"
+
+
+@transform("keep.number")
+class KeepNumber(_KeepTyped):
+    """Keep a finite number (``{keep: number}``)."""
+
+    accepts, label = (int, float), "a number"
+
+    def apply(self, value: Any) -> Any:
+        value = super().apply(value)
+        if value is not None and value != value or value in (float("inf"), float("-inf")):
+            raise TransformError(f"{self.name}: expected a finite number")
+        return value
+
+
 @transform("drop")
 class Drop(Transform):
     """Remove the field from the view. Same as not naming it, but explicit and not counted."""
