@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flink_jobs.policy import PolicyError, load_policy
+from flink_jobs.protect import BLANK
 from udfs.keyring import PURPOSES, Keyring, KeyringError, load_keyring
 
 DEV_KEYRING = Path(".local/dev-keyring.json")
@@ -256,7 +257,7 @@ def count_records(path: Path) -> int:
     total = 0
     for file in files:
         with open(file, "rb") as fh:
-            total += sum(1 for line in fh if line.strip())
+            total += sum(1 for line in fh if line.strip(BLANK.encode()))
     return total
 
 

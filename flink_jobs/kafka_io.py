@@ -8,7 +8,7 @@ rest of the job, which stays in the DataStream API.
 A job wires them like this::
 
     env = StreamExecutionEnvironment.get_execution_environment(conf)
-    add_connector_jars(env)                          # before the table environment is created
+    add_connector_jars(env)                          # best before the table environment is created
     env.enable_checkpointing(10_000)                 # exactly-once commits on checkpoints
     t_env = StreamTableEnvironment.create(env)
 
@@ -90,13 +90,25 @@ def connector_jar_urls(jars_dir: Path = DEFAULT_JARS_DIR) -> list[str]:
 def add_connector_jars(env: StreamExecutionEnvironment, jars_dir: Path = DEFAULT_JARS_DIR) -> None:
     """Add the Kafka connector to `env` once (later calls are no-ops).
 
-    Call it before ``StreamTableEnvironment.create(env)``: the table environment resolves
-    connectors with the class loader current at its creation.
+    Best called before ``StreamTableEnvironment.create(env)``: a table environment resolves
+    connectors with the class loader current at its creation. :func:`kafka_source` and
+    :func:`kafka_sink` call this themselves and, when the jar was missing, also ``ADD JAR`` it
+    to their table environment, so forgetting it costs only a slower build (about 3 s).
     """
+    _add_jars(env, None, jars_dir)
+
+
+def _add_jars(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment | None, jars_dir: Path = DEFAULT_JARS_DIR) -> None:
     wanted = connector_jar_urls(jars_dir)
     missing = [u for u in wanted if u not in _pipeline_jars(env)]
-    if missing:
-        env.add_jars(*missing)
+    if not missing:
+        return
+    env.add_jars(*missing)
+    if t_env is not None:
+        # Added after the table environment was made: its planner would not find the 'kafka'
+        # factory, so register the jar with its own class loader too.
+        for url in missing:
+            t_env.execute_sql(f"ADD JAR '{_sql_str(url)}'")
 
 
 def kafka_source(
@@ -147,7 +159,7 @@ def kafka_source(
     """
     if start not in _STARTS:
         raise ValueError(f"start must be one of {', '.join(_STARTS)}, not {start!r}")
-    add_connector_jars(env)
+    _add_jars(env, t_env)
     name = name or f"kafka-source-{topic}"
     table = _table_name(name)
     options = {
@@ -196,7 +208,7 @@ def kafka_sink(
     topic: str,
     delivery: str,
     transactional_id_prefix: str,
-    statement_set: StatementSet | None = None,
+    statement_set: StatementSet,
     properties: dict[str, str] | None = None,
     name: str | None = None,
 ) -> StatementSet:
@@ -221,8 +233,9 @@ def kafka_sink(
     transactional_id_prefix : str
         Prefix of the transactional ids; unique per sink and per job on the cluster, and stable
         across restarts of the job, so a restart can abort the transactions it left open.
-    statement_set : StatementSet, optional
-        The set that collects the job's sinks; a new one is made when omitted.
+    statement_set : StatementSet
+        The set that collects all of the job's sinks (``t_env.create_statement_set()``). Required,
+        because a sink left in a set nobody attaches is silently dropped: the job runs without it.
     properties : dict, optional
         Extra Kafka producer properties, without the ``properties.`` prefix.
     name : str, optional
@@ -231,12 +244,12 @@ def kafka_sink(
     Returns
     -------
     StatementSet
-        `statement_set` (or the new one) with this sink's INSERT added. Call
-        ``attach_as_datastream()`` on it once all sinks are added, then ``env.execute()``.
+        `statement_set`, with this sink's INSERT added. Call ``attach_as_datastream()`` on it
+        once all sinks are added, then ``env.execute()``.
     """
     if delivery not in _DELIVERIES:
         raise ValueError(f"delivery must be one of {', '.join(sorted(_DELIVERIES))}, not {delivery!r}")
-    add_connector_jars(stream.get_execution_environment())
+    _add_jars(stream.get_execution_environment(), t_env)
     name = name or f"kafka-sink-{topic}"
     table = _table_name(name)
     options = {
@@ -261,10 +274,9 @@ def kafka_sink(
         ) WITH ({_with(options)})"""
     )
     rows = stream.map(_sink_tuple_to_row, output_type=_SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
-    ss = statement_set if statement_set is not None else t_env.create_statement_set()
     # Physical columns first, then the writable metadata column, as the sink table declares them.
-    ss.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
-    return ss
+    statement_set.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
+    return statement_set
 
 
 def _source_row_to_tuple(row: Row) -> tuple[str, str | None, str | None, int | None]:

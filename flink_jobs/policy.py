@@ -164,7 +164,8 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
     views: dict[str, View] = {}
     raw_views = doc.get("views")
     if not isinstance(raw_views, dict) or not raw_views:
-        problems.append(Problem("views", "missing or empty", "a mapping of view name to {sink, fields} or {sink, differential_privacy}"))
+        problems.append(Problem("views", "missing or empty",
+                                "a mapping of view name to {sink, fields} or {sink, differential_privacy}"))
         raw_views = {}
     for name, raw_view in raw_views.items():
         view = _compile_view(str(name), raw_view, keyring, problems)

@@ -25,6 +25,8 @@ from udfs.registry import TransformError
 log = logging.getLogger(__name__)
 
 DLQ = "dlq"
+#: ASCII whitespace only, so the CLI's line count (on bytes) and the job agree on blank lines
+BLANK = " \t\r\n\x0b\x0c"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,12 @@ class Protector:
         return self._view_headers[view]
 
     def process(self, position: str, key: str | None, raw: str) -> list[Routed]:
-        """Protect one raw record. Never raises for bad input: it routes it to the dead-letter channel."""
+        """Protect one raw record. Never raises for bad input: it routes it to the dead-letter channel.
+
+        A blank line is not a record (JSON Lines readers skip it) and gives nothing.
+        """
+        if not raw.strip(BLANK):
+            return []
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -41,8 +41,8 @@ from pyflink.datastream.connectors.file_system import (
 )
 
 from flink_jobs.policy import Policy
-from operators.flink_compat import subtask_index
 from flink_jobs.protect import DLQ, Protector
+from operators.flink_compat import subtask_index
 from udfs.keyring import load_keyring
 
 #: (position, key, raw value, source timestamp ms): what every source yields
