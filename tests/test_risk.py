@@ -66,4 +66,4 @@ def test_risk_command_reports_and_gates_on_k(tmp_path, capsys):
 def test_html_report_shows_figures_not_published_values():
     report = assess(rows(("<b>", "941**", "a", "x", 0)), ["age", "zip"], "customerId")
     page = render_html(report)
-    assert "<b>" not in page and "941**" not in page and '"k": 1' in page
+    assert "<b>" not in page and "941**" not in page and "&quot;k&quot;: 1" in page  # figures, escaped
