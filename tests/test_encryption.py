@@ -200,7 +200,7 @@ def test_ciphertext_never_contains_the_plain_string(name, value):
     assert value not in make(name).apply(value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(value=st.text())
 def test_aes_siv_is_deterministic_for_any_string_and_differs_under_another_key(value):
     other = Keyring.generate(["siv"])
@@ -209,7 +209,7 @@ def test_aes_siv_is_deterministic_for_any_string_and_differs_under_another_key(v
 
 
 @pytest.mark.parametrize(("name", "scheme", "purpose"), SCHEMES)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(body=st.text(), data=st.data())
 def test_invert_of_any_string_is_a_value_or_a_transform_error(name, scheme, purpose, body, data):
     # a whole arbitrary string, or a well-formed head with an arbitrary body

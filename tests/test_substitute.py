@@ -130,7 +130,7 @@ def test_the_chosen_key_id_is_recorded_and_never_the_material():
 
 # -- property tests -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(value=st.text())
 def test_no_crash_on_any_string_and_deterministic(kind, value):
     transform = make(kind)
@@ -147,7 +147,7 @@ def test_no_crash_on_any_string_and_deterministic(kind, value):
         ("street_address", STREET),  # 123 Oak St
     ],
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(value=st.text())
 def test_format_kept_for_any_string(kind, shape, value):
     assert shape.match(make(kind).apply(value)) is not None
