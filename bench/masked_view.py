@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from conf.samples.generate_events import iter_events  # noqa: E402
 from flink_jobs.policy import compile_policy  # noqa: E402
-from flink_jobs.protect_stream import OUT_TYPE, FileInput, FileOutput, JobOptions, build, make_env  # noqa: E402
+from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env, out_type  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def run_noop(events: Path, out: Path, parallelism: int, keyring_ref: str) -> flo
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism)
     env = make_env(options)
     raw = FileInput(str(events)).open_source(env)
-    mapped = raw.map(ParseAndDump(), output_type=OUT_TYPE).name("noop").uid("noop")
+    mapped = raw.map(ParseAndDump(), output_type=out_type()).name("noop").uid("noop")
     FileOutput(str(out)).write(mapped, "noop", "noop")
     started = time.perf_counter()
     env.execute("bench-noop")

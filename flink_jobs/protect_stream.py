@@ -45,14 +45,43 @@ from flink_jobs.protect import DLQ, Protector
 from operators.flink_compat import subtask_index
 from udfs.keyring import load_keyring
 
-#: (position, key, raw value, source timestamp ms): what every source yields
-RAW_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
-#: (key, headers JSON, value): what every sink takes
-OUT_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
-#: k-anonymity input: (key, headers, protected value, subject, quasi-identifiers JSON, event ms)
-KANON_TYPE = Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
-#: DP input: (subject, group JSON, metric values JSON, event ms)
-DP_TYPE = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+# Type infos are made fresh on each call: once Flink has used one it holds a JVM handle,
+# and a function that captures it can no longer be pickled.
+
+
+def raw_type() -> Any:
+    """(position, key, raw value, source timestamp ms): what every source yields."""
+    return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+
+
+def out_type() -> Any:
+    """(key, headers JSON, value): what every sink takes."""
+    return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+
+
+def kanon_type() -> Any:
+    """k-anonymity input: (key, headers, protected value, subject, quasi-identifiers JSON, event ms)."""
+    return Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
+
+
+def dp_type() -> Any:
+    """DP input: (subject, group JSON, metric values JSON, event ms)."""
+    return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+
+
+_CHANNEL_TYPES = {"record": out_type, "kanon": kanon_type, "dp": dp_type}
+
+
+def channel_kinds(policy: Policy) -> dict[str, str]:
+    """Each output channel of the protect operator and the shape of its records."""
+    kinds = {DLQ: "record"}
+    for name, view in policy.views.items():
+        kinds[name] = "dp" if view.differential_privacy else "kanon" if view.k_anonymity else "record"
+    return kinds
+
+
+def output_tag(channel: str, kind: str) -> OutputTag:
+    return OutputTag(f"channel-{channel}", _CHANNEL_TYPES[kind]())
 
 
 class Source(Protocol):
@@ -127,7 +156,7 @@ class FileInput:
         lines = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw-file").set_parallelism(1)
         # shape: (position "line N", key None, raw line, 0)
         return (
-            lines.map(NumberLines(), output_type=RAW_TYPE).set_parallelism(1).name("number-lines").uid("number-lines")
+            lines.map(NumberLines(), output_type=raw_type()).set_parallelism(1).name("number-lines").uid("number-lines")
         )
 
 
@@ -165,13 +194,14 @@ class FileOutput:
 class ProtectFunction(ProcessFunction):
     """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
 
-    def __init__(self, policy: Policy, options: JobOptions, tags: dict[str, OutputTag]) -> None:
+    def __init__(self, policy: Policy, options: JobOptions) -> None:
         self.protector = Protector(policy.document, policy.file)
         self.keyring_ref = options.keyring_ref
         self.stats_dir = options.stats_dir
-        self.tags = tags
+        self.kinds = channel_kinds(policy)
 
     def open(self, runtime_context: Any) -> None:
+        self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
@@ -220,15 +250,12 @@ class EventTime(TimestampAssigner):
 
 def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks: Sinks, options: JobOptions) -> None:
     """Wire the protect_stream graph for ``policy`` into ``env``."""
-    tags: dict[str, OutputTag] = {DLQ: OutputTag("dead-letters", OUT_TYPE)}
-    for name, view in policy.views.items():
-        kind = DP_TYPE if view.differential_privacy else KANON_TYPE if view.k_anonymity else OUT_TYPE
-        tags[name] = OutputTag(f"view-{name}", kind)
+    tags = {channel: output_tag(channel, kind) for channel, kind in channel_kinds(policy).items()}
 
     raw = source.open_source(env)
     # shape: (position, key, raw value, source ms)
     protected = (
-        raw.process(ProtectFunction(policy, options, tags), output_type=Types.STRING())
+        raw.process(ProtectFunction(policy, options), output_type=Types.STRING())
         .name("protect").uid("protect")
     )
     sinks.write(protected.get_side_output(tags[DLQ]), DLQ, policy.dlq_topic)

@@ -102,6 +102,7 @@ class AesSiv(_Encrypt):
 
     key_purpose = "siv"
     scheme = "s1"
+    memoize_results = True
 
     def make_cipher(self, material: bytes) -> AESSIV:
         return AESSIV(material)

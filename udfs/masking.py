@@ -6,6 +6,7 @@ source text's ``j***@example.com`` and ``***-**-6789``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
@@ -103,6 +104,7 @@ class _StringMask(Transform):
     """Base of the partial masks: they take strings only, and keep separators."""
 
     params: ClassVar[tuple[str, ...]] = ("char",)
+    memoize_results = True
     #: characters kept in place, so ``123-45-6789`` keeps its dashes
     separators: ClassVar[frozenset[str]] = frozenset(" -().+/_")
 
@@ -116,17 +118,39 @@ class _StringMask(Transform):
             raise TransformError(f"{self.name} expected a string, got {_type_name(value)}")
         return value
 
-    def mask_except(self, text: str, keep: set[int]) -> str:
-        char, separators = self.char, self.separators
-        return "".join(c if i in keep or c in separators else char for i, c in enumerate(text))
+    def mask(self, text: str) -> str:
+        """Every significant character of ``text`` masked, separators kept (one C-level pass)."""
+        return _SIGNIFICANT.sub(self._replacement, text)
+
+    def open(self, keyring: Any) -> None:
+        super().open(keyring)
+        self._replacement = self.char.replace("\\", "\\\\")
+
+
+#: anything but a separator is significant; must match :attr:`_StringMask.separators`
+_SIGNIFICANT = re.compile(r"[^ \-().+/_]")
+_SEPARATOR_TABLE = str.maketrans("", "", " -().+/_")
+_PHONE_TEXT = re.compile(r"[0-9 \-().+/_]*")
+_DIGIT = re.compile(r"[0-9]")
+
+
+def _split_before_last(text: str, n: int, significant: Any) -> int:
+    """Index where the last ``n`` significant characters of ``text`` begin."""
+    seen = 0
+    for index in range(len(text) - 1, -1, -1):
+        if significant(text[index]):
+            seen += 1
+            if seen == n:
+                return index
+    return 0
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _significant_positions(text: str, separators: frozenset[str]) -> list[int]:
-    return [i for i, c in enumerate(text) if c not in separators]
+def _is_significant(char: str) -> bool:
+    return char not in _StringMask.separators
 
 
 @transform("mask.keep_last")
@@ -150,10 +174,16 @@ class KeepLast(_StringMask):
         if value is None:
             return None
         text = self.text(value)
-        positions = _significant_positions(text, self.separators)
-        if len(positions) < self.min_length:
-            raise TransformError(f"{self.name}: value has {len(positions)} characters, needs at least {self.min_length}")
-        return self.mask_except(text, set(positions[len(positions) - self.n:]) if self.n else set())
+        self.check_length(text)
+        if not self.n:
+            return self.mask(text)
+        split = _split_before_last(text, self.n, _is_significant)
+        return self.mask(text[:split]) + text[split:]
+
+    def check_length(self, text: str) -> None:
+        count = len(text.translate(_SEPARATOR_TABLE))
+        if count < self.min_length:
+            raise TransformError(f"{self.name}: value has {count} characters, needs at least {self.min_length}")
 
 
 @transform("mask.keep_first")
@@ -164,10 +194,12 @@ class KeepFirst(KeepLast):
         if value is None:
             return None
         text = self.text(value)
-        positions = _significant_positions(text, self.separators)
-        if len(positions) < self.min_length:
-            raise TransformError(f"{self.name}: value has {len(positions)} characters, needs at least {self.min_length}")
-        return self.mask_except(text, set(positions[: self.n]))
+        self.check_length(text)
+        if not self.n:
+            return self.mask(text)
+        # the first n significant characters end where the remaining ones start
+        split = len(text) - _split_before_last(text[::-1], self.n, _is_significant)
+        return text[:split] + self.mask(text[split:])
 
 
 @transform("mask.email")
@@ -205,12 +237,14 @@ class MaskPhone(_StringMask):
         if value is None:
             return None
         text = self.text(value)
-        digits = [i for i, c in enumerate(text) if c.isdigit()]
-        if len(digits) < 7 or len(digits) > 15:
-            raise TransformError(f"{self.name}: expected 7 to 15 digits, got {len(digits)}")
-        if any(not (c.isdigit() or c in self.separators) for c in text):
+        if not _PHONE_TEXT.fullmatch(text):
             raise TransformError(f"{self.name}: unexpected characters in a phone number")
-        return self.mask_except(text, set(digits[len(digits) - self.n:]) if self.n else set())
+        digits = len(_DIGIT.findall(text))
+        if digits < 7 or digits > 15:
+            raise TransformError(f"{self.name}: expected 7 to 15 digits, got {digits}")
+        split = _split_before_last(text, self.n, "0123456789".__contains__) if self.n else len(text)
+        # separators and the "+" stay; digits before the kept ones become the mask character
+        return _DIGIT.sub(self._replacement, text[:split]) + text[split:]
 
 
 __all__ = ["DROP", "MISSING", "Drop", "Keep", "KeepFirst", "KeepLast", "MaskEmail", "MaskPhone", "Null", "Redact"]

@@ -29,6 +29,7 @@ class HmacPseudonym(Transform):
 
     key_purpose = "pseudonym"
     params = ("encoding", "length", "prefix", "embed_key_id")
+    memoize_results = True
 
     def validate(self) -> None:
         self.encoding = self.choice_option("encoding", "hex", ("hex", "base32"))

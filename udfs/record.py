@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs.masking import DROP
+from udfs.masking import DROP, Keep
 from udfs.registry import MISSING, Transform, TransformError
 
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z_$][\w$-]*)(?P<array>\[\*\])?$")
@@ -92,34 +92,78 @@ def apply_view(root: Node, record: Mapping[str, Any], dropped: list[str]) -> dic
     return _apply_node(root, record, record, "", dropped)
 
 
+_LEAF, _NODE, _ARRAY, _KEEP = 0, 1, 2, 3
+
+
+class FieldError(TransformError):
+    """A :class:`TransformError` that already names its field's path."""
+
+
+def _plan(node: Node) -> tuple[frozenset, tuple]:
+    # built once per node: the per-record loop then needs no isinstance checks
+    plan = getattr(node, "_plan", None)
+    if plan is None:
+        steps = []
+        for name, child in node.children.items():
+            if isinstance(child, Leaf):
+                transform = child.transform
+                if type(transform) is Keep:
+                    # most fields of a view are kept as they are: no call for them
+                    steps.append((name, _KEEP, None, False))
+                    continue
+                apply = transform.apply_in_record if transform.needs_record else transform.cached_apply()
+                steps.append((name, _LEAF, apply, transform.needs_record))
+            else:
+                steps.append((name, _NODE if isinstance(child, Node) else _ARRAY, child, False))
+        plan = node._plan = (frozenset(node.children), tuple(steps))
+    return plan
+
+
 def _apply_node(node: Node, value: Mapping[str, Any], record: Mapping[str, Any], prefix: str, dropped: list[str]) -> dict:
-    children = node.children
-    extra = value.keys() - children.keys()
+    names, steps = _plan(node)
+    extra = value.keys() - names
     if extra:
         dropped.extend(prefix + name for name in sorted(extra))
     out: dict[str, Any] = {}
-    for name, child in children.items():
-        item = value.get(name, MISSING)
-        if isinstance(child, Leaf):
-            result = _apply_leaf(child, item, record)
-        elif item is MISSING:
-            continue
-        elif item is None:
-            result = None
-        elif isinstance(child, Node):
-            if not isinstance(item, Mapping):
-                raise TransformError(f"field {prefix}{name}: expected an object, got {_kind(item)}")
-            result = _apply_node(child, item, record, f"{prefix}{name}.", dropped)
-        else:
-            result = _apply_array(child, item, record, f"{prefix}{name}", dropped)
-        if result is not MISSING and result is not DROP:
+    get = value.get
+    name = ""
+    try:
+        for name, kind, child, needs_record in steps:
+            item = get(name, MISSING)
+            if kind == _KEEP:
+                if item is not MISSING:
+                    out[name] = item
+                continue
+            if kind == _LEAF:
+                if needs_record:
+                    result = child(item, record)
+                elif item is MISSING:
+                    continue
+                else:
+                    result = child(item)
+                if result is DROP or result is MISSING:
+                    continue
+            elif item is MISSING:
+                continue
+            elif item is None:
+                result = None
+            elif kind == _NODE:
+                if not isinstance(item, Mapping):
+                    raise FieldError(f"field {prefix}{name}: expected an object, got {_kind(item)}")
+                result = _apply_node(child, item, record, f"{prefix}{name}.", dropped)
+            else:
+                result = _apply_array(child, item, record, f"{prefix}{name}", dropped)
             out[name] = result
+    except FieldError:
+        raise
+    except TransformError as exc:
+        raise FieldError(f"field {prefix}{name}: {exc}") from None
     return out
 
 
 def _apply_array(child: ArrayOf, items: Any, record: Mapping[str, Any], path: str, dropped: list[str]) -> list:
     if not isinstance(items, list):
-        raise TransformError(f"field {path}: expected a list, got {_kind(items)}")
+        raise FieldError(f"field {path}: expected a list, got {_kind(items)}")
     inner = child.item
     out = []
     for element in items:
@@ -131,7 +175,7 @@ def _apply_array(child: ArrayOf, items: Any, record: Mapping[str, Any], path: st
             result = None
         elif isinstance(inner, Node):
             if not isinstance(element, Mapping):
-                raise TransformError(f"field {path}[*]: expected an object, got {_kind(element)}")
+                raise FieldError(f"field {path}[*]: expected an object, got {_kind(element)}")
             result = _apply_node(inner, element, record, f"{path}[*].", dropped)
         else:
             result = _apply_array(inner, element, record, f"{path}[*]", dropped)
@@ -147,8 +191,10 @@ def _apply_leaf(leaf: Leaf, value: Any, record: Mapping[str, Any]) -> Any:
         if value is MISSING:
             return MISSING
         return transform.apply(value)
+    except FieldError:
+        raise
     except TransformError as exc:
-        raise TransformError(f"field {leaf.path}: {exc}") from None
+        raise FieldError(f"field {leaf.path}: {exc}") from None
 
 
 def invert_view(root: Node, protected: Mapping[str, Any]) -> dict[str, Any]:

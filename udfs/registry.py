@@ -16,6 +16,7 @@ remaining keys as parameters (``{mask: keep_last, n: 4}``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -89,6 +90,11 @@ class Transform:
     deterministic: ClassVar[bool] = True
     #: True when :meth:`invert` gives the original back to whoever holds the key
     reversible: ClassVar[bool] = False
+    #: True for deterministic transforms whose per-value work is worth an LRU (keyed hashes,
+    #: masks); the engine then serves repeated values from :meth:`cached_apply`
+    memoize_results: ClassVar[bool] = False
+    #: LRU entries per task when ``memoize_results`` is set
+    CACHE_SIZE: ClassVar[int] = 65_536
     #: True when the transform reads other fields of the record (a context tweak, say);
     #: the engine then calls :meth:`apply_in_record` instead of :meth:`apply`
     needs_record: ClassVar[bool] = False
@@ -131,6 +137,12 @@ class Transform:
     def apply_in_record(self, value: Any, record: Mapping[str, Any]) -> Any:
         return self.apply(value)
 
+    def cached_apply(self) -> Callable[[Any], Any]:
+        """``apply``, behind a bounded LRU when the transform allows it (call after :meth:`open`)."""
+        if self.memoize_results and self.deterministic and not self.needs_record:
+            return memoize(self.apply, self.CACHE_SIZE)
+        return self.apply
+
     def invert(self, value: Any) -> Any:
         raise TransformError(f"{self.name} is not reversible")
 
@@ -157,6 +169,26 @@ class Transform:
 
     def __repr__(self) -> str:  # never shows key material
         return f"<{type(self).__name__} {self.name} domain={self.domain} key_id={self.key_id}>"
+
+
+def memoize(apply: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
+    """A bounded LRU in front of a deterministic ``apply``: customers repeat, keyed hashes need not.
+
+    Unhashable values (lists, objects) bypass the cache; errors are never cached.
+    """
+    if size <= 0:
+        return apply
+    cached = functools.lru_cache(maxsize=size)(apply)
+
+    def lookup(value: Any) -> Any:
+        try:
+            return cached(value)
+        except TypeError:
+            if isinstance(value, (str, int, float)):
+                raise
+            return apply(value)
+
+    return lookup
 
 
 _REGISTRY: dict[str, type[Transform]] = {}

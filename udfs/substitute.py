@@ -58,6 +58,8 @@ class _Substitute(Transform):
         params.setdefault("domain", self.kind)
         super().__init__(params, domain=domain)
 
+    memoize_results = True
+
     def open(self, keyring: Any) -> None:
         super().open(keyring)
         self._mac_key = derive(self.key, "substitute", self.domain)
