@@ -87,6 +87,16 @@ def test_save_writes_mode_0600(tmp_path, keyring):
     assert load_keyring(f"file:{path}").active == keyring.active
 
 
+def test_save_is_0600_even_when_a_stale_temp_file_is_in_the_way(tmp_path, keyring):
+    # a temp file left by someone else (or a crash under another umask) must not lend its mode to the keyring
+    path = tmp_path / "keyring.json"
+    stale = path.with_suffix(".tmp")
+    stale.write_text("")
+    os.chmod(stale, 0o644)
+    keyring.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
 def test_load_from_env(monkeypatch, keyring):
     monkeypatch.setenv("TEST_KEYRING", keyring.to_json())
     ring = load_keyring("env:TEST_KEYRING")
