@@ -16,9 +16,11 @@ from operators.k_anonymity import (
     LocalCascade,
     class_key,
     extract_quasi_identifiers,
+    fast_geohash,
     ncp,
 )
 from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from udfs.generalize import geohash
 from udfs.registry import ParamError, TransformError
 
 QIS = {
@@ -48,8 +50,8 @@ def refused(bad_block, fields=FIELDS) -> ParamError:
 # -- the policy block ---------------------------------------------------------------
 
 
-def test_when_block_is_valid_then_levels_follow_the_longest_hierarchy():
-    p = params(state_ttl="5m", timing="event", l_diversity={"attribute": "band", "l": 2})
+def test_when_block_is_valid_then_lockstep_levels_follow_the_longest_hierarchy():
+    p = params(state_ttl="5m", timing="event", l_diversity={"attribute": "band", "l": 2}, path="lockstep")
     assert p.k == 3 and p.levels == 4 and p.max_delay_ms == 1000 and p.state_ttl_ms == 300_000
     assert p.names == ("age", "zip", "location")
     assert p.source_paths == ("age", "zip", "address.zip", "lat", "lon")
@@ -75,10 +77,29 @@ def test_when_block_is_valid_then_levels_follow_the_longest_hierarchy():
         ({"surprise": 1}, "surprise"),  # unknown key
         ({"l_diversity": {"attribute": "nope", "l": 2}}, "l_diversity.attribute"),  # not a view field
         ({"l_diversity": {"attribute": "band", "l": 1}}, "l_diversity.l"),  # l below 2
+        ({"path": "zigzag"}, "path"),  # unknown path strategy
+        ({"path": [{"age": 0, "zip": 0}]}, "path[0]"),  # a level without location
+        ({"path": [{"age": 0, "zip": 1, "location": 0}, {"age": 1, "zip": 0, "location": 0}]}, "path[1]"),  # zip finer
+        ({"path": [{"age": 0, "zip": 0, "location": 0}, {"age": 0, "zip": 0, "location": 0}]}, "path[1]"),  # no coarser
+        ({"path": [{"age": 4, "zip": 0, "location": 0}]}, "path[0]"),  # past the end of age's hierarchy
     ],
 )
 def test_when_a_top_level_param_is_wrong_then_its_path_is_named(overrides, path):
     assert refused(block(**overrides)).param == path
+
+
+def test_when_path_is_cheapest_first_then_cheap_steps_come_before_costly_ones():
+    # with age spanning 0-100, a 5-year bucket costs 0.05 of NCP, far more than a zip digit or a geohash character
+    p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}})
+    assert p.path[0] == (0, 0, 0) and p.path[-1] == (3, 3, 3) and p.levels == 10
+    assert p.path.index((0, 2, 2)) < p.path.index((1, 2, 2))  # zip and location coarsen before age does
+    assert all(sum(b) - sum(a) == 1 for a, b in zip(p.path, p.path[1:], strict=False))  # one QI one step per level
+
+
+def test_when_path_is_explicit_then_it_may_stop_short_of_all_stars():
+    path = [{"age": 0, "zip": 0, "location": 0}, {"age": 1, "zip": 1, "location": 1}]
+    p = params(path=path)
+    assert p.path == ((0, 0, 0), (1, 1, 1)) and p.levels == 2
 
 
 @pytest.mark.parametrize(
@@ -164,14 +185,24 @@ def test_when_a_value_is_missing_or_mistyped_then_the_reason_names_the_field_not
 
 
 def test_when_level_rises_then_the_class_key_coarsens_to_stars():
-    p = params()
+    p = params(path="lockstep")
     qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
     keys = [json.loads(class_key(p, level, qis)) for level in range(p.levels)]
     assert keys == [["30-34", "9410*", "9q8yy"], ["30-39", "941**", "9q8y"], ["20-39", "94***", "9q8"], ["*", "*", "*"]]
 
 
+@settings(max_examples=300, deadline=None)
+@given(lat=st.floats(-90, 90), lon=st.floats(-180, 180), precision=st.integers(1, 12))
+def test_fast_geohash_agrees_with_the_bisecting_one(lat, lon, precision):
+    # they may differ only within a float rounding of a cell edge, where either cell is right
+    eps = 1e-9
+    near = {geohash(lat + a, lon + b, precision) for a in (-eps, 0, eps) for b in (-eps, 0, eps)
+            if -90 <= lat + a <= 90 and -180 <= lon + b <= 180}
+    assert fast_geohash(lat, lon, precision) in near
+
+
 def test_when_level_rises_then_ncp_does_not_fall():
-    p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}})
+    p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}}, path="lockstep")
     qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
     spans = {"location.lat": (25.0, 49.0), "location.lon": (-125.0, -67.0)}
     losses = [ncp(p, level, qis, spans) for level in range(p.levels)]
@@ -191,10 +222,10 @@ def staged(subject: str, entered: int = 0, band: str = "a", n: int = 0):
 
 
 def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
-    logic, state = ClassBuffer(params(), 0), DictClassState()
+    logic, state = ClassBuffer(params(path="lockstep"), 0), DictClassState()
     for n in range(10):
-        released, deadline, _ = logic.on_record(state, staged("alice", n=n))
-        assert released == [] and deadline == 250
+        released, timer, _ = logic.on_record(state, staged("alice", n=n))
+        assert released == [] and timer == 250
     assert len(state.buffer) == 10
 
 
@@ -217,8 +248,15 @@ def test_when_l_diversity_is_set_then_release_waits_for_l_values():
     assert len(logic.on_record(state, staged("e", band="other"))[0]) == 5
 
 
+def test_when_deadlines_are_close_then_their_timers_coalesce_within_one_percent():
+    p = params(path="lockstep")  # max_delay 1s: 10 ms resolution
+    logic, state = ClassBuffer(p, 0), DictClassState()
+    timers = {logic.on_record(state, staged("a", entered=t, n=t))[1] for t in range(1, 10)}
+    assert timers == {260} and p.timer(251) == 260 and p.timer(250) == 250
+
+
 def test_when_deadlines_pass_then_only_the_expired_records_leave():
-    logic, state = ClassBuffer(params(), 0), DictClassState()
+    logic, state = ClassBuffer(params(path="lockstep"), 0), DictClassState()
     logic.on_record(state, staged("a", entered=0))
     logic.on_record(state, staged("b", entered=100))
     expired = logic.on_deadline(state, 250)
@@ -258,7 +296,7 @@ def test_cascade_publishes_only_k_anonymous_classes_and_accounts_for_every_recor
     released = [json.loads(r[3]) for r in cascade.released]
     assert_k_anonymous(released, ["age", "zip", "location"], "customerId", k)
     assert_accounted(ids, [r["id"] for r in released], [json.loads(r[2])["id"] for r in cascade.suppressed])
-    assert all(r[4] <= p.max_delay_ms for r in cascade.released)
+    assert all(r[4] <= p.max_delay_ms + p.timer_resolution_ms for r in cascade.released)
 
 
 def test_when_a_record_is_rare_then_it_is_promoted_and_then_suppressed():
@@ -275,7 +313,7 @@ def test_when_a_record_is_rare_then_it_is_promoted_and_then_suppressed():
 
 
 def test_when_two_subjects_meet_only_at_a_coarser_level_then_they_are_released_there():
-    p = params(k=2)
+    p = params(k=2, path="lockstep")
     cascade = LocalCascade(p)
     near = staged("a", entered=0)
     other = json.dumps({"age": 38, "zip": "94177", "location": {"lat": 37.77, "lon": -122.42}})
