@@ -91,6 +91,8 @@ class AesGcm(_Encrypt):
             return None
         key_id, blob = self.split(token)
         try:
+            if len(blob) < 12 + 16:  # nonce and tag
+                raise InvalidTag
             return json.loads(self.cipher(key_id).decrypt(blob[:12], blob[12:], self._aad))
         except InvalidTag:
             raise TransformError(f"{self.name}: ciphertext does not authenticate under key {key_id}") from None
@@ -122,6 +124,8 @@ class AesSiv(_Encrypt):
             return None
         key_id, blob = self.split(token)
         try:
+            if len(blob) < 16:  # the synthetic IV alone
+                raise InvalidTag
             return json.loads(self.cipher(key_id).decrypt(blob, [self._aad]))
         except InvalidTag:
             raise TransformError(f"{self.name}: ciphertext does not authenticate under key {key_id}") from None
