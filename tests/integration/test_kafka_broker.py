@@ -91,3 +91,18 @@ def test_cli_produce_and_consume(tmp_path, kafka_broker, capsys):  # noqa: F811
     assert [(o["key"], o["value"]) for o in out] == [("a", {"customerId": "a", "v": 1}), (None, "broken {")]
     assert kafka_tools.main(["consume", "--topic", "nope", "--bootstrap-servers", b]) == 1
     assert "missing Kafka topic" in capsys.readouterr().err
+
+
+def test_a_broker_that_cannot_start_reports_its_log(tmp_path):
+    # A data folder formatted for another node: the JVM starts, the broker refuses it and exits,
+    # and the error carries the end of its log instead of a bare timeout.
+    data = tmp_path / "kafka" / "data"
+    data.mkdir(parents=True)
+    (data / "meta.properties").write_text("version=1\ncluster.id=5L6g3nShT-eMCtK--X86sw\nnode.id=7\n")
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError) as err:
+        start_broker(tmp_path / "kafka", timeout=60)
+    assert time.monotonic() - t0 < 60
+    msg = str(err.value)
+    assert "exited" in msg and "broker.log" in msg
+    assert "node" in msg.lower()
