@@ -96,25 +96,27 @@ class Protector:
         event_ms = _event_time_ms(record.get(self._timestamp_field))
         if event_ms is None:
             return [self._dead(position, key, raw, f"field {self._timestamp_field}: expected an ISO-8601 timestamp")]
-        dropped: list[str] = []
         out: list[Routed] = []
+        # drops are counted only once the record is protected for every view
+        drops: list[tuple[str, list[str]]] = []
         try:
             for name, tree in self._record_views:
+                dropped: list[str] = []
                 protected = apply_view(tree, record, dropped)
                 out.append(Routed(name, (key, self._view_headers[name], orjson.dumps(protected).decode())))
-                if dropped:
-                    self._count_dropped(name, dropped)
-                    dropped = []
+                drops.append((name, dropped))
             for name, view in self._kanon_views:
+                dropped = []
                 out.append(Routed(name, self._kanon_input(name, view, key, record, event_ms, dropped)))
-                if dropped:
-                    consumed = self._consumed[name]
-                    self._count_dropped(name, [d for d in dropped if d.split(".")[0] not in consumed])
-                    dropped = []
+                consumed = self._consumed[name]
+                drops.append((name, [d for d in dropped if d.split(".")[0] not in consumed]))
             for name, view in self._dp_views:
                 out.append(Routed(name, self._dp_input(view, record, event_ms)))
         except TransformError as exc:
             return [self._dead(position, key, raw, str(exc))]
+        for name, dropped in drops:
+            if dropped:
+                self._count_dropped(name, dropped)
         return out
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:

@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
+from udfs.keyring import KeyringError
 from udfs.registry import Transform, TransformError, transform
 
 
@@ -41,7 +42,11 @@ class _Encrypt(Transform):
     def cipher(self, key_id: str) -> Any:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            cipher = self._ciphers[key_id] = self.make_cipher(self._keyring.resolve(self.key_purpose, key_id).material)
+            try:
+                material = self._keyring.resolve(self.key_purpose, key_id).material
+            except KeyringError:
+                raise TransformError(f"{self.name}: no '{self.key_purpose}' key {key_id!r} in the keyring") from None
+            cipher = self._ciphers[key_id] = self.make_cipher(material)
         return cipher
 
     def make_cipher(self, material: bytes) -> Any:  # pragma: no cover - abstract

@@ -87,7 +87,7 @@ class Range(Transform):
 
     def validate(self) -> None:
         width = self.option("width")
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
             raise ParamError("width", f"must be a positive number, got {width!r}", "a number > 0, such as 10")
         self.width = width
         self.top = self.option("top")

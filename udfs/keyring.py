@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,12 +119,15 @@ class Keyring:
     def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        # created 0600 so the key material is never world-readable, even briefly
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
+        # mkstemp creates a new file, 0600 and exclusively: key material is never readable by others
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     @classmethod
     def from_json(cls, text: str, source: str = "<memory>") -> Keyring:

@@ -210,7 +210,9 @@ class MaskEmail(_StringMask):
 
     def validate(self) -> None:
         super().validate()
-        self.keep_domain = bool(self.option("keep_domain", True))
+        self.keep_domain = self.option("keep_domain", True)
+        if not isinstance(self.keep_domain, bool):
+            raise ParamError("keep_domain", "must be true or false", "true, false")
 
     def apply(self, value: Any) -> Any:
         if value is None:
@@ -232,6 +234,9 @@ class MaskPhone(_StringMask):
     def validate(self) -> None:
         super().validate()
         self.n = self.int_option("n", 4, minimum=0)
+        if self.n >= 7:
+            # the shortest number accepted has 7 digits: it would be published whole
+            raise ParamError("n", f"mask.phone n={self.n} would reveal whole numbers of 7 digits", "n smaller than 7")
 
     def apply(self, value: Any) -> Any:
         if value is None:

@@ -215,7 +215,10 @@ def invert_view(root: Node, protected: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(child, ArrayOf) and isinstance(value, list):
             item = child.item
             if isinstance(item, Leaf) and item.transform.reversible:
-                out[name] = [item.transform.invert(v) for v in value]
+                try:
+                    out[name] = [item.transform.invert_in_record(v, protected) for v in value]
+                except TransformError as exc:
+                    raise FieldError(f"field {item.path}: {exc}") from None
             elif isinstance(item, Node):
                 out[name] = [invert_view(item, v) if isinstance(v, Mapping) else v for v in value]
     return out
