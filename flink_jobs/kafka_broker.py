@@ -219,6 +219,8 @@ def start_broker(
             stderr=subprocess.STDOUT,
             cwd=data_dir,
             start_new_session=detach,
+            # An attached broker dies with its parent even when that is killed (no finalizers run).
+            preexec_fn=None if detach else _die_with_parent,
         )
     broker = Broker(port=port, controller_port=controller_port, data_dir=data_dir, pid=proc.pid, _process=proc)
     if detach:
@@ -369,6 +371,15 @@ def _java() -> str:
     if not java:
         raise BrokerError("`java` not found; the broker needs a JDK 17 on PATH or in JAVA_HOME")
     return java
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask Linux to SIGTERM it when the parent exits.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_open(port: int) -> bool:
