@@ -164,7 +164,8 @@ def start_broker(
         The folder with the broker jars (``bash conf/fetch_jars.sh`` fills it).
     detach : bool
         Start the JVM in its own session and write ``broker.pid``, so it outlives this process
-        (``make kafka-up``). Otherwise it is a child that dies with the terminal's Ctrl-C.
+        (``make kafka-up``). Otherwise it is a child that dies with its parent, even a killed one
+        (on Linux, with the parent *thread*: start it from a thread that lives as long as you need it).
     heap : str
         The JVM's ``-Xmx``.
 
