@@ -1070,21 +1070,38 @@ def _types():
 
 
 class _FlinkClassState:
-    """:class:`ClassState` over the keyed Flink state of the current key."""
+    """:class:`ClassState` over the keyed Flink state of the current key.
 
-    def __init__(self, released, buffer, subjects, distinct, values, distinct_values) -> None:
-        self._released, self._buffer = released, buffer
-        self._subjects, self._distinct = subjects, distinct
-        self._values, self._distinct_values = values, distinct_values
+    The small per-class fields live in one ``header`` value, (released at or -1,
+    distinct subjects, distinct sensitive values), read once by :meth:`load` and
+    written once by :meth:`store` per element or timer: in thread mode every state
+    access is a call into the JVM, and they dominate the cost of a record.
+    """
+
+    def __init__(self, header, buffer, subjects, values) -> None:
+        self._header, self._buffer, self._subjects, self._values = header, buffer, subjects, values
+        self._cached: list[int] = [-1, 0, 0]
+        self._dirty = False
+
+    def load(self) -> None:
+        header = self._header.value()
+        self._cached = [-1, 0, 0] if header is None else list(header)
+        self._dirty = False
+
+    def store(self) -> None:
+        if self._dirty:
+            self._header.update(tuple(self._cached))
+            self._dirty = False
 
     def is_released(self) -> bool:
-        return self._released.value() is not None
+        return self._cached[0] >= 0
 
     def empty(self) -> bool:
-        return not self._distinct.value()
+        return self._cached[1] == 0
 
     def mark_released(self, now: int) -> None:
-        self._released.update(now)
+        self._cached[0] = now
+        self._dirty = True
 
     def append(self, record: Staged) -> None:
         self._buffer.add(record)
@@ -1092,24 +1109,25 @@ class _FlinkClassState:
     def records(self) -> list[Staged]:
         return [tuple(r) for r in (self._buffer.get() or [])]
 
-    def _count(self, mapping, distinct, item: str) -> int:
-        seen = mapping.get(item)
-        mapping.put(item, (seen or 0) + 1)
-        count = distinct.value() or 0
-        if seen is None:
-            count += 1
-            distinct.update(count)
-        return count
+    def _count(self, mapping, slot: int, item: str) -> int:
+        # presence is all the release rule needs; reset() rebuilds from the records
+        if not mapping.contains(item):
+            mapping.put(item, True)
+            self._cached[slot] += 1
+            self._dirty = True
+        return self._cached[slot]
 
     def add_subject(self, subject: str) -> int:
-        return self._count(self._subjects, self._distinct, subject)
+        return self._count(self._subjects, 1, subject)
 
     def add_sensitive(self, value: str) -> int:
-        return self._count(self._values, self._distinct_values, value)
+        return self._count(self._values, 2, value)
 
     def reset(self, records: list[Staged], sensitive: list[str]) -> None:
-        for state in (self._buffer, self._subjects, self._distinct, self._values, self._distinct_values):
+        for state in (self._buffer, self._subjects, self._values):
             state.clear()
+        self._cached[1] = self._cached[2] = 0
+        self._dirty = True
         if records:
             self._buffer.update(records)
         for record in records:
@@ -1146,12 +1164,11 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
                    .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                    .build())
             descriptors = [
-                ValueStateDescriptor("released_at", Types.LONG()),
+                # (released at ms or -1, distinct subjects, distinct sensitive values)
+                ValueStateDescriptor("header", Types.TUPLE([Types.LONG(), Types.INT(), Types.INT()])),
                 ListStateDescriptor("buffer", staged_type),
-                MapStateDescriptor("subjects", Types.STRING(), Types.INT()),
-                ValueStateDescriptor("distinct_subjects", Types.INT()),
-                MapStateDescriptor("sensitive", Types.STRING(), Types.INT()),
-                ValueStateDescriptor("distinct_sensitive", Types.INT()),
+                MapStateDescriptor("subjects", Types.STRING(), Types.BOOLEAN()),
+                MapStateDescriptor("sensitive", Types.STRING(), Types.BOOLEAN()),
             ]
             states = []
             for descriptor in descriptors:
@@ -1182,8 +1199,10 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
         def process_element(self, record, ctx):
             record = tuple(record)
             key = ctx.get_current_key()
+            self.state.load()
             was_empty = self.params.timing == "processing" and self.state.empty()
             released, deadline, drained = self.logic.on_record(self.state, record)
+            self.state.store()
             service = ctx.timer_service()
             if deadline is not None:
                 self.buffered.inc()
@@ -1201,9 +1220,10 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
             generalized = orjson.loads(key)
             now = self._now(ctx) if self.params.timing == "processing" else None
             service = ctx.timer_service()
+            if drained and self.params.timing == "processing":
+                for timer in {self.params.timer(self.logic.deadline(record)) for record in records}:
+                    service.delete_processing_time_timer(timer)
             for record in records:
-                if drained and self.params.timing == "processing":
-                    service.delete_processing_time_timer(self.params.timer(self.logic.deadline(record)))
                 qis = orjson.loads(record[QIS])
                 self.spans.see(qis)
                 self.ncp_total += ncp(self.params, self.level, qis, self.spans.spans)
@@ -1217,12 +1237,14 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
 
         def on_timer(self, timestamp, ctx):
             flushing = ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER
+            self.state.load()
             if flushing:
                 expired = self.logic.flush(self.state)
             else:
                 expired = self.logic.on_deadline(self.state, timestamp)
                 if self.params.timing == "processing" and expired and self.state.empty():
                     ctx.timer_service().delete_event_time_timer(FLUSH_TIMER)
+            self.state.store()
             for record in expired:
                 if self.logic.last:
                     self.suppressed.inc()
