@@ -49,15 +49,18 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from udfs.keyring import Keyring, KeyringError, derive
-from udfs.registry import TransformError
+from udfs.registry import ParamError, Transform, TransformError
 
 __all__ = [
     "DEFAULT_VAULT",
     "VAULT_ENV",
     "ForgetResult",
     "SubjectForgotten",
+    "TtlLru",
     "Vault",
     "VaultError",
+    "check_subject_field",
+    "check_vault_reference",
     "open_backend",
     "resolve_reference",
 ]
@@ -275,7 +278,7 @@ class PostgresBackend(Backend):
     #: a constant for pg_advisory_xact_lock: tasks that open at once migrate one after the other
     MIGRATION_LOCK = 0x616E6F6E
 
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 4, connect_timeout: int = 10) -> None:
         try:
             from psycopg_pool import ConnectionPool
         except ImportError:
@@ -283,15 +286,19 @@ class PostgresBackend(Backend):
                              "psycopg-pool)") from None
         import psycopg
 
-        self._errors = (psycopg.OperationalError, psycopg.errors.Error)
+        # one direct attempt first: a pool would retry quietly until its timeout
+        try:
+            psycopg.connect(conninfo, connect_timeout=connect_timeout).close()
+        except psycopg.Error as exc:  # its message quotes the conninfo, which may carry a password
+            raise VaultError(f"cannot connect to the PostgreSQL vault at {describe(conninfo)} "
+                             f"({type(exc).__name__}); start one with `make vault-up`") from None
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
                                     kwargs={"autocommit": True}, name="anon-vault")
         try:
             self._pool.open(wait=True, timeout=30)
-        except Exception as exc:  # the pool's error quotes the conninfo, which may carry a password
+        except Exception as exc:
             self._pool.close()
-            raise VaultError(f"cannot connect to the PostgreSQL vault at {describe(conninfo)} "
-                             f"({type(exc).__name__}); start one with `make vault-up`") from None
+            raise VaultError(f"cannot open a connection pool to {describe(conninfo)} ({type(exc).__name__})") from None
         self._sql = {name: sql.replace("?", "%s") for name, sql in _SQL.items()}
         self._migrate()
 
@@ -355,7 +362,7 @@ class ForgetResult:
     tokens: int
 
 
-class _TtlLru:
+class TtlLru:
     """A bounded LRU whose entries expire, so a running task notices a forget within ``ttl`` seconds."""
 
     def __init__(self, size: int, ttl: float) -> None:
@@ -417,7 +424,7 @@ class Vault:
         self._subject_key = derive(index, "vault-subject")
         self._domain_keys: dict[str, bytes] = {}
         self._index = index
-        self._keys = _TtlLru(key_cache, key_ttl)
+        self._keys = TtlLru(key_cache, key_ttl)
         self._keks: dict[str, AESGCM] = {}
 
     @classmethod
@@ -570,6 +577,41 @@ class Vault:
             yield self
         finally:
             self.close()
+
+
+def check_subject_field(transform: Transform) -> tuple[str, ...]:
+    """The ``subject_field`` parameter as a path; :class:`ParamError` when it is missing or not a name."""
+    raw = transform.option("subject_field")
+    if not isinstance(raw, str) or not raw or not all(part.isidentifier() for part in raw.split(".")):
+        raise ParamError("subject_field", f"{transform.name} needs the field that names the record's subject",
+                         "the policy's subject_field, e.g. subject_field: customerId")
+    return tuple(raw.split("."))
+
+
+def check_vault_reference(transform: Transform) -> str | None:
+    """The ``vault`` parameter (None: ``$ANON_VAULT`` on the worker, else the SQLite default)."""
+    raw = transform.option("vault")
+    if raw is None:
+        return None
+    allowed = "sqlite:.local/vault.db or postgresql://user@host:port/db"
+    if not isinstance(raw, str) or not raw:
+        raise ParamError("vault", "must be a non-empty string", allowed)
+    try:
+        return resolve_reference(raw)
+    except VaultError as exc:
+        raise ParamError("vault", str(exc), allowed) from None
+
+
+def subject_of(record: Any, path: tuple[str, ...]) -> Any:
+    """The subject value at a dotted ``path`` of a record; :class:`TransformError` when it is absent."""
+    node = record
+    for part in path:
+        if not isinstance(node, dict) or node.get(part) is None:
+            raise TransformError(f"subject field {'.'.join(path)} is missing")
+        node = node[part]
+    if isinstance(node, (dict, list)):
+        raise TransformError(f"subject field {'.'.join(path)} is not a scalar")
+    return node
 
 
 def _text(value: Any) -> str:
