@@ -234,3 +234,52 @@ def test_orders_and_tickets_join_to_the_same_pairs_on_raw_and_protected_ids(form
         forms.setdefault(prot["customerId"], set()).add(raw["customerId"])
     assert all(len(ids) == 1 for ids in forms.values())
     assert pairs(protected_orders, protected_tickets) == expected
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_forget_shreds_the_vault_and_tombstones_the_compacted_topics(kafka_broker, tmp_path, keyring, capsys):
+    from flink_jobs.cli import main
+    from flink_jobs.kafka_tools import consume, ensure_topics
+
+    bootstrap = kafka_broker.bootstrap
+    topic = "support-tickets-masked-erasure"
+    ensure_topics(bootstrap, [topic], config={"cleanup.policy": "compact"})
+    ring_file = tmp_path / "ring.json"
+    keyring.save(ring_file)
+    vault = f"sqlite:{tmp_path / 'vault.db'}"
+    common = ["--keyring", f"file:{ring_file}", "--vault", vault]
+    with Vault.open(vault, keyring).closing() as v:
+        v.tokenize("customer_id", "CUST000042", "CUST000042", b'"CUST000042"', lambda: "tok_fortytwo")
+        v.tokenize("customer_id", "CUST000043", "CUST000043", b'"CUST000043"', lambda: "tok_fortythree")
+
+    assert main(["detokenize", "--domain", "customer_id", "tok_fortytwo", "tok_fortythree", *common]) == 0
+    assert capsys.readouterr().out.split() == ["CUST000042", "CUST000043"]
+
+    assert main(["forget", "CUST000042", "--topic", topic, "--bootstrap-servers", bootstrap, *common]) == 0
+    out = capsys.readouterr().out
+    assert "1 data key(s) and 1 token row(s) deleted" in out and "CUST000042" not in out
+    assert main(["forget", "CUST000042", *common]) == 0  # idempotent
+    assert "already forgotten" in capsys.readouterr().out
+
+    assert main(["detokenize", "--domain", "customer_id", "tok_fortytwo", "tok_fortythree", *common]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["", "CUST000043"]
+    assert "token 1: subject forgotten" in captured.err
+
+    records = consume(bootstrap, topic, n=1, timeout=30)
+    assert [(r.key, r.raw_value) for r in records] == [("CUST000042", None)]
+    with Vault.open(vault, keyring).closing() as v:
+        audit = v.backend.query("SELECT action, domain, count FROM audit ORDER BY id")
+    assert audit == [("detokenize", "customer_id", 2), ("forget", None, 2), ("forget", None, 0),
+                     ("detokenize", "customer_id", 2)]
+
+
+@pytest.mark.parametrize("command", ["detokenize", "forget", "vault-up", "vault-down"])
+def test_every_vault_command_has_help(command, capsys):
+    from flink_jobs.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and "usage:" in capsys.readouterr().out
