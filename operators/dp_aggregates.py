@@ -4,8 +4,7 @@ A policy view with a ``differential_privacy:`` block becomes two keyed stages
 and a budget gate::
 
     (subject, group_json, values_json, ts)            # from the job, event-time stamped
-      -> assign windows                               # (subject, group_json, values_json, window_start)
-      -> stage 1, keyed by (subject, window)          # (group_json, window_start, contribution vector)
+      -> stage 1, keyed by subject                    # (group_json, window_start, summed contributions)
       -> stage 2, keyed by group                      # (group_json, window_start, release JSON)
       -> budget gate, keyed by view                   # (group_json, headers JSON, value JSON)
 
@@ -55,6 +54,7 @@ import importlib.util
 import json
 import logging
 import math
+import operator
 import re
 import secrets
 import sys
@@ -97,6 +97,7 @@ __all__ = [
     "BudgetLedger",
     "ContributionBounder",
     "DpParams",
+    "SubjectWindow",
     "GroupReleaser",
     "Metric",
     "attach",
@@ -511,7 +512,9 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
 
 def window_starts(params: DpParams, ts: int) -> list[int]:
     """Starts of every window that holds event time ``ts`` (one for tumbling windows)."""
-    slide = params.slide
+    if params.slide_ms is None:
+        return [ts - ts % params.window_ms]
+    slide = params.slide_ms
     last = ts - ts % slide
     return list(range(last, ts - params.window_ms, -slide))
 
@@ -547,84 +550,112 @@ class _SeededRandom(np.random.RandomState):
 # ---------------------------------------------------------------------------
 # stage 1 core: bound one subject's contributions to one window
 # ---------------------------------------------------------------------------
+class SubjectWindow:
+    """What one subject has added to one window so far: its secret salt and its kept groups.
+
+    ``groups`` maps group_json to a buffer
+    ``[priority, records seen, kept record 1 slots..., kept record 2 slots...]``,
+    with one slot per sum or mean metric (NaN where the value was null).
+    """
+
+    __slots__ = ("groups", "salt")
+
+    def __init__(self, salt: int, groups: dict[str, list[float]] | None = None) -> None:
+        self.salt = salt
+        self.groups = {} if groups is None else groups
+
+
 class ContributionBounder:
     """Bounds what one subject adds to one window.
 
     Group choice is bottom-k sampling: each group gets a priority from a keyed hash
-    with a salt drawn per (subject, window), and the ``max_groups_per_subject``
-    groups of lowest priority are kept. That is a uniform random subset of the
-    distinct groups the subject touched, whatever their order or frequency, and it
-    needs memory only for the kept groups. Within a kept group, reservoir sampling
-    keeps ``max_contributions_per_group`` records uniformly at random.
-
-    A group buffer is a list of floats
-    ``[priority, records seen, kept record 1 slots..., kept record 2 slots...]``,
-    with one slot per sum or mean metric (NaN where the value was null).
+    with a secret salt drawn once per (subject, window) from the secure generator,
+    and the ``max_groups_per_subject`` groups of lowest priority are kept. That is a
+    uniform random subset of the distinct groups the subject touched, whatever their
+    order or frequency, and it needs memory only for the kept groups. Within a kept
+    group, reservoir sampling (Algorithm R) keeps ``max_contributions_per_group``
+    records uniformly at random; its random index for the n-th record is the same
+    keyed hash of (group, n), so no record costs a draw from the operating system.
+    The keyed hash is BLAKE2b with the 62-bit salt as its key, a PRF: without the
+    salt, which never leaves the operator's state, its outputs are unpredictable.
 
     References
     ----------
     .. [1] Wilson, R. J. et al. "Differentially Private SQL with Bounded User Contribution." 2020.
     .. [2] Vitter, J. S. "Random Sampling with a Reservoir." ACM TOMS, 1985.
+    .. [3] Cohen, E., Kaplan, H. "Summarizing Data using Bottom-k Sketches." PODC 2007.
     """
 
     def __init__(self, params: DpParams) -> None:
         self.params = params
         self.metrics = params.value_metrics
         self.width = len(self.metrics)
+        self.cap = params.max_contributions_per_group
+        self.max_groups = params.max_groups_per_subject
+        self._fields = tuple((m.field, m.lo, m.hi) for m in self.metrics)
 
     @staticmethod
     def new_salt(rng: Any) -> int:
         return rng.getrandbits(62)
+
+    def new_window(self, rng: Any) -> SubjectWindow:
+        """An empty buffer for one (subject, window), with its salt drawn from ``rng``."""
+        return SubjectWindow(self.new_salt(rng))
 
     @staticmethod
     def priority(salt: int, group_json: str) -> float:
         digest = hashlib.blake2b(group_json.encode(), key=salt.to_bytes(8, "little"), digest_size=8).digest()
         return (int.from_bytes(digest, "little") >> 11) / 9007199254740992.0
 
+    @staticmethod
+    def draw(salt: int, group_json: str, n: int) -> int:
+        """Uniform index in ``[0, n)`` for the n-th record of a group (bias below n / 2**64)."""
+        data = f"{group_json}\x1f{n}".encode()  # "\x1f" never occurs in group JSON: apart from priority()
+        digest = hashlib.blake2b(data, key=salt.to_bytes(8, "little"), digest_size=8).digest()
+        return int.from_bytes(digest, "little") % n
+
     def vector(self, values: Mapping[str, Any] | str) -> list[float]:
         """Clamped value slots of one record (NaN for a null value); takes the dict or its JSON."""
         if isinstance(values, str):
             values = _loads(values)
         out = []
-        for m in self.metrics:
-            v = values.get(m.field)
-            out.append(math.nan if v is None else min(max(float(v), m.lo), m.hi))
+        for name, lo, hi in self._fields:
+            v = values.get(name)
+            if v is None:
+                out.append(math.nan)
+            else:
+                v = float(v)
+                out.append(lo if v < lo else hi if v > hi else v)
         return out
 
-    def offer(self, store: Any, salt: int, group_json: str, vector: list[float], rng: Any) -> None:
-        """Add one record to a subject-window buffer.
-
-        ``store`` maps group_json to its buffer and has ``get``, ``put``, ``remove``
-        and ``items`` (a Flink ``MapState`` or a :class:`DictStore`).
-        """
-        acc = store.get(group_json)
+    def offer(self, window: SubjectWindow, group_json: str, vector: list[float]) -> bool:
+        """Add one record to a (subject, window) buffer; False when the buffer did not change."""
+        groups = window.groups
+        acc = groups.get(group_json)
         if acc is None:
-            prio = self.priority(salt, group_json)
-            held = list(store.items())
-            if len(held) >= self.params.max_groups_per_subject:
-                worst_key, worst = max(held, key=lambda kv: kv[1][0])
-                if prio >= worst[0]:
-                    return
-                store.remove(worst_key)
-            store.put(group_json, [prio, 1.0, *vector])
-            return
+            prio = self.priority(window.salt, group_json)
+            if len(groups) >= self.max_groups:
+                worst_key = max(groups, key=lambda g: groups[g][0])
+                if prio >= groups[worst_key][0]:
+                    return False
+                del groups[worst_key]
+            groups[group_json] = [prio, 1.0, *vector]
+            return True
         seen = int(acc[1]) + 1
         acc[1] = float(seen)
-        cap = self.params.max_contributions_per_group
+        cap = self.cap
         if seen <= cap:
             acc.extend(vector)
         else:
-            j = rng.randrange(seen)
+            j = self.draw(window.salt, group_json, seen)
             if j < cap:
                 base = 2 + j * self.width
                 acc[base : base + self.width] = vector
-            else:
-                return
-        store.put(group_json, acc)
+        return True  # the count of records seen changed in any case
 
     def contribution(self, acc: list[float]) -> list[float]:
         """The stage-2 vector of one kept group: ``[1 subject, records, per metric slots]``."""
-        kept = (len(acc) - 2) // self.width if self.width else min(int(acc[1]), self.params.max_contributions_per_group)
+        kept = (len(acc) - 2) // self.width if self.width else min(int(acc[1]), self.cap)
         out = [1.0, float(kept)]
         for i, m in enumerate(self.metrics):
             vals = [acc[2 + r * self.width + i] for r in range(kept)]
@@ -635,22 +666,21 @@ class ContributionBounder:
                 out.extend((float(len(vals)), math.fsum(v - m.mid for v in vals)))
         return out
 
-    def finish(self, store: Any) -> list[tuple[str, list[float]]]:
-        return [(key, self.contribution(list(acc))) for key, acc in store.items()]
+    def finish(self, window: SubjectWindow) -> list[tuple[str, list[float]]]:
+        return [(key, self.contribution(acc)) for key, acc in window.groups.items()]
 
     def zero(self) -> list[float]:
         """The vector of a public-group marker: no subject, nothing added."""
         return [0.0] * (2 + sum(m.slots for m in self.params.metrics))
 
 
-class DictStore(dict):
-    """A plain ``dict`` with the ``MapState`` calls :meth:`ContributionBounder.offer` uses."""
+def encode_vector(vector: Iterable[float]) -> str:
+    """A float vector as a ``STRING`` for Flink records and state (``repr`` round-trips exactly)."""
+    return ",".join(map(repr, vector))
 
-    def put(self, key: str, value: list[float]) -> None:
-        self[key] = value
 
-    def remove(self, key: str) -> None:
-        del self[key]
+def decode_vector(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
 # ---------------------------------------------------------------------------
@@ -887,28 +917,27 @@ def attach(
     DataStream
         ``(group_json, headers_json, value_json)``; headers hold ``policy_id``,
         ``policy_hash``, ``view``, ``epsilon_spent`` and ``delta_spent``.
+
+    Notes
+    -----
+    Vectors travel and rest as ``STRING`` (comma-joined floats), never as
+    ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
+    serializer on the Java side but stores the ``java.util.ArrayList`` its converter
+    makes, so the first checkpoint fails (``ArrayList cannot be cast to [B``).
     """
     from pyflink.common.typeinfo import Types
 
-    # LIST, not PRIMITIVE_ARRAY: thread mode hands Java an ArrayList, not a double[]
-    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.LIST(Types.DOUBLE())])
+    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
     uid = f"dp/{view_name}"
-
-    windowed = (
-        stream.flat_map(_AssignWindows(params), output_type=Types.TUPLE([Types.STRING()] * 3 + [Types.LONG()]))
-        .name(f"dp-assign-windows[{view_name}]")
-        .uid(f"{uid}/assign-windows")
-    )
-    # (subject, group_json, values_json, window_start)
     bounded = (
-        windowed.key_by(lambda r: f"{r[3]}\x1f{r[0]}", key_type=Types.STRING())
+        stream.key_by(_first, key_type=Types.STRING())
         .process(_BoundContributions(params, random_state), output_type=contribution_type)
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
-    # (group_json, window_start, [subjects, records, slots...]) one per subject, window and kept group
+    # (group_json, window_start, summed contribution vectors) one per subtask, window and group
     released = (
-        bounded.key_by(lambda r: r[0], key_type=Types.STRING())
+        bounded.key_by(_first, key_type=Types.STRING())
         .process(
             _NoisyAggregate(params, random_state),
             output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()]),
@@ -928,6 +957,14 @@ def attach(
     )
     # (group_json, headers_json, value_json)
     return gated
+
+
+_first = operator.itemgetter(0)  # subject of an input record, group of a contribution
+
+#: entries kept in stage 2's write-through cache before it is emptied (state still holds them)
+CACHE_LIMIT = 200_000
+#: (subject, window) buffers one stage-1 subtask holds at most (a few hundred bytes each)
+BUFFER_LIMIT = 2_000_000
 
 
 def _ttl(ms: int) -> Any:
@@ -954,29 +991,36 @@ def _subtask_index(ctx: Any) -> int:
         return ctx._runtime_context.getTaskInfo().getIndexOfThisSubtask()
 
 
-def _flink_bases() -> tuple[type, type]:
-    from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction
+def _flink_bases() -> type:
+    from pyflink.datastream.functions import KeyedProcessFunction
 
-    return FlatMapFunction, KeyedProcessFunction
-
-
-_FlatMap, _KeyedProcess = _flink_bases()
+    return KeyedProcessFunction
 
 
-class _AssignWindows(_FlatMap):
-    """One copy of each record per window that holds its event time."""
-
-    def __init__(self, params: DpParams) -> None:
-        self.params = params
-
-    def flat_map(self, value: Any) -> Iterable[Any]:
-        subject, group_json, values_json, ts = value
-        for start in window_starts(self.params, ts):
-            yield subject, group_json, values_json, start
+_KeyedProcess = _flink_bases()
 
 
 class _BoundContributions(_KeyedProcess):
-    """Stage 1: keyed by (window, subject); emits the bounded contributions when the window closes."""
+    """Stage 1: keyed by subject; bounds each (subject, window) in memory and sends per-group partial sums.
+
+    Records never touch Flink state: in thread mode every state call and every timer
+    crosses from Python into the JVM, and those crossings, not the Python work,
+    set the cost of a record. The buffers of open windows are a dict in the
+    operator, ``{window start: {subject: SubjectWindow}}``, and each window has one
+    event-time timer per subtask (registered in the key of its first subject).
+    When it fires, the window's buffers are bounded, summed per group and sent to
+    stage 2 as one partial vector per group, so stage 2 sees a few records per
+    window instead of one per subject.
+
+    Privacy does not depend on the buffers' durability: a (subject, window) is sent
+    once, when its window closes, and a record for a window this subtask has
+    closed is late (the largest timer fired is a floor on the watermark). The cost
+    is accuracy after a failure: buffers of open windows are not in checkpoints,
+    so a job restored from one loses the records of its open windows that came
+    before the checkpoint (a window's length plus the allowed lateness at most).
+    At most ``BUFFER_LIMIT`` (subject, window) buffers are held; a new one beyond
+    that is dropped and counted (``dp_records_dropped_buffer_full``), never sent early.
+    """
 
     def __init__(self, params: DpParams, random_state: int | None) -> None:
         self.params = params
@@ -986,58 +1030,95 @@ class _BoundContributions(_KeyedProcess):
         return False
 
     def open(self, ctx: Any) -> None:
-        from pyflink.common.typeinfo import Types
-        from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
-
         seed = None if self.random_state is None else self.random_state * 1000 + _subtask_index(ctx)
         self.rng = make_random(seed)
         self.core = ContributionBounder(self.params)
-        ttl = _ttl(self.params.state_ttl_ms)
-        # LIST, not PRIMITIVE_ARRAY: thread mode fails on get() of a missing array value (PyFlink 2.2)
-        groups = MapStateDescriptor("groups", Types.STRING(), Types.LIST(Types.DOUBLE()))
-        groups.enable_time_to_live(ttl)
-        salt = ValueStateDescriptor("salt", Types.LONG())
-        salt.enable_time_to_live(ttl)
-        self.groups = ctx.get_map_state(groups)
-        self.salt = ctx.get_state(salt)
+        self.open_windows: dict[int, dict[str, SubjectWindow]] = {}
+        self.held = 0  # (subject, window) buffers in open_windows
+        self.floor = -(2**63)  # largest timer fired: the watermark is at least this
         metrics = ctx.get_metrics_group()
         self.late = metrics.counter("dp_late_records_dropped")
+        self.full = metrics.counter("dp_records_dropped_buffer_full")
         self.records = metrics.counter("dp_records_in")
-        # public-group markers already sent per window; duplicates after a restart are harmless
+        self.uncounted = 0  # records not yet added to the counter: one JVM call per 1024 records
+        # public-group markers already sent per window; duplicates after a restore are harmless
         self.announced: set[int] = set()
+        self.tumbling = self.params.slide_ms is None
+        self.window_ms = self.params.window_ms
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
-        subject, group_json, values_json, start = value
-        self.records.inc()
-        release = self.params.release_time(start)
-        if release <= ctx.timer_service().current_watermark():
-            self.late.inc()
-            return
-        salt = self.salt.value()
-        if salt is None:
-            salt = self.core.new_salt(self.rng)
-            self.salt.update(salt)
-            ctx.timer_service().register_event_time_timer(release)
-        self.core.offer(self.groups, salt, group_json, self.core.vector(values_json), self.rng)
+        subject, group_json, values_json, ts = value
+        self.uncounted += 1
+        if self.uncounted >= 1024:
+            self.records.inc(self.uncounted)
+            self.uncounted = 0
+        starts = (ts - ts % self.window_ms,) if self.tumbling else window_starts(self.params, ts)
+        vector = None
+        for start in starts:
+            subjects = self.open_windows.get(start)
+            if subjects is None:
+                subjects = self._open_window(start, ctx)
+                if subjects is None:
+                    continue  # later than the allowed lateness
+            window = subjects.get(subject)
+            if window is None:
+                if self.held >= BUFFER_LIMIT:
+                    self.full.inc()
+                    continue
+                window = subjects[subject] = self.core.new_window(self.rng)
+                self.held += 1
+            if vector is None:
+                vector = self.core.vector(values_json)
+            self.core.offer(window, group_json, vector)
         return
         yield  # a generator, as PyFlink expects
 
+    def _open_window(self, start: int, ctx: Any) -> dict[str, SubjectWindow] | None:
+        """The buffers of a window this subtask has no buffers for yet; None when the window is closed."""
+        release = self.params.release_time(start)
+        # an open window's timer has not fired, so only a new one asks the JVM for the watermark
+        if release <= self.floor or release <= ctx.timer_service().current_watermark():
+            self.late.inc()
+            return None
+        ctx.timer_service().register_event_time_timer(release)
+        subjects = self.open_windows[start] = {}
+        return subjects
+
     def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
-        start = int(ctx.get_current_key().split("\x1f", 1)[0])
-        for group_json, vector in self.core.finish(self.groups):
-            yield group_json, start, vector
-        self.groups.clear()
-        self.salt.clear()
-        if self.params.public_groups and start not in self.announced:
+        p = self.params
+        self.floor = max(self.floor, timestamp)
+        if self.uncounted:
+            self.records.inc(self.uncounted)
+            self.uncounted = 0
+        start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
+        subjects = self.open_windows.pop(start, None)  # None: a timer restored from a checkpoint
+        if subjects:
+            self.held -= len(subjects)
+            totals: dict[str, list[float]] = {}
+            for window in subjects.values():
+                for group_json, vector in self.core.finish(window):
+                    acc = totals.get(group_json)
+                    if acc is None:
+                        totals[group_json] = vector
+                    else:
+                        for i, v in enumerate(vector):
+                            acc[i] += v
+            for group_json, acc in totals.items():
+                yield group_json, start, encode_vector(acc)
+        if p.public_groups and start not in self.announced:
             self.announced.add(start)
-            self.announced = {s for s in self.announced if s >= start - self.params.window_ms}
-            zero = self.core.zero()
-            for group_json in self.params.public_groups:
+            self.announced = {s for s in self.announced if s >= start - p.window_ms}
+            zero = encode_vector(self.core.zero())
+            for group_json in p.public_groups:
                 yield group_json, start, zero
 
 
 class _NoisyAggregate(_KeyedProcess):
-    """Stage 2: keyed by group; sums contributions per window and releases them with noise."""
+    """Stage 2: keyed by group; sums contributions per window and releases them with noise.
+
+    Window totals live in a ``MapState`` (window start -> comma-joined floats) behind
+    a write-through cache, as in stage 1: one state write per contribution.
+    """
 
     def __init__(self, params: DpParams, random_state: int | None) -> None:
         self.params = params
@@ -1052,9 +1133,11 @@ class _NoisyAggregate(_KeyedProcess):
 
         seed = None if self.random_state is None else self.random_state * 1000 + 500 + _subtask_index(ctx)
         self.core = GroupReleaser(self.params, seed)
-        windows = MapStateDescriptor("windows", Types.LONG(), Types.LIST(Types.DOUBLE()))
+        windows = MapStateDescriptor("group_windows", Types.LONG(), Types.STRING())
         windows.enable_time_to_live(_ttl(self.params.state_ttl_ms))
         self.windows = ctx.get_map_state(windows)
+        self.cache: dict[tuple[str, int], list[float]] = {}
+        self.zero = ContributionBounder(self.params).zero()
         metrics = ctx.get_metrics_group()
         self.late = metrics.counter("dp_late_contributions_dropped")
         self.released = metrics.counter("dp_groups_released")
@@ -1066,26 +1149,42 @@ class _NoisyAggregate(_KeyedProcess):
         if self.params.public_groups is not None and group_json not in self.core.public:
             self.not_public.inc()  # with public groups, other groups are never released
             return
-        release = self.params.release_time(start)
-        if release <= ctx.timer_service().current_watermark():
-            self.late.inc()
-            return
-        acc = self.windows.get(start)
+        acc = self.cache.get((group_json, start))
         if acc is None:
-            ctx.timer_service().register_event_time_timer(release)
-        self.windows.put(start, merge(acc, list(vector)))
+            text = self.windows.get(start)
+            if text is not None:
+                acc = decode_vector(text)  # restored, or evicted from the cache
+            else:
+                release = self.params.release_time(start)
+                if release <= ctx.timer_service().current_watermark():
+                    self.late.inc()
+                    return
+                ctx.timer_service().register_event_time_timer(release)
+                acc = list(self.zero)
+            self._cache(group_json, start, acc)
+        for i, v in enumerate(decode_vector(vector)):
+            acc[i] += v
+        self.windows.put(start, encode_vector(acc))
         return
         yield
+
+    def _cache(self, group_json: str, start: int, acc: list[float]) -> None:
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[(group_json, start)] = acc
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
         p = self.params
         start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
-        acc = self.windows.get(start)
-        if acc is None:
-            return
-        self.windows.remove(start)
         group_json = ctx.get_current_key()
-        out = self.core.release(group_json, start, list(acc))
+        acc = self.cache.pop((group_json, start), None)
+        if acc is None:
+            text = self.windows.get(start)
+            if text is None:
+                return
+            acc = decode_vector(text)
+        self.windows.remove(start)
+        out = self.core.release(group_json, start, acc)
         if out is None:
             self.suppressed.inc()
             # the gate must still charge this window: suppressing spent budget too
@@ -1096,8 +1195,10 @@ class _NoisyAggregate(_KeyedProcess):
         # a public group is released for every window after its first, busy or not
         if p.public_groups is not None and ctx.timer_service().current_watermark() < _MAX_WATERMARK:
             nxt = start + p.slide
-            if self.windows.get(nxt) is None:
-                self.windows.put(nxt, ContributionBounder(p).zero())
+            if (group_json, nxt) not in self.cache and self.windows.get(nxt) is None:
+                acc = list(self.zero)
+                self.windows.put(nxt, encode_vector(acc))
+                self._cache(group_json, nxt, acc)
                 ctx.timer_service().register_event_time_timer(p.release_time(nxt))
 
 

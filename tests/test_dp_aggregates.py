@@ -9,9 +9,10 @@ from scipy import stats
 from operators.dp_aggregates import (
     BudgetLedger,
     ContributionBounder,
-    DictStore,
     DpParams,
     GroupReleaser,
+    decode_vector,
+    encode_vector,
     extract_contribution,
     laplace_threshold,
     make_random,
@@ -160,14 +161,41 @@ def test_window_starts_cover_every_window_holding_the_time():
 
 # -- stage 1: contribution bounding -------------------------------------------
 def bound(params, records, seed):
-    """Run the stage-1 core over one subject-window; returns {group: contribution}."""
+    """Run the stage-1 core over one subject-window; returns {group: contribution}.
+
+    """
     core = ContributionBounder(params)
-    rng = make_random(seed)
-    store = DictStore()
-    salt = core.new_salt(rng)
+    window = core.new_window(make_random(seed))
     for group, values in records:
-        core.offer(store, salt, group, core.vector(values), rng)
-    return dict(core.finish(store))
+        core.offer(window, group, core.vector(values))
+    return dict(core.finish(window))
+
+
+def test_vector_encoding_round_trips_exactly():
+    vector = [1.0, 0.1 + 0.2, -1e-300, 123456789.123, 0.0]
+    assert decode_vector(encode_vector(vector)) == vector
+
+
+def test_when_group_not_kept_then_buffer_unchanged():
+    p = DpParams.from_policy(block(max_groups_per_subject=1))
+    core = ContributionBounder(p)
+    window = core.new_window(make_random(3))
+    g1, g2 = '["g1"]', '["g2"]'
+    assert core.offer(window, g1, core.vector({"purchaseAmount": 1}))
+    loser = g2 if core.priority(window.salt, g2) > core.priority(window.salt, g1) else g1
+    winner = g1 if loser == g2 else g2
+    core.offer(window, winner, core.vector({"purchaseAmount": 1}))
+    before = {g: list(acc) for g, acc in window.groups.items()}
+    assert core.offer(window, loser, core.vector({"purchaseAmount": 1})) is False
+    assert window.groups == before and list(window.groups) == [winner]
+
+
+def test_record_draws_are_uniform_indices():
+    core = ContributionBounder(DpParams.from_policy(DESIGN_BLOCK))
+    counts = Counter(core.draw(salt, '["a"]', 7) for salt in range(7000))
+    assert set(counts) == set(range(7))
+    chi2 = sum((c - 1000) ** 2 / 1000 for c in counts.values())
+    assert chi2 < stats.chi2.ppf(1 - 1e-6, df=6)
 
 
 def test_when_subject_touches_many_groups_then_kept_groups_are_uniform_not_first_seen():

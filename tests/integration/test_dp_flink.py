@@ -1,12 +1,16 @@
-"""The DP aggregate operators in a real MiniCluster (thread mode, parallelism 1), event time over several windows."""
+"""The DP aggregate operators in a real MiniCluster (thread mode, parallelism 1, checkpoints every 500 ms),
+event time over several windows."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import socket
 import sys
 import sysconfig
+import threading
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,29 +57,91 @@ def synthetic() -> tuple[list[tuple[str, str, str, int]], dict[tuple[str, int], 
     return rows, truth
 
 
-def run_job(params: DpParams, rows, random_state) -> list[tuple[str, dict, dict]]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def watch_checkpoints(port: int, stop: threading.Event, completed: dict[str, int]) -> None:
+    """Poll the MiniCluster's REST API for the number of completed checkpoints of each job."""
+    base = f"http://127.0.0.1:{port}"
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(f"{base}/jobs", timeout=1) as response:
+                jobs = json.load(response)["jobs"]
+            for job in jobs:
+                with urllib.request.urlopen(f"{base}/jobs/{job['id']}/checkpoints", timeout=1) as response:
+                    counts = json.load(response)["counts"]
+                completed[job["id"]] = max(completed.get(job["id"], 0), counts["completed"])
+        except (OSError, ValueError, KeyError):
+            pass  # not up yet, or shutting down
+        stop.wait(0.1)
+
+
+def run_job(params: DpParams, rows, random_state, tmp_path: Path) -> list[tuple[str, dict, dict]]:
+    """Run the operators with checkpoints every 500 ms (they must snapshot in thread mode).
+
+    The REST API shows that checkpoints completed while the job ran, and any failed
+    checkpoint fails the job (no tolerated failures, no restarts).
+    """
     from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
-    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream import MapFunction, StreamExecutionEnvironment
 
     class EventTime(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
             return value[3]
 
+    class Throttle(MapFunction):
+        """Slows the source a little, so checkpoints complete while the DP operators hold state."""
+
+        def __init__(self, every: int, pause_s: float) -> None:
+            self.every, self.pause_s, self.n = every, pause_s, 0
+
+        def map(self, value):
+            import time
+
+            self.n += 1
+            if self.n % self.every == 0:
+                time.sleep(self.pause_s)
+            return value
+
+    port = free_port()
     conf = Configuration()
+    conf.set_string("rest.port", str(port))
     conf.set_string("python.execution-mode", "thread")
     conf.set_string("python.executable", sys.executable)
     root = str(Path(__file__).resolve().parents[2])
     conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
+    conf.set_string("execution.checkpointing.interval", "500ms")
+    conf.set_string("execution.checkpointing.dir", (tmp_path / "checkpoints").as_uri())
+    conf.set_string("execution.checkpointing.tolerable-failed-checkpoints", "0")
+    conf.set_string("restart-strategy.type", "none")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.enable_checkpointing(500)
     env.set_parallelism(1)
     source_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
-    stream = env.from_collection(rows, type_info=source_type).assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(5)).with_timestamp_assigner(EventTime())
+    stream = (
+        env.from_collection(rows, type_info=source_type)
+        .map(Throttle(every=max(1, len(rows) // 20), pause_s=0.15), output_type=source_type)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(5)).with_timestamp_assigner(EventTime())
+        )
     )
     out = attach(stream, params, view_name="aggregated", policy_id="test-policy", policy_hash="abc123", random_state=random_state)
-    with out.execute_and_collect("dp-flink-test") as results:
-        return [(key, json.loads(headers), json.loads(value)) for key, headers, value in results]
+    stop, completed = threading.Event(), {}
+    watcher = threading.Thread(target=watch_checkpoints, args=(port, stop, completed), daemon=True)
+    watcher.start()
+    try:
+        with out.execute_and_collect("dp-flink-test") as results:
+            collected = [(key, json.loads(headers), json.loads(value)) for key, headers, value in results]
+    finally:
+        stop.set()
+        watcher.join()
+    # 20 pauses of 150 ms: checkpoints complete while the operators hold state
+    assert completed and max(completed.values()) >= 2, completed
+    return collected
 
 
 def base_block(**extra):
@@ -109,10 +175,10 @@ def window_index(value: dict) -> int:
     return (ms - T0) // MINUTE
 
 
-def test_public_groups_release_every_window_near_the_truth_with_bounded_flood():
+def test_public_groups_release_every_window_near_the_truth_with_bounded_flood(tmp_path):
     rows, truth = synthetic()
     params = DpParams.from_policy(base_block(public_groups=["us-west", "us-east", "eu", PUBLIC_EMPTY], total_epsilon=3.0))
-    out = run_job(params, rows, random_state=1)
+    out = run_job(params, rows, random_state=1, tmp_path=tmp_path)
 
     by_window = defaultdict(dict)
     z = []
@@ -136,11 +202,11 @@ def test_public_groups_release_every_window_near_the_truth_with_bounded_flood():
     assert west0["value"] < true_sum_bound + 4 * west0["std"]
 
 
-def test_private_selection_hides_a_lone_subject_and_runs_differ():
+def test_private_selection_hides_a_lone_subject_and_runs_differ(tmp_path):
     rows, truth = synthetic()
     params = DpParams.from_policy(base_block(delta=1e-6))
-    first = run_job(params, rows, random_state=None)
-    second = run_job(params, rows, random_state=None)
+    first = run_job(params, rows, random_state=None, tmp_path=tmp_path / "first")
+    second = run_job(params, rows, random_state=None, tmp_path=tmp_path / "second")
 
     counts, z = [], []
     for out in (first, second):
