@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--delivery", choices=("exactly-once", "at-least-once"),
                      help="override the policy's delivery guarantee (Kafka only)")
     run.add_argument("--no-create-topics", action="store_true", help="refuse to start when an output topic is missing")
+    run.add_argument("--bounded", action="store_true",
+                     help="Kafka only: stop at the offsets that are the latest when the job starts")
     run.add_argument("--keyring", default=None, help=f"keyring reference env:NAME or file:PATH (default: ${KEYRING_ENV})")
     run.add_argument("--dev-keyring", action="store_true",
                      help=f"create or use a development keyring at {DEV_KEYRING} (demo only, never production)")

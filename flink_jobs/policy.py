@@ -168,7 +168,7 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
                                 "a mapping of view name to {sink, fields} or {sink, differential_privacy}"))
         raw_views = {}
     for name, raw_view in raw_views.items():
-        view = _compile_view(str(name), raw_view, keyring, problems)
+        view = _compile_view(str(name), raw_view, keyring, problems, subject if isinstance(subject, str) else None)
         if view is not None:
             views[str(name)] = view
 
@@ -192,7 +192,8 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
     )
 
 
-def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[Problem]) -> View | None:
+def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[Problem],
+                  subject_field: str | None = None) -> View | None:
     where = f"views.{name}"
     if not isinstance(raw, dict):
         problems.append(Problem(where, "must be a mapping", "keys: " + ", ".join(VIEW_KEYS)))
@@ -229,7 +230,7 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
         return None
     rules = []
     for path, spec in fields.items():
-        transform = compile_transform(spec, f"{where}.fields.{path}", str(path), problems)
+        transform = compile_transform(spec, f"{where}.fields.{path}", str(path), problems, subject_field)
         if transform is not None:
             if keyring is not None:
                 _check_key(transform, keyring, f"{where}.fields.{path}", problems)
@@ -250,7 +251,8 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
     return view
 
 
-def compile_transform(spec: Any, where: str, path: str, problems: list[Problem]) -> Transform | None:
+def compile_transform(spec: Any, where: str, path: str, problems: list[Problem],
+                      subject_field: str | None = None) -> Transform | None:
     """Turn ``keep`` or ``{mask: keep_last, n: 4}`` into a checked transform instance."""
     try:
         from udfs.record import parse_path
@@ -281,6 +283,10 @@ def compile_transform(spec: Any, where: str, path: str, problems: list[Problem])
         problems.append(Problem(where, f"unknown transform {name!r}", _suggest(name)))
         return None
     leaf = path.split(".")[-1].replace("[*]", "")
+    per_subject_only = "per_subject" in cls.params and not params.get("per_subject")
+    if subject_field and "subject_field" in cls.params and not per_subject_only:
+        # transforms keyed per subject (tokens, per-subject keys) default to the policy's subject
+        params.setdefault("subject_field", subject_field)
     try:
         return cls(params, domain=leaf)
     except ParamError as exc:

@@ -103,7 +103,8 @@ class Protector:
             for name, tree in self._record_views:
                 dropped: list[str] = []
                 protected = apply_view(tree, record, dropped)
-                out.append(Routed(name, (key, self._view_headers[name], orjson.dumps(protected).decode())))
+                out.append(Routed(name, (self._view_key(protected), self._view_headers[name],
+                                         orjson.dumps(protected).decode())))
                 drops.append((name, dropped))
             for name, view in self._kanon_views:
                 dropped = []
@@ -127,7 +128,7 @@ class Protector:
         protected = apply_view(view.tree, record, dropped)
         # the raw subject only lives in keyed state (as sensitive as the raw topic); it is never published
         subject = str(record[self._subject_field])
-        return (key, self._view_headers[name], orjson.dumps(protected).decode(), subject,
+        return (self._view_key(protected), self._view_headers[name], orjson.dumps(protected).decode(), subject,
                 orjson.dumps(quasi).decode(), event_ms)
 
     def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
@@ -135,6 +136,11 @@ class Protector:
 
         group_json, values_json = extract_contribution(view.differential_privacy, record)
         return (str(record[self._subject_field]), group_json, values_json, event_ms)
+
+    def _view_key(self, protected: dict) -> str | None:
+        # a view's key is its own protected subject, never the raw input key
+        subject = protected.get(self._subject_field)
+        return None if subject is None else str(subject)
 
     def _count_dropped(self, view: str, names: list[str]) -> None:
         for name in names:

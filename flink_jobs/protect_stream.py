@@ -18,7 +18,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -102,6 +102,8 @@ class JobOptions:
     bundle_size: int = 1000
     bundle_time_ms: int = 100
     restart_attempts: int = 0
+    #: any other Flink settings (checkpoint folders, state backend, recovery path)
+    extra_config: dict[str, str] = field(default_factory=dict)
 
 
 def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEnvironment:
@@ -124,6 +126,8 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     else:
         # a bounded run that fails must say so, not restart forever
         config.set_string("restart-strategy.type", "none")
+    for key, value in options.extra_config.items():
+        config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
     env.set_parallelism(options.parallelism)

@@ -83,12 +83,14 @@ def test_a_good_record_goes_to_every_view_protected():
     assert [r.channel for r in routed] == ["masked", "support"]
     key, headers, body = routed[0].value
     masked = json.loads(body)
-    assert key == "k1"
+    # the output key is the view's own protected subject, never the raw input key
+    assert key == masked["customerId"] != "k1"
     assert masked["email"] == "j***@example.com" and masked["ssn"] == "***-**-6789"
     assert masked["address"] == {"zip": "94102"} and masked["items"] == [{"sku": "A-1"}]
     assert masked["card"] != GOOD["card"] and len(masked["card"]) == 16
     assert masked["name"] != GOOD["name"]
     support = json.loads(routed[1].value[2])
+    assert routed[1].value[0] == support["customerId"]
     assert support["phone"] == "+*-***-***-0134" and support["email"].startswith("g1.")
     assert set(support) == {"customerId", "phone", "email"}
 

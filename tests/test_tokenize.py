@@ -8,7 +8,7 @@ import re
 import pytest
 
 import udfs.tokenize  # noqa: F401 - registers tokenize.vault
-from flink_jobs.policy import PolicyError, compile_policy
+from flink_jobs.policy import compile_policy
 from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 from udfs import registry
 from udfs.record import apply_view, invert_view
@@ -58,11 +58,11 @@ def test_the_policy_syntax_compiles_and_protects_a_record(tmp_path, keyring):
     assert invert_view(tree, out) == {"customerId": "CUST1", "card": "4111111111111111"}
 
 
-def test_when_the_subject_field_is_missing_then_the_policy_check_names_the_path(keyring):
+def test_when_the_subject_field_is_not_given_then_it_is_the_policys_subject(keyring):
     doc = policy_doc("sqlite:x.db", {"tokenize": "vault"})
-    with pytest.raises(PolicyError) as info:
-        compile_policy(doc, file="p.yaml")
-    assert "views.support.fields.customerId.subject_field" in str(info.value)
+    policy = compile_policy(doc, file="p.yaml")
+    transform = policy.views["support"].tree.children["customerId"].transform
+    assert transform.options["subject_field"] == doc["subject_field"] == "customerId"
 
 
 @pytest.mark.parametrize(

@@ -269,6 +269,7 @@ _BUILTIN_MODULES = (
     "udfs.encryption",
     "udfs.generalize",
     "udfs.fpe",
+    "udfs.tokenize",
 )
 _loaded = False
 
