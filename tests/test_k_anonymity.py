@@ -332,3 +332,73 @@ def test_when_on_timeout_is_suppress_then_there_is_no_cascade():
     cascade.push(staged("loner"), 0)
     cascade.advance(1000)
     assert p.levels == 1 and len(cascade.suppressed) == 1
+
+
+# -- the Flink state layout, over fake states (no JVM) -----------------------------------------
+
+
+class _FakeValue:
+    def __init__(self):
+        self.stored = None
+
+    def value(self):
+        return self.stored
+
+    def update(self, value):
+        self.stored = value
+
+
+class _FakeMap(dict):
+    def put(self, key, value):
+        self[key] = value
+
+    def remove(self, key):
+        self.pop(key, None)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_flink_class_state_behaves_as_the_dict_state_under_any_order_of_records_and_timers(seed):
+    from operators.k_anonymity import _FlinkClassState
+
+    rng = random.Random(seed)
+    logic = ClassBuffer(params(k=4, path="lockstep"), 0)
+    flink, plain = _FlinkClassState(_FakeValue(), _FakeMap()), DictClassState()
+    now = 0
+    for i in range(200):
+        now += rng.choice([0, 1, 3, 10, 40])
+        if rng.random() < 0.7:
+            # some records arrive late (an older bucket), many share a bucket (the header's tail spills)
+            record = staged(rng.choice("aaabcd"), entered=now - rng.choice([0, 0, 0, 5, 30]), n=i)
+            flink.load()
+            got = logic.on_record(flink, (*record, "class key"))
+            flink.store()
+            want = logic.on_record(plain, record)
+            assert sorted(got[0]) == sorted(want[0]) and got[1:] == want[1:]
+            if got[2]:  # released: start a fresh class
+                flink, plain = _FlinkClassState(_FakeValue(), _FakeMap()), DictClassState()
+        else:
+            timer = rng.choice(sorted(plain.buckets) or [now])
+            flink.load()
+            got = logic.on_deadline(flink, timer)
+            flink.store()
+            assert sorted(got) == sorted(logic.on_deadline(plain, timer))
+            flink.load()
+            assert flink.subjects == plain.subjects
+    flink.load()
+    assert sorted(logic.flush(flink)) == sorted(logic.flush(plain))
+
+
+def test_flink_class_state_spills_a_full_tail_to_the_map_and_loses_nothing():
+    from operators.k_anonymity import _FlinkClassState
+
+    logic = ClassBuffer(params(k=2, path="lockstep"), 0)
+    buckets = _FakeMap()
+    flink = _FlinkClassState(_FakeValue(), buckets)
+    for n in range(80):  # one subject, one bucket: the header holds 32, the rest goes to the map
+        flink.load()
+        logic.on_record(flink, (*staged("whale", entered=5, n=n), "class key"))
+        flink.store()
+    assert list(buckets) == [260] and len(json.loads(buckets[260])) == 80 - len(flink.tail)
+    flink.load()
+    released, _, drained = logic.on_record(flink, (*staged("other", entered=6), "class key"))
+    assert drained and len(released) == 81 and len({json.loads(r[2])["id"] for r in released}) == 81
