@@ -8,7 +8,7 @@ POLICY ?= conf/policies/customer-events.yaml
 SAMPLE := conf/samples/customer-events.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench jars kafka-up kafka-down demo-kafka clean help
+.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down demo-kafka clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,13 +32,26 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
-	$(PY) bench/masked_view.py
+	$(PY) bench/masked_view.py --scaling
+	$(PY) bench/fpe.py
+	$(PY) -m bench.k_anonymity
+	$(PY) -m bench.dp_aggregates
+	$(PY) bench/tokenize.py
 
 kafka-up: $(STAMP) jars ## start a single-node KRaft broker on 127.0.0.1:9092, data in .local/kafka
 	$(PY) -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092
 
 kafka-down: $(STAMP) ## stop it
 	$(PY) -m flink_jobs.kafka_broker down --data-dir .local/kafka
+
+vault-up: $(STAMP) ## start a local PostgreSQL for the token vault on 127.0.0.1:5433, data in .local/pg
+	$(PY) -m flink_jobs.pg_local up --data-dir .local/pg --port 5433
+
+vault-down: $(STAMP) ## stop it
+	$(PY) -m flink_jobs.pg_local down --data-dir .local/pg
+
+demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
+	$(PY) -m flink_jobs.kafka_demo
 
 clean: ## remove outputs (keeps the venv and the jars)
 	rm -rf out .pytest_cache

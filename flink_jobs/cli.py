@@ -21,7 +21,8 @@ DEV_KEYRING = Path(".local/dev-keyring.json")
 KEYRING_ENV = "ANON_KEYRING"
 
 #: modules that add their own subcommands with ``register(subparsers)``, when present
-_EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault")
+_EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault",
+               "flink_jobs.cli_cluster")
 
 
 class CliError(Exception):
