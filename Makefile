@@ -36,7 +36,7 @@ bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
 	$(PY) bench/fpe.py
 	$(PY) -m bench.k_anonymity
 	$(PY) -m bench.dp_aggregates
-	$(PY) bench/tokenize.py
+	$(PY) bench/tokenization.py
 
 kafka-up: $(STAMP) jars ## start a single-node KRaft broker on 127.0.0.1:9092, data in .local/kafka
 	$(PY) -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092

@@ -10,7 +10,7 @@ For each backend, in one run:
 
 It prints tokens/s and the ratio of the cached path to the single-row lookup.
 PostgreSQL is started in a temporary folder (initdb + pg_ctl on loopback), or taken
-from ``--pg URL``. Run: ``.venv/bin/python bench/tokenize.py [-n 5000]``.
+from ``--pg URL``. Run: ``.venv/bin/python bench/tokenization.py [-n 5000]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-# this file shares its name with the stdlib's tokenize (which inspect imports): run from the repo root instead
+# run from the repo root, not from bench/
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
