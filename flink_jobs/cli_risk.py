@@ -1,4 +1,4 @@
-"""``flink-anonymizer risk``: the re-identification risk of a published view, read from files.
+"""``flink-anonymizer risk``: the re-identification risk of a published view, read from files or a topic.
 
 ::
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(distinct subjects in the smallest class), the class sizes, the share of unique records, prosecutor "
         "risk as ARX defines it, and l for a sensitive attribute. Records with a k_suppressed header are "
         "counted apart. Reads JSON Lines files, or folders of *.jsonl.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JSON Lines file or folder")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="JSON Lines file or folder, or kafka:TOPIC (read_committed, from the beginning)")
+    parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+                        help="Kafka HOST:PORT for kafka:TOPIC inputs (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     parser.add_argument("--quasi-identifiers", required=True, help="comma-separated published QI fields")
     parser.add_argument("--subject", required=True, help="field holding the (pseudonymized) subject")
     parser.add_argument("--sensitive", help="sensitive attribute for l-diversity")
@@ -46,8 +50,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _lines(inputs: list[str]) -> Iterator[tuple[str, int, str]]:
+def _lines(inputs: list[str], bootstrap: str = "") -> Iterator[tuple[str, int, str]]:
     for name in inputs:
+        if name.startswith("kafka:"):
+            from flink_jobs.kafka_tools import consume
+
+            topic = name.removeprefix("kafka:")
+            for record in consume(bootstrap, topic, timeout=15):
+                # the envelope the file sink writes, so both inputs parse alike
+                yield topic, record.offset, json.dumps({"headers": record.headers, "value": json.loads(record.value)})
+            continue
         path = Path(name)
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
         for file in files:
@@ -67,7 +79,7 @@ def handler(args: argparse.Namespace) -> int:
         return 2
     records, bad = [], 0
     try:
-        for file, number, line in _lines(args.inputs):
+        for file, number, line in _lines(args.inputs, args.bootstrap_servers):
             try:
                 records.append(parse_line(line))
             except ValueError:

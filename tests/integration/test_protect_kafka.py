@@ -116,6 +116,15 @@ def test_no_raw_pii_reaches_a_protected_topic(bounded_run):
     assert not [v for v in _pii(_raw_lines()) if v in text]
 
 
+def test_the_risk_report_reads_the_anonymized_topic_and_finds_k(bounded_run, kafka_broker, capsys):
+    policy, _, _ = bounded_run
+    status = cli.main(["risk", "--quasi-identifiers", "age,zip,location", "--subject", "customerId", "--json",
+                       "--bootstrap-servers", kafka_broker.bootstrap, f"kafka:{policy.views['anonymized'].topic}",
+                       "--fail-below", "5"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["k"] >= 5
+
+
 def test_per_key_order_is_kept(bounded_run):
     _, _, read = bounded_run
     expected = defaultdict(list)
