@@ -78,6 +78,19 @@ def adversarial_run(tmp_path_factory, keyring_ref) -> Path:
     return _run(tmp_path_factory, keyring_ref, ADVERSARIAL, "adversarial")
 
 
+@pytest.fixture(scope="session")
+def fpe_run(tmp_path_factory, keyring_ref) -> tuple[Path, object]:
+    """The masked view alone, with the SSN format-preserving encrypted too (issue 3's check)."""
+    document = json.loads(json.dumps(load_policy(POLICY).document))
+    document["views"] = {"masked": document["views"]["masked"]}
+    document["views"]["masked"]["fields"]["ssn"] = {"fpe": "ff1", "format": "ssn", "domain": "ssn"}
+    policy_file = tmp_path_factory.mktemp("fpe-policy") / "fpe.yaml"
+    policy_file.write_text(json.dumps(document))
+    out = tmp_path_factory.mktemp("fpe-run")
+    assert run_files(load_policy(policy_file), keyring_ref, SAMPLE, out, quiet=True) == 0
+    return out, policy_file
+
+
 def _raw_records(path: Path) -> list[dict]:
     records = []
     for line in path.read_text().split("\n"):
@@ -191,6 +204,26 @@ def test_reversible_fields_decrypt_back_to_the_input(sample_run, keyring_ref):
             assert got["card"] == want["card"]
         checked += 1
     assert checked == 10_000
+
+
+def test_card_and_ssn_are_format_preserving_encrypted_and_decrypt_back(fpe_run, keyring_ref):
+    from udfs.keyring import load_keyring
+
+    out, policy_file = fpe_run
+    keyring = load_keyring(keyring_ref)
+    policy = load_policy(policy_file, keyring=keyring)
+    policy.open(keyring)
+    raw = {(r["customerId"], r["timestamp"]): r for r in _raw_records(SAMPLE)
+           if isinstance(r.get("customerId"), str) and isinstance(r.get("timestamp"), str)}
+    records = read_channel(out / "masked")
+    assert len(records) == 10_000
+    for record in records:
+        value = record["value"]
+        original = raw[(value["customerId"], value["timestamp"])]
+        assert re.fullmatch(r"\d{3}-\d{2}-\d{4}", value["ssn"]) and value["ssn"] != original["ssn"]
+        assert re.fullmatch(r"\d{16}", value["card"]) and value["card"] != original["card"]
+        restored = invert_view(policy.views["masked"].tree, value)
+        assert (restored["ssn"], restored["card"]) == (original["ssn"], original["card"])
 
 
 def test_headers_name_the_policy_and_the_key_ids(sample_run, keyring_ref):
