@@ -1,0 +1,110 @@
+"""Windowed shuffling core: multiset kept, associations broken, small windows never released in the clear."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from operators.shuffle import SUPPRESSED_HEADER, ShuffleParams, Shuffler
+from udfs.registry import ParamError
+
+
+def records(n: int, start: int = 0) -> list[tuple]:
+    return [(f"k{i}", "{}", json.dumps({"id": i, "zip": f"9{i:04d}", "age": 20 + i % 50}))
+            for i in range(start, start + n)]
+
+
+def entries(recs: list[tuple], entered: int = 0) -> list[tuple]:
+    return [(r, entered) for r in recs]
+
+
+def values(recs) -> list[dict]:
+    return [json.loads(r[2]) for r in recs]
+
+
+PARAMS = ShuffleParams.from_policy({"columns": ["zip", "age"], "window": 20, "min_size": 5})
+
+
+def test_when_a_window_closes_then_each_column_keeps_its_multiset():
+    recs = records(20)
+    shuffled, suppressed, held = Shuffler(PARAMS).close(entries(recs), now_ms=0)
+    assert not suppressed and not held and len(shuffled) == 20
+    for column in ("id", "zip", "age"):
+        assert Counter(v[column] for v in values(shuffled)) == Counter(v[column] for v in values(recs))
+
+
+def test_associations_between_columns_and_records_are_broken_statistically():
+    core, n, rounds = Shuffler(PARAMS), 20, 300
+    kept_zip = kept_pair = 0
+    for _ in range(rounds):
+        out = values(core.close(entries(records(n)), now_ms=0)[0])
+        kept_zip += sum(v["zip"] == f"9{v['id']:04d}" for v in out)
+        kept_pair += sum(v["age"] == 20 + int(v["zip"][1:]) % 50 for v in out)
+    # a uniform permutation keeps 1 fixed point on average per window: 300 expected of 6,000
+    assert 200 < kept_zip < 420
+    assert 200 < kept_pair < 420  # columns are permuted independently of each other too
+
+
+def test_the_operator_is_not_deterministic():
+    core = Shuffler(PARAMS)
+    outputs = {json.dumps(values(core.close(entries(records(20)), now_ms=0)[0])) for _ in range(5)}
+    assert len(outputs) > 1
+    assert core.random.__class__.__name__ == "SystemRandom"
+
+
+def test_a_record_without_a_column_keeps_lacking_it():
+    recs = records(6) + [("k-x", "{}", json.dumps({"id": 99, "age": 1}))]
+    out = values(Shuffler(PARAMS).close(entries(recs), now_ms=0)[0])
+    assert sum("zip" not in v for v in out) == 1
+    assert next(v for v in out if "zip" not in v)["id"] == 99
+
+
+def test_when_a_window_is_below_min_size_then_suppressed_not_shuffled():
+    recs = records(4)
+    shuffled, suppressed, held = Shuffler(PARAMS).close(entries(recs), now_ms=0)
+    assert shuffled == [] and held == []
+    assert [r[2] for r in suppressed] == [r[2] for r in recs]
+    assert all(json.loads(r[1])[SUPPRESSED_HEADER] == "window too small" for r in suppressed)
+
+
+def test_when_hold_is_chosen_then_a_small_window_joins_the_next_and_expires_past_max_hold():
+    params = ShuffleParams.from_policy({"columns": ["zip"], "window": 10, "min_size": 5,
+                                        "small_window": "hold", "max_hold": "1m"})
+    core = Shuffler(params, random=random.Random(0))
+    shuffled, suppressed, held = core.close(entries(records(3), entered=0), now_ms=1_000)
+    assert shuffled == [] and suppressed == [] and len(held) == 3
+    # the next window releases the held records with the new ones
+    shuffled, suppressed, held = core.close(held + entries(records(4, start=3), entered=2_000), now_ms=3_000)
+    assert len(shuffled) == 7 and not suppressed and not held
+    # held past max_hold: suppressed, never released unshuffled
+    shuffled, suppressed, held = core.close(entries(records(2), entered=0), now_ms=61_000)
+    assert shuffled == [] and len(suppressed) == 2 and held == []
+    assert json.loads(suppressed[0][1])[SUPPRESSED_HEADER] == "held too long"
+
+
+def test_partition_by_keys_windows_by_the_field_value():
+    params = ShuffleParams.from_policy({"columns": ["zip"], "window": "30s", "partition_by": "region"})
+    core = Shuffler(params)
+    assert core.partition('{"region": "eu", "zip": "1"}') == core.partition('{"zip": "2", "region": "eu"}')
+    assert core.partition('{"region": "us"}') != core.partition('{"region": "eu"}')
+    assert params.window_ms == 30_000 and params.count is None
+
+
+@pytest.mark.parametrize(("block", "param"), [
+    ({"columns": [], "window": 10}, "columns"),  # nothing to shuffle
+    ({"columns": ["zip"]}, "window"),  # no window
+    ({"columns": ["zip"], "window": 1}, "window"),  # a window of one
+    ({"columns": ["zip"], "window": 10, "min_size": 1}, "min_size"),  # one record is not shuffled
+    ({"columns": ["zip"], "window": 10, "min_size": 11}, "min_size"),  # never reachable
+    ({"columns": ["zip"], "window": 10, "small_window": "release"}, "small_window"),  # would leak
+    ({"columns": ["zip"], "window": "1m", "timeout": "10s"}, "timeout"),  # time windows need none
+    ({"columns": ["zip"], "window": "1h", "state_ttl": "1m"}, "state_ttl"),  # state gone before the window
+    ({"columns": ["zip"], "window": 10, "colums": ["x"]}, "colums"),  # typo
+])
+def test_when_the_block_is_wrong_then_refused_naming_the_key(block, param):
+    with pytest.raises(ParamError) as exc:
+        ShuffleParams.from_policy(block)
+    assert exc.value.param == param
