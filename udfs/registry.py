@@ -270,6 +270,8 @@ _BUILTIN_MODULES = (
     "udfs.generalize",
     "udfs.fpe",
     "udfs.tokenize",
+    "udfs.redact_pii",
+    "udfs.geo",
 )
 _loaded = False
 
