@@ -279,8 +279,10 @@ def kafka_sink(
     return statement_set
 
 
-def _source_row_to_tuple(row: Row) -> tuple[str, str | None, str | None, int | None]:
-    return row[0], row[1], row[2], _epoch_ms(row[3])
+def _source_row_to_tuple(row: Row) -> tuple[str, str, str, int]:
+    # process mode cannot encode None in a STRING or LONG field: "" is "no key", -1 "no timestamp"
+    timestamp = _epoch_ms(row[3])
+    return row[0], row[1] or "", row[2] or "", -1 if timestamp is None else timestamp
 
 
 def _epoch_ms(ts: Any) -> int | None:
@@ -301,7 +303,7 @@ def _sink_tuple_to_row(record: tuple) -> Row:
         for k, v in json.loads(headers).items():
             if v is not None:
                 hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
-    return Row(k=key, headers=hdrs, v=value)
+    return Row(k=key or None, headers=hdrs, v=value)
 
 
 def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:

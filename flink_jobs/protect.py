@@ -137,10 +137,11 @@ class Protector:
         group_json, values_json = extract_contribution(view.differential_privacy, record)
         return (str(record[self._subject_field]), group_json, values_json, event_ms)
 
-    def _view_key(self, protected: dict) -> str | None:
-        # a view's key is its own protected subject, never the raw input key
+    def _view_key(self, protected: dict) -> str:
+        # a view's key is its own protected subject, never the raw input key ("" when it has none:
+        # process mode cannot encode None in a STRING field; the sinks turn "" into no key)
         subject = protected.get(self._subject_field)
-        return None if subject is None else str(subject)
+        return "" if subject is None else str(subject)
 
     def _count_dropped(self, view: str, names: list[str]) -> None:
         for name in names:
@@ -153,7 +154,7 @@ class Protector:
     def _dead(self, position: str, key: str | None, raw: str, reason: str) -> Routed:
         self.counts["dlq:" + reason.split(":")[0]] += 1
         headers = json.dumps({**self._dlq_base, "reason": reason, "position": position})
-        return Routed(DLQ, (key, headers, raw))
+        return Routed(DLQ, (key or "", headers, raw))
 
 
 def _event_time_ms(value: Any) -> int | None:

@@ -146,7 +146,8 @@ class NumberLines(MapFunction):
 
     def map(self, value: str) -> tuple:
         self.line += 1
-        return (f"line {self.line}", None, value, 0)
+        # "" is "no key": process mode cannot encode None in a STRING field
+        return (f"line {self.line}", "", value, 0)
 
 
 class FileInput:
@@ -173,7 +174,7 @@ class Envelope(MapFunction):
     def map(self, item: tuple) -> str:
         key, headers, value = item
         body = value if self.value_is_json else json.dumps(value, ensure_ascii=False)
-        return f'{{"key":{json.dumps(key)},"headers":{headers},"value":{body}}}'
+        return f'{{"key":{json.dumps(key or None)},"headers":{headers},"value":{body}}}'
 
 
 class FileOutput:
