@@ -6,7 +6,7 @@ job (``-pyfs``, one zip), and so does the Kafka connector (in the zip; ``kafka_i
 ``pipeline.jars``, which ``flink run`` uploads); the workers' interpreter is given
 by ``-pyexec`` (a venv on every node, or a packed one shipped with ``--pyarch``)::
 
-    flink-anonymizer submit --policy conf/policies/customer-events.yaml \\
+    flink-anonymizer submit --policy conf/policies/customer-events.yaml \
         --bootstrap-servers 127.0.0.1:9092 --keyring file:/secure/keyring.json
     flink-anonymizer status
     flink-anonymizer savepoint JOB_ID            # stop with a savepoint; prints its path
@@ -67,6 +67,10 @@ class SubmitOptions:
     bootstrap: str
     keyring: str
     parallelism: int = 1
+    #: "process" by default on a session cluster: a thread-mode TaskManager keeps one Python
+    #: interpreter for its whole life, so a later job sees the modules an earlier job imported
+    #: (from that job's -pyfs folder, deleted when it ended) and fails with ModuleNotFoundError
+    execution_mode: str = "process"
     start: str = "earliest"
     delivery: str | None = None
     bounded: bool = False
@@ -159,7 +163,7 @@ def submit_command(options: SubmitOptions) -> list[str]:
     # after the script: the arguments of `flink-anonymizer run`, which protect_stream.main() parses
     cmd += ["--policy", str(Path(options.policy).resolve()), "--bootstrap-servers", options.bootstrap,
             "--keyring", _absolute_ref(options.keyring), "--parallelism", str(options.parallelism),
-            "--start", options.start]
+            "--execution-mode", options.execution_mode, "--start", options.start]
     if options.delivery:
         cmd += ["--delivery", options.delivery]
     if options.bounded:
@@ -250,7 +254,9 @@ def _root_cause(base: str, job_id: str) -> str:
         return "no exception reported"
     history = info.get("exceptionHistory", {}).get("entries") or []
     text = history[0].get("stacktrace", "") if history else info.get("root-exception") or ""
-    return _tail(text or "no exception reported", 8)
+    # the exception lines and their causes, not the frames
+    causes = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("at ", "..."))]
+    return "\n".join(causes[:12]) or "no exception reported"
 
 
 def cancel_job(base: str, job_id: str, timeout: float = 60) -> None:
@@ -432,6 +438,9 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keyring", default=None,
                    help="keyring reference env:NAME or file:PATH, readable on every worker (default: $ANON_KEYRING)")
     p.add_argument("--parallelism", type=int, default=1, help="job parallelism (default 1)")
+    p.add_argument("--execution-mode", choices=("process", "thread"), default="process",
+                   help="PyFlink execution mode (default process: on a session cluster a thread-mode TaskManager "
+                   "keeps one interpreter across jobs; use thread for one job per TaskManager, as in application mode)")
     p.add_argument("--start", choices=("earliest", "latest", "group-offsets"), default="earliest",
                    help="where a fresh start reads the source topic from (default earliest)")
     p.add_argument("--delivery", choices=("exactly-once", "at-least-once"), help="override the policy's guarantee")
@@ -461,7 +470,8 @@ def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOp
         config[key] = value
     return SubmitOptions(
         policy=args.policy, bootstrap=args.bootstrap_servers, keyring=keyring, parallelism=args.parallelism,
-        start=args.start, delivery=args.delivery, bounded=args.bounded, no_create_topics=args.no_create_topics,
+        execution_mode=args.execution_mode, start=args.start, delivery=args.delivery, bounded=args.bounded,
+        no_create_topics=args.no_create_topics,
         savepoint=savepoint, allow_non_restored_state=getattr(args, "allow_non_restored_state", False),
         detached=not args.attached, jobmanager=args.jobmanager, state_dir=args.state_dir, pyarch=args.pyarch,
         pyexec=args.pyexec, config=config)

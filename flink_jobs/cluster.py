@@ -4,7 +4,8 @@
 ``lib/``, ``opt/``, ``conf/``). This module renders ``conf/flink/config.yaml`` into a state
 folder (default ``.local/flink``) with absolute paths and the chosen ports, then starts one
 JobManager (``bin/jobmanager.sh start``) and N TaskManagers (``bin/taskmanager.sh start``) with
-``FLINK_CONF_DIR`` pointing at the rendered folder. Logs go to ``<state>/log``, pid files to
+``FLINK_CONF_DIR`` pointing at the rendered folder and ``FLINK_LIB_DIR`` at ``<state>/lib``
+(the distribution's jars plus ``opt/flink-python``, see :func:`_link_lib`). Logs go to ``<state>/log``, pid files to
 ``<state>/run``, checkpoints and savepoints to ``<state>/checkpoints`` and ``<state>/savepoints``.
 
 ::
@@ -151,9 +152,26 @@ def render_conf(state_dir: Path, *, rest_port: int, rpc_port: int, overrides: di
             shutil.copy(extra, conf_dir / extra.name)
     # quoted by yaml itself: values such as "0" must stay strings for Flink's port-range options
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(settings, default_flow_style=False, sort_keys=False))
+    _link_lib(state_dir / "lib")
     (conf_dir / "workers").write_text("127.0.0.1\n")
     (conf_dir / "masters").write_text(f"127.0.0.1:{rest_port}\n")
     return conf_dir
+
+
+def _link_lib(lib: Path) -> None:
+    """``<state>/lib``: the distribution's lib/ plus opt/flink-python, as symlinks (FLINK_LIB_DIR).
+
+    Thread mode loads pemja's native library. From a per-job class loader (flink-python shipped
+    with each job) the second job on a TaskManager fails with ``NoSuchFieldException:
+    loadedLibraryNames``; from the TaskManager's own class path it is loaded once. The pip
+    distribution itself is left untouched (the venv is shared).
+    """
+    home = flink_home()
+    lib.mkdir(parents=True, exist_ok=True)
+    for old in lib.iterdir():
+        old.unlink()
+    for jar in [*sorted((home / "lib").glob("*.jar")), *sorted((home / "opt").glob("flink-python-*.jar"))]:
+        (lib / jar.name).symlink_to(jar)
 
 
 def _venv_python() -> str:
@@ -168,6 +186,7 @@ def _daemon_env(cluster: Cluster) -> dict[str, str]:
         "FLINK_CONF_DIR": cluster.conf_dir,
         "FLINK_LOG_DIR": str(cluster.log_dir),
         "FLINK_PID_DIR": str(Path(cluster.state_dir) / "run"),
+        "FLINK_LIB_DIR": str(Path(cluster.state_dir) / "lib"),
     })
     if "JAVA_HOME" not in env and shutil.which("java") is None:
         raise ClusterError("no java on PATH and JAVA_HOME unset; install a JDK 17")
@@ -275,7 +294,8 @@ def wait_for_taskmanagers(cluster: Cluster, count: int, timeout: float = 90) -> 
 def add_taskmanager(cluster: Cluster, *, wait: bool = True, timeout: float = 90) -> int:
     """Start one more TaskManager; return its pid (after it registered, with `wait`)."""
     before = set(_jvm_pids(cluster, _TM_MAIN))
-    registered = len(_registered_taskmanagers(cluster))
+    # by id, not by count: a TaskManager just killed may still be listed until its heartbeat times out
+    known = {tm["id"] for tm in _registered_taskmanagers(cluster)}
     _script(cluster, "taskmanager.sh", "start")
     deadline = time.monotonic() + 20
     new: set[int] = set()
@@ -284,8 +304,11 @@ def add_taskmanager(cluster: Cluster, *, wait: bool = True, timeout: float = 90)
         time.sleep(0.2)
     if not new:
         raise ClusterError(f"the new TaskManager did not start; logs in {cluster.log_dir}")
-    if wait:
-        wait_for_taskmanagers(cluster, registered + 1, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while wait and not {tm["id"] for tm in _registered_taskmanagers(cluster)} - known:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the new TaskManager did not register within {timeout:g} s; logs in {cluster.log_dir}")
+        time.sleep(0.5)
     return new.pop()
 
 
