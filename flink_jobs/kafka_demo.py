@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     print("running protect_stream on Kafka to the end of the raw topic ...", file=sys.stderr)
     env.execute(f"protect_stream[{policy.id}] demo")
 
-    raw = {r.key: r.json() for r in consume(broker.bootstrap, policy.source_topic, n=2000, timeout=10)
-           if r.key and _is_object(r.value)}
+    raw_records = [r.json() for r in consume(broker.bootstrap, policy.source_topic, n=2000, timeout=10)
+                   if _is_object(r.value)]
+    raw = {(r.get("customerId"), r.get("timestamp")): r for r in raw_records}
     for name, view in policy.views.items():
         records = consume(broker.bootstrap, view.topic, n=args.n, timeout=10)
         print(f"\n== {name} ({view.topic}) ==")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             if view.differential_privacy:
                 print(json.dumps(value))
                 continue
-            original = raw.get(value.get("customerId")) if name == "masked" else None
+            original = raw.get((value.get("customerId"), value.get("timestamp"))) if name == "masked" else None
             if original:
                 print("raw:      " + json.dumps({k: original.get(k) for k in value if k in original}))
             print("protected: " + json.dumps(value))
