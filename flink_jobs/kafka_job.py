@@ -42,7 +42,9 @@ class KafkaOutput:
         self.prefix = f"anon-{policy.id}"
         self.statement_set = t_env.create_statement_set()
 
-    def write(self, stream: Any, channel: str, topic: str) -> None:
+    encodes_lines = False
+
+    def write(self, stream: Any, channel: str, topic: str, *, encoded: bool = False) -> None:
         kafka_sink(self.t_env, stream, bootstrap=self.bootstrap, topic=topic, delivery=self.delivery,
                    transactional_id_prefix=f"{self.prefix}-{channel}", statement_set=self.statement_set,
                    name=f"sink-{channel}")

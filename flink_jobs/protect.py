@@ -47,7 +47,8 @@ class Protector:
     def __init__(self, policy_document: dict[str, Any], policy_file: str) -> None:
         self.policy_document = policy_document
         self.policy_file = policy_file
-        self.dropped: Counter[str] = Counter()
+        # (view, dropped names) -> records: one count per record, expanded by name on demand
+        self._drop_sets: Counter[tuple[str, tuple[str, ...]]] = Counter()
         self.counts: Counter[str] = Counter()
 
     def open(self, keyring: Keyring | None) -> None:
@@ -143,13 +144,24 @@ class Protector:
         subject = protected.get(self._subject_field)
         return "" if subject is None else str(subject)
 
+    @property
+    def dropped(self) -> Counter[str]:
+        """Records per ``view:field`` that had a field the view does not name."""
+        counts: Counter[str] = Counter()
+        for (view, names), records in self._drop_sets.items():
+            for name in names:
+                counts[f"{view}:{name}"] += records
+        return counts
+
     def _count_dropped(self, view: str, names: list[str]) -> None:
-        for name in names:
-            self.dropped[f"{view}:{name}"] += 1
-            if name not in self._logged_drops:
-                self._logged_drops.add(name)
-                # the name only: values never reach a log
-                log.warning("field %r is not in the policy and is dropped from the views (deny by default)", name)
+        key = (view, tuple(names))
+        if key not in self._drop_sets:
+            for name in names:
+                if name not in self._logged_drops:
+                    self._logged_drops.add(name)
+                    # the name only: values never reach a log
+                    log.warning("field %r is not in the policy and is dropped from the views (deny by default)", name)
+        self._drop_sets[key] += 1
 
     def _dead(self, position: str, key: str | None, raw: str, reason: str) -> Routed:
         self.counts["dlq:" + reason.split(":")[0]] += 1

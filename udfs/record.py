@@ -92,73 +92,78 @@ def apply_view(root: Node, record: Mapping[str, Any], dropped: list[str]) -> dic
     return _apply_node(root, record, record, "", dropped)
 
 
-_LEAF, _NODE, _ARRAY, _KEEP = 0, 1, 2, 3
-
-
 class FieldError(TransformError):
     """A :class:`TransformError` that already names its field's path."""
 
 
-def _plan(node: Node) -> tuple[frozenset, tuple]:
-    # built once per node: the per-record loop then needs no isinstance checks
-    plan = getattr(node, "_plan", None)
-    if plan is None:
-        steps = []
-        for name, child in node.children.items():
-            if isinstance(child, Leaf):
-                transform = child.transform
-                if type(transform) is Keep:
-                    # most fields of a view are kept as they are: no call for them
-                    steps.append((name, _KEEP, None, False))
-                    continue
-                apply = transform.apply_in_record if transform.needs_record else transform.cached_apply()
-                steps.append((name, _LEAF, apply, transform.needs_record))
-            else:
-                steps.append((name, _NODE if isinstance(child, Node) else _ARRAY, child, False))
-        plan = node._plan = (frozenset(node.children), tuple(steps))
-    return plan
+def _compiled(node: Node) -> Any:
+    # Each node becomes one generated function, made once per task after open(): the per-record
+    # work is then straight-line code, with no loop over the rules and no call for kept fields.
+    function = getattr(node, "_compiled", None)
+    if function is None:
+        function = node._compiled = _generate(node)
+    return function
+
+
+def _generate(node: Node) -> Any:
+    scope: dict[str, Any] = {"MISSING": MISSING, "DROP": DROP, "Mapping": Mapping, "FieldError": FieldError,
+                             "TransformError": TransformError, "NAMES": frozenset(node.children),
+                             "_kind": _kind, "_apply_array": _apply_array, "_compiled": _compiled}
+    body = [
+        "def apply_node(value, record, prefix, dropped):",
+        "    extra = value.keys() - NAMES",
+        "    if extra:",
+        "        dropped.extend(prefix + name for name in sorted(extra))",
+        "    out = {}",
+        "    get = value.get",
+    ]
+    for index, (name, child) in enumerate(node.children.items()):
+        literal = repr(name)
+        body.append(f"    v = get({literal}, MISSING)")
+        if isinstance(child, Leaf):
+            transform = child.transform
+            if type(transform) is Keep:
+                body += ["    if v is not MISSING:", f"        out[{literal}] = v"]
+                continue
+            scope[f"f{index}"] = transform.apply_in_record if transform.needs_record else transform.cached_apply()
+            call = f"f{index}(v, record)" if transform.needs_record else f"f{index}(v)"
+            guard = "    if True:" if transform.needs_record else "    if v is not MISSING:"
+            body += [
+                guard,
+                "        try:",
+                f"            r = {call}",
+                "        except FieldError:",
+                "            raise",
+                "        except TransformError as exc:",
+                f"            raise FieldError(f'field {{prefix}}{name}: {{exc}}') from None",
+                "        if r is not DROP and r is not MISSING:",
+                f"            out[{literal}] = r",
+            ]
+        elif isinstance(child, Node):
+            scope[f"n{index}"] = child
+            body += [
+                "    if v is None:",
+                f"        out[{literal}] = None",
+                "    elif v is not MISSING:",
+                "        if not isinstance(v, Mapping):",
+                f"            raise FieldError(f'field {{prefix}}{name}: expected an object, got {{_kind(v)}}')",
+                f"        out[{literal}] = _compiled(n{index})(v, record, prefix + {repr(name + '.')}, dropped)",
+            ]
+        else:
+            scope[f"a{index}"] = child
+            body += [
+                "    if v is None:",
+                f"        out[{literal}] = None",
+                "    elif v is not MISSING:",
+                f"        out[{literal}] = _apply_array(a{index}, v, record, prefix + {literal}, dropped)",
+            ]
+    body.append("    return out")
+    exec(compile("\n".join(body), f"<view node {sorted(node.children)[:3]}>", "exec"), scope)  # noqa: S102
+    return scope["apply_node"]
 
 
 def _apply_node(node: Node, value: Mapping[str, Any], record: Mapping[str, Any], prefix: str, dropped: list[str]) -> dict:
-    names, steps = _plan(node)
-    extra = value.keys() - names
-    if extra:
-        dropped.extend(prefix + name for name in sorted(extra))
-    out: dict[str, Any] = {}
-    get = value.get
-    name = ""
-    try:
-        for name, kind, child, needs_record in steps:
-            item = get(name, MISSING)
-            if kind == _KEEP:
-                if item is not MISSING:
-                    out[name] = item
-                continue
-            if kind == _LEAF:
-                if needs_record:
-                    result = child(item, record)
-                elif item is MISSING:
-                    continue
-                else:
-                    result = child(item)
-                if result is DROP or result is MISSING:
-                    continue
-            elif item is MISSING:
-                continue
-            elif item is None:
-                result = None
-            elif kind == _NODE:
-                if not isinstance(item, Mapping):
-                    raise FieldError(f"field {prefix}{name}: expected an object, got {_kind(item)}")
-                result = _apply_node(child, item, record, f"{prefix}{name}.", dropped)
-            else:
-                result = _apply_array(child, item, record, f"{prefix}{name}", dropped)
-            out[name] = result
-    except FieldError:
-        raise
-    except TransformError as exc:
-        raise FieldError(f"field {prefix}{name}: {exc}") from None
-    return out
+    return _compiled(node)(value, record, prefix, dropped)
 
 
 def _apply_array(child: ArrayOf, items: Any, record: Mapping[str, Any], path: str, dropped: list[str]) -> list:
