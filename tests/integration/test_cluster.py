@@ -127,10 +127,10 @@ def _assert_views(kafka_broker, policy, raw: list[str], produced: int, dead_expe
 
 
 def test_the_k_anonymity_view_runs_on_the_cluster(flink, kafka_broker, keyring_ref, tmp_path):
-    # Fails today: in thread mode on a cluster the TaskManager's Python has no JVM gateway, and
-    # k_anonymity's StateTtlConfig keeps the default background cleanup, whose RocksDB
-    # compaction-filter strategy calls Duration.of_days(30) -> get_gateway() -> FileNotFoundError
-    # (pyflink/datastream/state.py:970). dp_aggregates avoids it with disable_cleanup_in_background().
+    # Runs in process mode (submit's default). In thread mode it fails on a cluster: the
+    # TaskManager's embedded Python has no JVM gateway, and k_anonymity's StateTtlConfig keeps the
+    # default background cleanup, whose RocksDB compaction-filter strategy calls
+    # Duration.of_days(30) -> get_gateway() -> FileNotFoundError (pyflink/datastream/state.py:970).
     topic = "cluster-kanon"
     path, policy = _policy_file(tmp_path, topic, ("anonymized",))
     ensure_topics(kafka_broker.bootstrap, [topic], partitions=2)
