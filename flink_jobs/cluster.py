@@ -324,8 +324,13 @@ def taskmanager_pids(cluster: Cluster) -> list[int]:
     return _jvm_pids(cluster, _TM_MAIN)
 
 
-def kill_taskmanager(cluster: Cluster, pid: int | None = None, sig: int = signal.SIGKILL) -> int:
+def kill_taskmanager(cluster: Cluster, pid: int | None = None, sig: int = signal.SIGKILL, *,
+                     reap_workers: bool = True) -> int:
     """Kill one TaskManager of this cluster by pid (default: the oldest), with SIGKILL by default.
+
+    With `reap_workers`, the Python workers it had started (process mode: a shell, beam_boot and
+    a tee per worker) are terminated after it, as they would die with a lost machine; left alone
+    they outlive the JVM as orphans.
 
     Returns
     -------
@@ -339,11 +344,31 @@ def kill_taskmanager(cluster: Cluster, pid: int | None = None, sig: int = signal
         pid = pids[0]
     elif pid not in pids:
         raise ClusterError(f"pid {pid} is not a TaskManager of the cluster at {cluster.rest_url}")
+    workers = _descendants(pid) if reap_workers else []
     os.kill(pid, sig)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
+    for worker in workers:
+        _signal(worker, signal.SIGKILL)
     return pid
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
 
 
 def stop_cluster(cluster: Cluster | None = None, state_dir: Path | str = DEFAULT_STATE_DIR, timeout: float = 30) -> bool:
