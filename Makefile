@@ -8,7 +8,7 @@ POLICY ?= conf/policies/customer-events.yaml
 SAMPLE := conf/samples/customer-events.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down demo-kafka clean help
+.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down cluster-up cluster-down submit demo-kafka clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,8 @@ bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
 	$(PY) -m bench.k_anonymity
 	$(PY) -m bench.dp_aggregates
 	$(PY) bench/tokenization.py
+	$(PY) bench/kafka_e2e.py
+	$(PY) bench/scaling.py
 
 kafka-up: $(STAMP) jars ## start a single-node KRaft broker on 127.0.0.1:9092, data in .local/kafka
 	$(PY) -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092
@@ -52,6 +54,18 @@ vault-down: $(STAMP) ## stop it
 
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
 	$(PY) -m flink_jobs.kafka_demo
+
+BOOTSTRAP ?= 127.0.0.1:9092
+KEYRING ?= file:.local/dev-keyring.json
+
+cluster-up: $(STAMP) jars ## start a standalone Flink cluster on 127.0.0.1:8081 (conf/flink; state in .local/flink)
+	$(PY) -m flink_jobs.cluster up --state-dir .local/flink --rest-port 8081 --rpc-port 6123
+
+cluster-down: $(STAMP) ## stop it
+	$(PY) -m flink_jobs.cluster down --state-dir .local/flink
+
+submit: $(STAMP) jars ## flink run protect_stream on the cluster: make submit POLICY=... BOOTSTRAP=... KEYRING=file:...
+	$(CLI) submit --policy $(POLICY) --bootstrap-servers $(BOOTSTRAP) --keyring $(KEYRING)
 
 clean: ## remove outputs (keeps the venv and the jars)
 	rm -rf out .pytest_cache

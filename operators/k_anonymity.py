@@ -1314,9 +1314,13 @@ def _level_function(params: KAnonymityParams, level: int, view_name: str, promot
             self.logic = ClassBuffer(self.params, self.level)
             self.processing = self.params.timing == "processing"
             self.ttl = self.params.state_ttl_ms
+            # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
+            # expired entries go on read and in full snapshots instead
             ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.ttl))
                    .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
                    .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+                   .disable_cleanup_in_background()
+                   .cleanup_full_snapshot()
                    .build())
             header = ValueStateDescriptor("header", Types.TUPLE([Types.LONG(), Types.STRING()]))
             buckets = MapStateDescriptor("buckets", Types.LONG(), Types.STRING())
