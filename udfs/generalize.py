@@ -143,20 +143,15 @@ class Date(Transform):
             raise TransformError(f"{self.name}: not an ISO-8601 date or timestamp") from None
 
 
-@transform("generalize.geohash")
-class Geohash(Transform):
-    """A coordinate to its geohash cell of ``precision`` characters (4 is about 39 km x 20 km).
+class CoordinateTransform(Transform):
+    """Base of the transforms of a coordinate.
 
-    The value is ``{"lat": .., "lon": ..}`` or ``[lat, lon]``; or, with ``lat_field`` and
-    ``lon_field``, the view gets a new field computed from two fields of the record.
+    The value is ``{lat, lon}`` or ``[lat, lon]``; or, with ``lat_field`` and ``lon_field``,
+    the view gets a new field computed from two fields of the record. Subclasses call
+    :meth:`validate_fields` and implement :meth:`from_point`.
     """
 
-    params = ("precision", "lat_field", "lon_field")
-
-    def validate(self) -> None:
-        self.precision = self.int_option("precision", 5, minimum=1)
-        if self.precision > 12:
-            raise ParamError("precision", f"at most 12, got {self.precision}", "1 to 12")
+    def validate_fields(self) -> None:
         self.lat_field = self.option("lat_field")
         self.lon_field = self.option("lon_field")
         if (self.lat_field is None) != (self.lon_field is None):
@@ -164,15 +159,15 @@ class Geohash(Transform):
         self.needs_record = self.lat_field is not None
 
     def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
+        if value is None or value is MISSING:
+            return value
         if isinstance(value, Mapping):
             lat, lon = value.get("lat"), value.get("lon")
         elif isinstance(value, (list, tuple)) and len(value) == 2:
             lat, lon = value
         else:
             raise TransformError(f"{self.name} expected {{lat, lon}} or [lat, lon]")
-        return self._cell(lat, lon)
+        return self._point(lat, lon)
 
     def apply_in_record(self, value: Any, record: Mapping[str, Any]) -> Any:
         lat, lon = record.get(self.lat_field, MISSING), record.get(self.lon_field, MISSING)
@@ -180,10 +175,29 @@ class Geohash(Transform):
             raise TransformError(f"{self.name}: missing {self.lat_field if lat is MISSING else self.lon_field}")
         if lat is None or lon is None:
             return None
-        return self._cell(lat, lon)
+        return self._point(lat, lon)
 
-    def _cell(self, lat: Any, lon: Any) -> str:
+    def _point(self, lat: Any, lon: Any) -> Any:
         lat, lon = _number(lat, self.name), _number(lon, self.name)
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             raise TransformError(f"{self.name}: coordinate out of range")
+        return self.from_point(lat, lon)
+
+    def from_point(self, lat: float, lon: float) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@transform("generalize.geohash")
+class Geohash(CoordinateTransform):
+    """A coordinate to its geohash cell of ``precision`` characters (4 is about 39 km x 20 km)."""
+
+    params = ("precision", "lat_field", "lon_field")
+
+    def validate(self) -> None:
+        self.precision = self.int_option("precision", 5, minimum=1)
+        if self.precision > 12:
+            raise ParamError("precision", f"at most 12, got {self.precision}", "1 to 12")
+        self.validate_fields()
+
+    def from_point(self, lat: float, lon: float) -> str:
         return geohash(lat, lon, self.precision)

