@@ -129,7 +129,8 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(options.bundle_time_ms))
-    config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
+    if options.checkpoint_interval_ms > 0:  # 0 turns checkpointing off
+        config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
     # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
     project_root = str(Path(__file__).resolve().parent.parent)
     config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")
