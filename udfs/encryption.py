@@ -75,6 +75,13 @@ class _Encrypt(Transform):
             except VaultError as exc:
                 raise ParamError("vault", str(exc), "a reachable vault") from None
             self._subject_ciphers = TtlLru(4096, 60.0)
+        self._head = f"{self.scheme}.{self.key_id}."
+        self._active = self.cipher(self.key_id)
+
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return self._head + _b64(self.seal(self._active, value))
 
     def close(self) -> None:
         if getattr(self, "_vault", None) is not None:
@@ -164,16 +171,6 @@ class AesGcm(_Encrypt):
     def make_cipher(self, material: bytes) -> AESGCM:
         return AESGCM(material)
 
-    def open(self, keyring: Any) -> None:
-        super().open(keyring)
-        self._head = f"{self.scheme}.{self.key_id}."
-        self._active = self.cipher(self.key_id)
-
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        return self._head + _b64(self.seal(self._active, value))
-
     def seal(self, cipher: Any, value: Any) -> bytes:
         nonce = os.urandom(12)
         return nonce + cipher.encrypt(nonce, self.plaintext(value), self._aad)
@@ -198,16 +195,6 @@ class AesSiv(_Encrypt):
 
     def make_cipher(self, material: bytes) -> AESSIV:
         return AESSIV(material)
-
-    def open(self, keyring: Any) -> None:
-        super().open(keyring)
-        self._head = f"{self.scheme}.{self.key_id}."
-        self._active = self.cipher(self.key_id)
-
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        return self._head + _b64(self.seal(self._active, value))
 
     def seal(self, cipher: Any, value: Any) -> bytes:
         return cipher.encrypt(self.plaintext(value), [self._aad])

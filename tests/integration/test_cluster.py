@@ -33,6 +33,7 @@ from flink_jobs.cli_cluster import (
 )
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
+from tests.leak_scan import pii_values
 from udfs.keyring import Keyring
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
-PII_FIELDS = ("email", "ssn", "card", "phone")
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +88,6 @@ def _expected(lines: list[str], dead_values: set[str]) -> Counter:
     return Counter((json.loads(v)["customerId"], json.loads(v)["timestamp"]) for v in lines if v not in dead_values)
 
 
-def _pii(lines: list[str]) -> set[str]:
-    values = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            values |= {v for f in PII_FIELDS if isinstance(v := record.get(f), str) and len(v) >= 6}
-    return values
-
-
 def _options(flink, policy_path: Path, kafka_broker, keyring_ref: str, **kw) -> SubmitOptions:
     return SubmitOptions(policy=str(policy_path), bootstrap=kafka_broker.bootstrap, keyring=keyring_ref,
                          state_dir=flink.state_dir, **kw)
@@ -121,7 +109,7 @@ def _assert_views(kafka_broker, policy, raw: list[str], produced: int, dead_expe
     windows = Counter((r.json()["window_start"], r.json().get("region")) for r in releases)
     assert releases and max(windows.values()) == 1, "no DP release, or a window released twice"
     text = "\n".join(r.value for r in masked + releases)
-    assert not [v for v in _pii(raw) if v in text]
+    assert not [v for v in pii_values(raw) if v in text]
     for record in masked[:50]:
         assert record.headers["policy_hash"] == policy.hash
 

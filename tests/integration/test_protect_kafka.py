@@ -13,6 +13,7 @@ from flink_jobs import cli
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import compile_policy, load_policy
+from tests.leak_scan import pii_values
 from udfs.keyring import Keyring
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
-PII_FIELDS = ("email", "ssn", "card", "phone")
 
 
 def _policy_on(topic: str, *, masked_only: bool = False):
@@ -46,18 +46,6 @@ def _expected_identities(dead_values: set[str]) -> Counter:
 
 def _identities(records) -> Counter:
     return Counter((r.json()["customerId"], r.json()["timestamp"]) for r in records)
-
-
-def _pii(lines: list[str]) -> set[str]:
-    values = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            values |= {v for f in PII_FIELDS if isinstance(v := record.get(f), str) and len(v) >= 6}
-    return values
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +101,7 @@ def test_output_records_carry_policy_headers_and_keys(bounded_run):
 def test_no_raw_pii_reaches_a_protected_topic(bounded_run):
     _, _, read = bounded_run
     text = "\n".join(r.value for name in ("masked", "anonymized", "aggregated") for r in read[name])
-    assert not [v for v in _pii(_raw_lines()) if v in text]
+    assert not [v for v in pii_values(_raw_lines()) if v in text]
 
 
 def test_the_risk_report_reads_the_anonymized_topic_and_finds_k(bounded_run, kafka_broker, capsys):
