@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
+from operators.dp_aggregates import extract_contribution
+from operators.k_anonymity import extract_quasi_identifiers
 from udfs.keyring import Keyring
 from udfs.record import apply_view
 from udfs.registry import TransformError
@@ -122,8 +124,6 @@ class Protector:
         return out
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
-        from operators.k_anonymity import extract_quasi_identifiers
-
         params = view.k_anonymity
         quasi = extract_quasi_identifiers(params, record)
         protected = apply_view(view.tree, record, dropped)
@@ -133,8 +133,6 @@ class Protector:
                 orjson.dumps(quasi).decode(), event_ms)
 
     def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
-        from operators.dp_aggregates import extract_contribution
-
         group_json, values_json = extract_contribution(view.differential_privacy, record)
         return (str(record[self._subject_field]), group_json, values_json, event_ms)
 
