@@ -22,7 +22,7 @@ KEYRING_ENV = "ANON_KEYRING"
 
 #: modules that add their own subcommands with ``register(subparsers)``, when present
 _EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault",
-               "flink_jobs.cli_cluster")
+               "flink_jobs.cli_cluster", "flink_jobs.cli_sql")
 
 
 class CliError(Exception):
