@@ -5,28 +5,130 @@ keyring (never from SQL text), ``eval()`` calls ``apply``. A value that does not
 transform gives NULL, never the value itself, and is counted in the ``transform_refused``
 metric: in SQL there is no dead-letter output to route it to.
 
-    from udfs.flink import scalar_function
-    t_env.create_temporary_function(
-        "mask_email", scalar_function("mask.email", keyring_ref="file:/etc/anon/keyring.json"))
-    t_env.sql_query("SELECT mask_email(email) FROM raw_events")
+One call registers them all, each under its SQL name (:func:`sql_name`: the transform's name
+with dots as underscores, so ``mask.email`` is ``mask_email``)::
+
+    from udfs.flink import register_all
+    register_all(t_env, keyring_ref="file:/etc/anon/keyring.json")
+    t_env.execute_sql("SELECT mask_email(email), mask_keep_last(ssn, '{n: 4}'),"
+                      " fpe_ff1(card, '{format: card, domain: card_number}') FROM raw_events")
+
+Every function takes the value and, optionally, its parameters as a YAML flow mapping, written
+as in a policy (``'{n: 4}'``); they are parsed once per task and distinct text. Keyed transforms
+are keyed per *domain*: a policy's default domain is the field's last name (``name``,
+``street``), a function's is its variant (``person_name``), so pass ``{domain: ...}`` for the
+same output as the policy. ``protect_json(value, rules)`` applies a policy's rules for a nested
+object or array, given as JSON text: ``protect_json(items, '{"items[*].card": {fpe: ff1}}')``.
+
+Not registered, because SQL does them itself or cannot: ``keep`` and ``keep.*`` (select the
+column), ``drop`` (leave it out), ``null`` (write NULL), and transforms that read the whole
+record (``tokenize.vault``). ``udfs.sql_functions`` holds the same functions as module-level
+objects, for ``CREATE TEMPORARY FUNCTION ... AS 'udfs.sql_functions.mask_email' LANGUAGE PYTHON``.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from pyflink.table import DataTypes
 from pyflink.table.udf import ScalarFunction, udf
 
 from udfs import registry
-from udfs.keyring import load_keyring
-from udfs.registry import TransformError
+from udfs.keyring import Keyring, load_keyring
+from udfs.registry import ParamError, TransformError
 
-__all__ = ["TransformFunction", "scalar_function"]
+__all__ = [
+    "NOT_IN_SQL",
+    "JsonRulesFunction",
+    "TransformFunction",
+    "json_rules_function",
+    "parse_params",
+    "parse_spec",
+    "register",
+    "register_all",
+    "scalar_function",
+    "sql_name",
+    "sql_transforms",
+]
+
+#: transforms that plain SQL already does (select, leave out, NULL): not registered as functions
+NOT_IN_SQL = ("keep", "keep.integer", "keep.number", "keep.string", "drop", "null")
+#: the SQL name of :class:`JsonRulesFunction`
+PROTECT_JSON = "protect_json"
 
 
-class TransformFunction(ScalarFunction):
-    """A registered transform, by name and parameters, as a Flink scalar function."""
+def sql_name(transform: str, prefix: str = "") -> str:
+    """The SQL name of a transform: ``prefix`` + its name with dots as underscores (``mask_email``)."""
+    return prefix + transform.replace(".", "_")
+
+
+def sql_transforms(prefix: str = "") -> dict[str, str]:
+    """SQL name -> transform name, for every registered transform that SQL can call."""
+    out = {}
+    for name in registry.names():
+        cls = registry.get(name)
+        if name in NOT_IN_SQL or cls.needs_record:
+            continue
+        out[sql_name(name, prefix)] = name
+    return out
+
+
+def parse_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    """A policy's field spec as (transform name, params): ``{mask: keep_last, n: 4}`` -> ("mask.keep_last", {"n": 4}).
+
+    The family is the first key whose value names a registered variant, as in a policy.
+    """
+    if isinstance(spec, str):
+        registry.get(spec)
+        return spec, {}
+    if not isinstance(spec, Mapping) or not spec:
+        raise ParamError("", "a transform is a name or a mapping", "keep, {mask: email}, {mask: keep_last, n: 4}, ...")
+    known = set(registry.names())
+    family = next((k for k, v in spec.items() if isinstance(v, str) and f"{k}.{v}" in known), None)
+    if family is None:
+        raise ParamError("", "no key names a registered transform", "a mapping such as {mask: keep_last, n: 4}")
+    return f"{family}.{spec[family]}", {k: v for k, v in spec.items() if k != family}
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """Parameters written in SQL: a YAML flow mapping such as ``'{n: 4}'`` (JSON works too)."""
+    import yaml
+
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ParamError("params", "is not a YAML mapping", "text such as '{n: 4}' or '{format: card}'") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ParamError("params", f"must be a mapping, got {type(params).__name__}", "text such as '{n: 4}'")
+    return params
+
+
+class _Keyed(ScalarFunction):
+    """Loads the keyring once per task, and only when a transform needs a key."""
+
+    keyring_ref: str | None
+
+    def _keyring(self) -> Keyring | None:
+        if not hasattr(self, "_loaded_keyring"):
+            self._loaded_keyring = load_keyring(self.keyring_ref) if self.keyring_ref else None
+        return self._loaded_keyring
+
+    def _open_transform(self, cls: type[registry.Transform], params: dict[str, Any], domain: str) -> Any:
+        transform = cls(params, domain=domain)
+        transform.open(self._keyring() if cls.key_purpose else None)
+        return transform
+
+
+class TransformFunction(_Keyed):
+    """A registered transform, by name and parameters, as a Flink scalar function.
+
+    Called as ``f(value)`` it uses the parameters it was made with; as ``f(value, '{n: 4}')``
+    those, updated by the ones in the text.
+    """
 
     def __init__(self, name: str, params: dict[str, Any] | None = None, *, domain: str | None = None,
                  keyring_ref: str | None = None) -> None:
@@ -36,17 +138,43 @@ class TransformFunction(ScalarFunction):
         self.keyring_ref = keyring_ref
         cls = registry.get(name)  # unknown names fail here, when the query is built
         self._deterministic = cls.deterministic
-        cls(self.params, domain=self.domain)  # and bad parameters too, with their ParamError
+        #: a required parameter missing (generalize.range's width): only the f(value, params) form works
+        self.params_problem: str | None = None
+        try:
+            cls(self.params, domain=self.domain)  # and bad parameters too, with their ParamError
+        except ParamError as exc:
+            if params:
+                raise
+            self.params_problem = str(exc)
 
     def open(self, function_context: Any) -> None:
-        self.transform = registry.get(self.transform_name)(self.params, domain=self.domain)
-        self.transform.open(load_keyring(self.keyring_ref) if self.keyring_ref else None)
-        self.apply = self.transform.cached_apply()
+        self.apply = None
+        if self.params_problem is None:
+            self.transform = self._open_transform(registry.get(self.transform_name), self.params, self.domain)
+            self.apply = self.transform.cached_apply()
+        self._by_params: dict[str, Any] = {}
         self.refused = function_context.get_metric_group().counter("transform_refused")
 
-    def eval(self, value: Any) -> Any:
+    def _apply_for(self, text: str) -> Any:
+        apply = self._by_params.get(text)
+        if apply is None:
+            try:
+                params = {**self.params, **parse_params(text)}
+                transform = self._open_transform(registry.get(self.transform_name), params, self.domain)
+            except ParamError as exc:
+                # a mistake in the SQL text: fail the job, naming the function (never a value)
+                raise ParamError(exc.param, f"{self.transform_name}: {exc.problem}", exc.allowed) from None
+            apply = self._by_params[text] = transform.cached_apply()
+        return apply
+
+    def eval(self, value: Any, params: str | None = None) -> Any:
         try:
-            return self.apply(value)
+            if params is None:
+                if self.apply is None:
+                    raise ParamError("params", f"{self.transform_name} needs parameters: {self.params_problem}",
+                                     "a second argument such as '{width: 10}'")
+                return self.apply(value)
+            return self._apply_for(params)(value)
         except TransformError:
             self.refused.inc()
             return None
@@ -55,8 +183,105 @@ class TransformFunction(ScalarFunction):
         return self._deterministic
 
 
+class JsonRulesFunction(_Keyed):
+    """``protect_json(json_text, rules)``: a policy's rules for one nested field, applied to its JSON text.
+
+    ``rules`` maps paths that start with the field's name to field specs, as in a policy
+    (``{"items[*].card": {fpe: ff1, format: card}, "items[*].sku": keep}``), deny by default
+    below the field. Returns the protected JSON text, or NULL for NULL, for text that is not
+    JSON and for a value that does not fit its rules (counted in ``transform_refused``).
+    """
+
+    def __init__(self, keyring_ref: str | None = None) -> None:
+        self.keyring_ref = keyring_ref
+
+    def open(self, function_context: Any) -> None:
+        self._trees: dict[str, tuple[str, Any]] = {}
+        self.refused = function_context.get_metric_group().counter("transform_refused")
+
+    def _tree(self, text: str) -> tuple[str, Any]:
+        compiled = self._trees.get(text)
+        if compiled is None:
+            compiled = self._trees[text] = self.compile(text)
+        return compiled
+
+    def compile(self, text: str) -> tuple[str, Any]:
+        """(the field's name, the rules' tree), once per distinct rules text."""
+        from udfs.record import PathError, build_tree, parse_path
+
+        rules = parse_params(text)
+        if not rules:
+            raise ParamError("rules", "protect_json needs at least one rule", "{\"items[*].sku\": keep}")
+        names = set()
+        compiled = []
+        for path, spec in rules.items():
+            try:
+                names.add(parse_path(str(path))[0][0])
+            except PathError as exc:
+                raise ParamError("rules", f"protect_json: {exc}", "paths such as items[*].card") from None
+            name, params = parse_spec(spec)
+            leaf = str(path).split(".")[-1].replace("[*]", "")  # the policy's default domain
+            compiled.append((str(path), self._open_transform(registry.get(name), params, leaf)))
+        if len(names) != 1:
+            raise ParamError("rules", "protect_json rules must all start with the same field",
+                             "paths under one field, such as items[*].sku and items[*].card")
+        return names.pop(), build_tree(compiled)
+
+    def eval(self, value: Any, rules: str) -> Any:
+        if value is None:
+            return None
+        from udfs.record import apply_view
+
+        field, tree = self._tree(rules)
+        try:
+            document = json.loads(value)
+            protected = apply_view(tree, {field: document}, [])
+        except (ValueError, TransformError):  # JSONDecodeError is a ValueError
+            self.refused.inc()
+            return None
+        if field not in protected:
+            return None
+        return json.dumps(protected[field], ensure_ascii=False, separators=(",", ":"))
+
+
 def scalar_function(name: str, params: dict[str, Any] | None = None, *, domain: str | None = None,
                     keyring_ref: str | None = None, result_type: Any = None) -> Any:
     """A ``udf`` wrapping the transform ``name`` (STRING result unless ``result_type`` says otherwise)."""
     function = TransformFunction(name, params, domain=domain, keyring_ref=keyring_ref)
     return udf(function, result_type=result_type if result_type is not None else DataTypes.STRING())
+
+
+def json_rules_function(keyring_ref: str | None = None) -> Any:
+    """``protect_json`` as a ``udf`` (STRING result)."""
+    return udf(JsonRulesFunction(keyring_ref), result_type=DataTypes.STRING())
+
+
+def register(t_env: Any, name: str, spec: Any, params: dict[str, Any] | None = None, *,
+             domain: str | None = None, keyring_ref: str | None = None, result_type: Any = None) -> None:
+    """Register one transform under the SQL ``name``, with its parameters.
+
+    ``spec`` is a transform name (``"mask.keep_last"``, with ``params``) or a policy's field spec
+    (``{"mask": "keep_last", "n": 4}``), so a policy's field can be registered as it is written::
+
+        register(t_env, "masked_card", policy_fields["card"], domain="card", keyring_ref=ref)
+    """
+    transform, spec_params = parse_spec(spec)
+    function = scalar_function(transform, {**spec_params, **(params or {})}, domain=domain,
+                               keyring_ref=keyring_ref, result_type=result_type)
+    t_env.create_temporary_system_function(name, function)
+
+
+def register_all(t_env: Any, keyring_ref: str | None = None, *, prefix: str = "") -> list[str]:
+    """Register every transform SQL can call in ``t_env``, with default parameters, and ``protect_json``.
+
+    Each is a temporary system function named by :func:`sql_name` (``mask_email``), so it
+    resolves from any catalog and database. Keys come from ``keyring_ref`` (``env:NAME`` or
+    ``file:PATH``) when a task opens the function. Returns the names, sorted.
+    """
+    names = []
+    for function_name, transform in sql_transforms(prefix).items():
+        t_env.create_temporary_system_function(function_name, scalar_function(transform, keyring_ref=keyring_ref))
+        names.append(function_name)
+    t_env.create_temporary_system_function(prefix + PROTECT_JSON, json_rules_function(keyring_ref))
+    names.append(prefix + PROTECT_JSON)
+    return sorted(names)
