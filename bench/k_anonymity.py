@@ -46,17 +46,31 @@ FIELDS = {"customerId": "keep", "purchaseAmount": "keep"}
 
 
 PATH = "cheapest_first"
+#: the hierarchies of issue 5's examples (age exact, zip 5, geohash 6 first), or one step coarser at the start
+HIERARCHIES = {
+    "fine": {
+        "age": ["exact", {"range": 5}, {"range": 10}, {"range": 20}, "*"],
+        "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
+        "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"],
+    },
+    "coarse": {
+        "age": [{"range": 5}, {"range": 10}, {"range": 20}, "*"],
+        "zip": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
+        "location": [{"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"],
+    },
+}
+HIERARCHY = "fine"
 
 
 def policy_block(k: int, max_delay: str) -> dict:
+    levels = HIERARCHIES[HIERARCHY]
     return {
         "path": PATH,
         "k": k,
         "quasi_identifiers": {
-            "age": {"hierarchy": [{"range": 5}, {"range": 10}, {"range": 20}, "*"]},
-            "zip": {"hierarchy": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"]},
-            "location": {"lat_field": "lat", "lon_field": "lon",
-                         "hierarchy": [{"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"]},
+            "age": {"hierarchy": levels["age"]},
+            "zip": {"hierarchy": levels["zip"]},
+            "location": {"lat_field": "lat", "lon_field": "lon", "hierarchy": levels["location"]},
         },
         "max_delay": max_delay,
     }
@@ -112,12 +126,15 @@ def level_ncp(params: KAnonymityParams, level: int | None, span: dict[str, float
         return 1.0
     parts = []
     for lv in params.steps(level):
+        # the integers a published age or zip covers, as Mondrian's max - min: 30-34 is 4 wide, 941** 99
         if lv.kind == "star":
             parts.append(1.0)
+        elif lv.kind == "exact":
+            parts.append(0.0)
         elif lv.kind == "range":
-            parts.append(min(1.0, lv.arg / span["age"]))
+            parts.append(min(1.0, (lv.arg - 1) / span["age"]))
         elif lv.kind == "truncate":
-            parts.append(min(1.0, 10 ** (5 - lv.arg) / span["zip"]))
+            parts.append(min(1.0, (10 ** (5 - lv.arg) - 1) / span["zip"]))
         elif lv.kind == "geohash":
             bits = 5 * lv.arg
             lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
@@ -244,7 +261,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PATH
+    global PATH, HIERARCHY
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000, help="records in the stream (default 200000)")
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="k values (default 5 10 20)")
@@ -256,15 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism (default 1)")
     parser.add_argument("--path", default=PATH, choices=("cheapest_first", "lockstep"),
                         help="the cascade's route through the lattice (default cheapest_first)")
+    parser.add_argument("--hierarchy", default=HIERARCHY, choices=tuple(HIERARCHIES),
+                        help="fine: issue 5's examples (age exact, zip 5, geohash 6 first); coarse: one step coarser")
     parser.add_argument("--no-core", action="store_true", help="skip the core and Mondrian table")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    PATH = args.path
+    PATH, HIERARCHY = args.path, args.hierarchy
 
     data = synthetic(args.n, args.seed, args.subjects, args.rate)
     span = spans(data)
     print(f"{args.n} records, {args.subjects} subjects, {args.rate:.0f} events/s simulated, "
-          f"max_delay {args.max_delay}, path {args.path}")
+          f"max_delay {args.max_delay}, path {args.path}, {args.hierarchy} hierarchies")
     print(f"{'k':>3} {'core rec/s':>11} {'suppressed':>10} {'released per level':>26} {'NCP':>6} "
           f"{'Mondrian':>8} {'ratio':>6} {'window M.':>9} {'floor':>6} {'metric NCP':>10} {'longest wait':>12}")
     window = int(args.rate * KAnonymityParams.from_policy(policy_block(2, args.max_delay), FIELDS).max_delay_ms / 1000)

@@ -52,10 +52,10 @@ import heapq
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -67,9 +67,12 @@ __all__ = [
     "LDiversity",
     "Level",
     "LocalCascade",
+    "Partition",
     "QuasiIdentifier",
+    "Stage",
     "attach",
     "class_key",
+    "class_keys",
     "extract_quasi_identifiers",
     "generalize",
     "ncp",
@@ -240,6 +243,19 @@ class KAnonymityParams:
         for qi in self.quasi_identifiers:
             out.extend(qi.paths + qi.lat_paths + qi.lon_paths)
         return tuple(dict.fromkeys(out))
+
+    @property
+    def stages(self) -> tuple[tuple[int, int], ...]:
+        """The cascade's keyed stages, as ``(first level, last level)``.
+
+        A stage buffers a record at all its levels at once and is keyed by its last
+        level's class, which holds every finer class of the stage. The first stage takes
+        every level but the last; the last level (all ``*`` on a full path) is a stage of
+        its own, because its one class would put every record on one key.
+        """
+        if self.levels == 1:
+            return ((0, 0),)
+        return ((0, self.levels - 2), (self.levels - 1, self.levels - 1))
 
     def deadline(self, entered: int, level: int) -> int:
         """When level ``level`` gives up on a record that entered level 0 at ``entered`` (ms)."""
@@ -829,31 +845,30 @@ class SpanTracker:
         return changed
 
 
-# -- per class: the buffer logic, shared by the plain cascade and the Flink operator -------
+# -- per partition: the release rules, shared by the plain cascade and the Flink operator ----
 
-# A staged record, between levels and in the buffers:
+# A staged record, between stages and in the buffers:
 # (kafka key | None, headers JSON, protected value JSON, subject, raw QIs JSON, event time ms, entered ms)
-# Between Flink operators it carries one more field, CLASS: its class key at the level it goes to.
+# Between Flink operators it carries one more field, CLASS: its partition key in the stage it goes to.
 KEY, HEADERS, VALUE, SUBJECT, QIS, EVENT_TIME, ENTERED, CLASS = range(8)
 Staged = tuple
+#: one published record: (staged record, cascade level, class key at that level)
+Release = tuple
 
 
-class ClassState(Protocol):
-    """What the buffer logic needs from the state of one class (one key at one level).
-
-    Buffered records sit in buckets, one per coalesced timer, so a timer takes its own
-    bucket and touches no other record. ``subjects`` and ``values`` count the buffered
-    records per subject and per sensitive value; the logic updates them in place.
-    """
-
-    subjects: dict[str, int]
-    values: dict[str, int]
-
-    def is_released(self) -> bool: ...
-    def mark_released(self, now: int) -> None: ...
-    def add(self, record: Staged, timer: int) -> None: ...
-    def take(self, upto: int) -> list[Staged]: ...
-    def take_all(self) -> list[Staged]: ...
+def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str, Any]) -> tuple[str, ...]:
+    """:func:`class_key` at every level from ``first`` to ``last``, generalizing each value once per step."""
+    cache: dict[tuple[int, int], Any] = {}
+    out = []
+    for level in range(first, last + 1):
+        row = []
+        for index, (qi, hierarchy_index) in enumerate(zip(params.quasi_identifiers, params.path[level], strict=True)):
+            value = cache.get((index, hierarchy_index), _ABSENT)
+            if value is _ABSENT:
+                value = cache[index, hierarchy_index] = generalize(qi, qi.levels[hierarchy_index], qis[qi.name])
+            row.append(value)
+        out.append(orjson.dumps(row).decode())
+    return tuple(out)
 
 
 def _count(counts: dict[str, int], item: str, step: int) -> None:
@@ -864,32 +879,96 @@ def _count(counts: dict[str, int], item: str, step: int) -> None:
         counts.pop(item, None)
 
 
-class ClassBuffer:
-    """Release, timeout and flush rules of one cascade level, for any :class:`ClassState`.
+class Partition:
+    """The buffered records of one partition of a stage, indexed by their class at every level of the stage.
+
+    Only ``records`` and ``released`` are facts; everything else is an index that
+    :meth:`Stage.rebuild` recomputes from them, which is how the Flink operator comes
+    back from keyed state. ``added``, ``removed``, ``marked`` and ``armed`` journal the
+    changes since the caller last cleared them, so that it can write them through.
+    """
+
+    __slots__ = ("records", "keys", "members", "subjects", "values", "released", "due", "ticks", "next_rid",
+                 "added", "removed", "marked", "armed", "flush_armed")
+
+    def __init__(self, depth: int) -> None:
+        self.records: dict[int, Staged] = {}  # record id -> staged record
+        self.keys: dict[int, tuple[str, ...]] = {}  # record id -> its class at each level of the stage
+        self.members: list[dict[str, dict[int, None]]] = [{} for _ in range(depth)]  # class -> ids, oldest first
+        self.subjects: list[dict[str, dict[str, int]]] = [{} for _ in range(depth)]  # class -> {subject: records}
+        self.values: list[dict[str, dict[str, int]]] = [{} for _ in range(depth)]  # class -> {sensitive value: n}
+        self.released: list[dict[str, int]] = [{} for _ in range(depth)]  # class -> released at (ms)
+        self.due: list[tuple[int, int]] = []  # heap of (timer, record id); ids already gone are skipped
+        self.ticks: set[int] = set()  # timers armed for this partition
+        self.next_rid = 0
+        self.added: list[int] = []
+        self.removed: list[int] = []
+        self.marked: list[tuple[int, str, int]] = []  # (level in the stage, class, released at)
+        self.armed: list[int] = []
+        self.flush_armed = False
+
+    def empty(self) -> bool:
+        return not self.records
+
+    def writes(self) -> tuple[list[tuple[int, Staged]], list[int], list[tuple[str, int]]]:
+        """The journal as state writes: records to put, record ids to remove, released classes to put.
+
+        A record both added and removed since the last clear (released on arrival) is in neither.
+        """
+        added, removed = set(self.added), set(self.removed)
+        puts = [(rid, self.records[rid]) for rid in self.added if rid not in removed]
+        removes = [rid for rid in self.removed if rid not in added]
+        return puts, removes, [(f"{index}|{key}", at) for index, key, at in self.marked]
+
+    def clear_journal(self) -> None:
+        self.added, self.removed, self.marked, self.armed = [], [], [], []
+
+
+class Stage:
+    """The release rules of one keyed stage of the cascade: levels ``first`` to ``last`` of the path.
+
+    A record entering the stage is counted in its class at every level of the stage
+    at once, so every level sees all the records buffered in the stage, not a slice.
+
+    - **Arrival.** The record passes straight through if its class at the stage's first
+      (finest) level is released. Otherwise it is buffered; when that class reaches ``k``
+      distinct subjects (and ``l`` values), the class is released with all its records.
+    - **Deadline** (``max_delay * (last + 1) / levels`` after entry). The record is
+      published at the finest level of the stage where its class is already released
+      (it joins a k-anonymous class), or where its class holds ``k`` subjects (and ``l``
+      values) among the buffered records: then it is released with the fewest of them,
+      oldest first, that make the class k-anonymous, and the class stays released for
+      the others. Failing both, it leaves the stage: it is promoted, or suppressed past
+      the last stage.
+
+    So a published class has ``k`` distinct subjects when it first appears, and only
+    grows while released.
 
     Parameters
     ----------
     params : KAnonymityParams
         The checked block.
-    level : int
-        Cascade level, 0 the finest.
+    first, last : int
+        The cascade levels the stage covers.
     """
 
-    def __init__(self, params: KAnonymityParams, level: int) -> None:
-        self.params = params
-        self.level = level
-        self.last = level == params.levels - 1
-        self._budget = params.max_delay_ms * (level + 1) // params.levels
+    def __init__(self, params: KAnonymityParams, first: int, last: int) -> None:
+        self.params, self.first, self.last = params, first, last
+        self.depth = last - first + 1
+        self.final = last == params.levels - 1
+        self._budget = params.max_delay_ms * (last + 1) // params.levels
         self._resolution = params.timer_resolution_ms
+        self._ttl = params.state_ttl_ms
         self._k = params.k
         self._l = params.l_diversity.l if params.l_diversity else 0
         self._attribute = params.l_diversity.attribute.split(".") if params.l_diversity else []
 
-    def deadline(self, record: Staged) -> int:
-        return record[ENTERED] + self._budget  # params.deadline, inlined: it runs per record
+    def partition_key(self, qis: Mapping[str, Any]) -> str:
+        """The key of the stage's keyed state: the record's class at the stage's last level."""
+        return class_key(self.params, self.last, qis)
 
     def timer(self, record: Staged) -> int:
-        """The coalesced timer of a record at this level (``params.timer(self.deadline(record))``)."""
+        """The coalesced timer of a record's deadline in this stage (``params.timer(params.deadline(...))``)."""
         return -(-(record[ENTERED] + self._budget) // self._resolution) * self._resolution
 
     def sensitive(self, record: Staged) -> str:
@@ -899,96 +978,150 @@ class ClassBuffer:
             node = node.get(part) if isinstance(node, Mapping) else None
         return orjson.dumps(node).decode()
 
-    def on_record(self, state: ClassState, record: Staged) -> tuple[list[Staged], int | None, bool]:
-        """Take one record.
+    def _is_released(self, part: Partition, index: int, key: str, now: int) -> bool:
+        at = part.released[index].get(key)
+        if at is None:
+            return False
+        if at + self._ttl > now:
+            return True
+        del part.released[index][key]  # its state has expired too: the class must fill again
+        return False
 
-        Returns
-        -------
-        released : list
-            Records to publish now: this one alone when the class is already released,
-            or the whole buffer when this record completes the class.
-        timer : int or None
-            The (coalesced) time at which this record, now buffered, times out at this level.
-        drained : bool
-            True when ``released`` is the buffer, whose timers can be dropped.
-        """
-        if state.is_released():
-            return [record], None, False
-        timer = self.timer(record)
-        state.add(record, timer)
-        subjects = state.subjects
+    def _complete(self, part: Partition, index: int, key: str) -> bool:
+        subjects = part.subjects[index].get(key)
+        return (subjects is not None and len(subjects) >= self._k
+                and (not self._l or len(part.values[index].get(key, ())) >= self._l))
+
+    def _add(self, part: Partition, record: Staged, keys: tuple[str, ...], rid: int | None = None) -> int:
+        if rid is None:
+            rid = part.next_rid
+            part.added.append(rid)
+        part.next_rid = max(part.next_rid, rid + 1)
+        part.records[rid] = record
+        part.keys[rid] = keys
         subject = record[SUBJECT]
-        subjects[subject] = subjects.get(subject, 0) + 1
-        if self._l:
-            _count(state.values, self.sensitive(record), 1)
-        if len(subjects) >= self._k and len(state.values) >= self._l:
-            released = state.take_all()
-            subjects.clear()
-            state.values.clear()
-            state.mark_released(record[ENTERED])
-            return released, None, True
-        return [], timer, False
+        value = self.sensitive(record) if self._l else None
+        for index, key in enumerate(keys):
+            members = part.members[index].get(key)
+            if members is None:
+                part.members[index][key] = {rid: None}
+                part.subjects[index][key] = {subject: 1}
+            else:
+                members[rid] = None
+                subjects = part.subjects[index][key]
+                subjects[subject] = subjects.get(subject, 0) + 1
+            if value is not None:
+                _count(part.values[index].setdefault(key, {}), value, 1)
+        timer = self.timer(record)
+        heapq.heappush(part.due, (timer, rid))
+        if timer not in part.ticks:
+            part.ticks.add(timer)
+            part.armed.append(timer)
+        return rid
 
-    def on_deadline(self, state: ClassState, now: int) -> list[Staged]:
-        """Remove and return the records whose (coalesced) timer is at or before ``now``."""
-        if state.is_released():
-            return []
-        expired = state.take(now)
-        for record in expired:
-            _count(state.subjects, record[SUBJECT], -1)
-            if self._l:
-                _count(state.values, self.sensitive(record), -1)
-        return expired
+    def _remove(self, part: Partition, rid: int) -> Staged:
+        record = part.records.pop(rid)
+        keys = part.keys.pop(rid)
+        subject = record[SUBJECT]
+        value = self.sensitive(record) if self._l else None
+        for index, key in enumerate(keys):
+            members = part.members[index][key]
+            del members[rid]
+            if not members:
+                del part.members[index][key]
+                del part.subjects[index][key]
+                part.values[index].pop(key, None)
+                continue
+            _count(part.subjects[index][key], subject, -1)
+            if value is not None:
+                _count(part.values[index][key], value, -1)
+        part.removed.append(rid)
+        return record
 
-    def flush(self, state: ClassState) -> list[Staged]:
-        """Remove and return every buffered record (end of a bounded input)."""
-        if state.is_released():
-            return []
-        records = state.take_all()
-        state.subjects.clear()
-        state.values.clear()
-        return records
+    def _release(self, part: Partition, index: int, key: str, rids: Sequence[int], now: int) -> list[Release]:
+        part.released[index][key] = now
+        part.marked.append((index, key, now))
+        level = self.first + index
+        return [(self._remove(part, rid), level, key) for rid in rids]
 
+    def _smallest_group(self, part: Partition, index: int, key: str, rid: int) -> list[int]:
+        """``rid`` and the oldest other members of its class that bring it to k subjects (and l values)."""
+        chosen = [rid]
+        record = part.records[rid]
+        subjects = {record[SUBJECT]}
+        values = {self.sensitive(record)} if self._l else set()
+        for other in part.members[index][key]:
+            if len(subjects) >= self._k and len(values) >= self._l:
+                break
+            if other == rid:
+                continue
+            candidate = part.records[other]
+            new_subject = candidate[SUBJECT] not in subjects
+            value = self.sensitive(candidate) if self._l and len(values) < self._l else None
+            if new_subject or (value is not None and value not in values):
+                chosen.append(other)
+                subjects.add(candidate[SUBJECT])
+                if value is not None:
+                    values.add(value)
+        return chosen
 
-class DictClassState:
-    """A :class:`ClassState` in plain dicts, for :class:`LocalCascade` and the tests."""
+    def on_record(self, part: Partition, record: Staged, qis: Mapping[str, Any], now: int) -> list[Release]:
+        """Take one record; return what to publish now (this record, or its finest class when it completes).
 
-    __slots__ = ("released_at", "buckets", "subjects", "values")
+        ``now`` dates releases and ages released classes (wall-clock ms in Flink).
+        """
+        keys = class_keys(self.params, self.first, self.last, qis)
+        finest = keys[0]
+        if self._is_released(part, 0, finest, now):
+            return [(record, self.first, finest)]
+        self._add(part, record, keys)
+        if self._complete(part, 0, finest):
+            return self._release(part, 0, finest, list(part.members[0][finest]), now)
+        return []
 
-    def __init__(self) -> None:
-        self.released_at: int | None = None
-        self.buckets: dict[int, list[Staged]] = {}
-        self.subjects: dict[str, int] = {}
-        self.values: dict[str, int] = {}
+    def on_deadline(self, part: Partition, upto: int, now: int) -> tuple[list[Release], list[Staged]]:
+        """Settle every record whose timer is at or before ``upto``: published, or leaving the stage."""
+        published: list[Release] = []
+        leaving: list[Staged] = []
+        due = part.due
+        while due and due[0][0] <= upto:
+            _, rid = heapq.heappop(due)
+            if rid in part.records:
+                self._settle(part, rid, now, published, leaving)
+        part.ticks = {t for t in part.ticks if t > upto}
+        return published, leaving
 
-    @property
-    def buffer(self) -> list[Staged]:
-        """Every buffered record, oldest timer first."""
-        return [record for timer in sorted(self.buckets) for record in self.buckets[timer]]
+    def flush(self, part: Partition, now: int) -> tuple[list[Release], list[Staged]]:
+        """End of a bounded input: settle every buffered record as if its deadline had come."""
+        return self.on_deadline(part, 2**63, now)
 
-    def is_released(self) -> bool:
-        return self.released_at is not None
+    def _settle(self, part: Partition, rid: int, now: int, published: list[Release], leaving: list[Staged]) -> None:
+        keys = part.keys[rid]
+        for index, key in enumerate(keys):
+            if self._is_released(part, index, key, now):
+                published.append((self._remove(part, rid), self.first + index, key))
+                return
+            if self._complete(part, index, key):
+                published.extend(self._release(part, index, key, self._smallest_group(part, index, key, rid), now))
+                return
+        leaving.append(self._remove(part, rid))
 
-    def mark_released(self, now: int) -> None:
-        self.released_at = now
+    def rebuild(self, records: Iterable[tuple[int, Staged]], released: Iterable[tuple[str, int]],
+                now: int) -> Partition:
+        """A partition from its facts as :meth:`Partition.writes` wrote them: records by id, released classes.
 
-    def add(self, record: Staged, timer: int) -> None:
-        bucket = self.buckets.get(timer)
-        if bucket is None:
-            self.buckets[timer] = [record]
-        else:
-            bucket.append(record)
-
-    def take(self, upto: int) -> list[Staged]:
-        out: list[Staged] = []
-        for timer in sorted(t for t in self.buckets if t <= upto):
-            out.extend(self.buckets.pop(timer))
-        return out
-
-    def take_all(self) -> list[Staged]:
-        out = self.buffer
-        self.buckets = {}
-        return out
+        The timers of the buffered records come back in ``armed``: arming one again is harmless.
+        """
+        part = Partition(self.depth)
+        for name, at in released:
+            index, key = name.split("|", 1)
+            if at + self._ttl > now:
+                part.released[int(index)][key] = at
+        for rid, record in sorted(records):
+            record = tuple(record)
+            self._add(part, record, class_keys(self.params, self.first, self.last, orjson.loads(record[QIS])), rid)
+        part.added = []
+        return part
 
 
 def published_fields(params: KAnonymityParams, generalized: Sequence[Any]) -> str:
@@ -1032,6 +1165,8 @@ def suppress(record: Staged, reason: str = "timeout") -> tuple:
     return record[KEY], orjson.dumps(headers).decode(), orjson.dumps(value).decode()
 
 
+
+
 class LocalCascade:
     """The whole cascade in plain Python with an explicit clock: the reference the Flink job mirrors.
 
@@ -1042,16 +1177,16 @@ class LocalCascade:
 
     def __init__(self, params: KAnonymityParams) -> None:
         self.params = params
-        self.buffers = [ClassBuffer(params, level) for level in range(params.levels)]
-        self.classes: list[dict[str, DictClassState]] = [{} for _ in range(params.levels)]
-        self.timers: list[tuple[int, int, str]] = []  # heap of (timer, level, class key)
+        self.stages = [Stage(params, first, last) for first, last in params.stages]
+        self.partitions: list[dict[str, Partition]] = [{} for _ in self.stages]
+        self.timers: list[tuple[int, int, str]] = []  # heap of (timer, stage, partition key)
         self.armed: set[tuple[int, int, str]] = set()  # as in Flink, one timer per key and time
         self.released: list[tuple] = []
         self.suppressed: list[tuple] = []
         self.now = 0
         self.spans = SpanTracker(params)
         self.ncp_total = 0.0
-        self._fields: list[dict[str, str]] = [{} for _ in range(params.levels)]  # class key -> published_fields
+        self._fields: dict[tuple[int, str], str] = {}  # (level, class key) -> published_fields
 
     def push(self, record: Staged, now: int) -> None:
         if self.timers and self.timers[0][0] <= now:
@@ -1060,37 +1195,41 @@ class LocalCascade:
             self.now = now
         self._enter(record, 0, orjson.loads(record[QIS]))
 
-    def _enter(self, record: Staged, level: int, qis: dict) -> None:
-        key = class_key(self.params, level, qis)
-        classes = self.classes[level]
-        state = classes.get(key)
-        if state is None:
-            state = classes[key] = DictClassState()
-        if state.released_at is not None:  # passes straight through
-            self._release(record, level, key, qis)
-            return
-        released, timer, _ = self.buffers[level].on_record(state, record)
-        if timer is not None:
-            armed = (max(timer, self.now), level, key)
+    def _partition(self, number: int, key: str) -> Partition:
+        part = self.partitions[number].get(key)
+        if part is None:
+            part = self.partitions[number][key] = Partition(self.stages[number].depth)
+        return part
+
+    def _enter(self, record: Staged, number: int, qis: dict) -> None:
+        stage = self.stages[number]
+        key = stage.partition_key(qis)
+        part = self._partition(number, key)
+        self._publish(stage.on_record(part, record, qis, self.now))
+        self._arm(number, key, part)
+
+    def _arm(self, number: int, key: str, part: Partition) -> None:
+        for timer in part.armed:
+            armed = (max(timer, self.now), number, key)
             if armed not in self.armed:
                 self.armed.add(armed)
                 heapq.heappush(self.timers, armed)
-        for item in released:
-            self._release(item, level, key, qis if item is record else orjson.loads(item[QIS]))
+        part.clear_journal()
 
-    def _release(self, record: Staged, level: int, key: str, qis: dict) -> None:
-        self.spans.see(qis)
-        self.ncp_total += ncp(self.params, level, qis, self.spans.spans)
-        fields = self._fields[level].get(key)
-        if fields is None:
-            fields = self._fields[level][key] = published_fields(self.params, orjson.loads(key))
-        out = publish(self.params, record, level, (), fields)
-        self.released.append((level, *out, self.now - record[ENTERED]))
+    def _publish(self, releases: list[Release]) -> None:
+        for record, level, key in releases:
+            self.spans.see(orjson.loads(record[QIS]))
+            self.ncp_total += ncp(self.params, level, orjson.loads(record[QIS]), self.spans.spans)
+            fields = self._fields.get((level, key))
+            if fields is None:
+                fields = self._fields[level, key] = published_fields(self.params, orjson.loads(key))
+            out = publish(self.params, record, level, (), fields)
+            self.released.append((level, *out, self.now - record[ENTERED]))
 
-    def _timeout(self, records: list[Staged], level: int) -> None:
+    def _leave(self, records: list[Staged], number: int) -> None:
         for record in records:
-            if level + 1 < self.params.levels:
-                self._enter(record, level + 1, orjson.loads(record[QIS]))
+            if number + 1 < len(self.stages):
+                self._enter(record, number + 1, orjson.loads(record[QIS]))
             else:
                 self.ncp_total += 1.0
                 self.suppressed.append((*suppress(record), self.now - record[ENTERED]))
@@ -1099,16 +1238,23 @@ class LocalCascade:
         while self.timers and self.timers[0][0] <= now:
             timer = heapq.heappop(self.timers)
             self.armed.discard(timer)
-            when, level, key = timer
+            when, number, key = timer
             self.now = max(self.now, when)  # a timer fires at its own time, as in Flink
-            self._timeout(self.buffers[level].on_deadline(self.classes[level][key], self.now), level)
+            part = self.partitions[number][key]
+            published, leaving = self.stages[number].on_deadline(part, self.now, self.now)
+            self._publish(published)
+            self._leave(leaving, number)
+            self._arm(number, key, part)
         self.now = max(self.now, now)
 
     def flush(self) -> None:
-        """End of input: every buffer, finest level first, promotes its records, and the last suppresses."""
-        for level in range(self.params.levels):
-            for state in list(self.classes[level].values()):
-                self._timeout(self.buffers[level].flush(state), level)
+        """End of input: every stage, first to last, settles its records; what leaves the last is suppressed."""
+        for number, stage in enumerate(self.stages):
+            for part in list(self.partitions[number].values()):
+                published, leaving = stage.flush(part, self.now)
+                self._publish(published)
+                self._leave(leaving, number)
+                part.clear_journal()
         self.timers.clear()
         self.armed.clear()
 
@@ -1124,144 +1270,18 @@ class LocalCascade:
 def _types():
     from pyflink.common.typeinfo import Types
 
-    # the staged record plus its class key at the level it goes to (CLASS, last)
+    buffered = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
+                            Types.LONG(), Types.LONG()])
+    # the staged record plus its partition key in the stage it goes to (CLASS, last)
     staged = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
                           Types.LONG(), Types.LONG(), Types.STRING()])
     out = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
-    return staged, out
+    return buffered, staged, out
 
 
 def _now_ms() -> int:
     # Flink's processing time is the wall clock; asking the timer service is a call into the JVM
     return int(time.time() * 1000)
-
-
-class _FlinkClassState:
-    """:class:`ClassState` over the keyed Flink state of the current key.
-
-    Two typed states, both with a TTL:
-
-    - ``header``: ``(released at, wall-clock ms, or -1; counts JSON)``, the counts being
-      ``{"s": {subject: n}, "v": {value: n}, "b": [timers of the buckets in the map],
-      "t": the newest bucket's timer or null, "n": its records}``. Read once by
-      :meth:`load` and written at most once by :meth:`store` per element or timer.
-    - ``buckets``: coalesced timer -> the records it serves, as one JSON array of staged
-      tuples. A timer reads only its own bucket.
-
-    The newest bucket rides in the header (up to ``TAIL_LIMIT`` records), so a record of a
-    sparse class costs one header read and one write, and its timer the same: in thread
-    mode every state access is a call into the JVM, and they dominate the cost.
-    """
-
-    TAIL_LIMIT = 32
-
-    def __init__(self, header, buckets) -> None:
-        self._header, self._buckets = header, buckets
-        self.released_at = -1
-        self.subjects: dict[str, int] = {}
-        self.values: dict[str, int] = {}
-        self.timers: list[int] = []
-        self.tail_timer: int | None = None
-        self.tail: list[list] = []
-        self.new_bucket = False
-        self.dropped: list[int] = []  # timers of the buckets take/take_all removed
-        self._dirty = False
-
-    def load(self) -> None:
-        header = self._header.value()
-        self._dirty = self.new_bucket = False
-        self.dropped = []
-        self.subjects, self.values, self.timers, self.tail_timer, self.tail = {}, {}, [], None, []
-        if header is None:
-            self.released_at = -1
-            return
-        self.released_at = header[0]
-        if self.released_at < 0:
-            counts = orjson.loads(header[1])
-            self.subjects, self.values, self.timers = counts["s"], counts["v"], counts["b"]
-            self.tail_timer, self.tail = counts["t"], counts["n"]
-
-    def store(self) -> None:
-        if self._dirty:
-            counts = orjson.dumps({"s": self.subjects, "v": self.values, "b": self.timers,
-                                   "t": self.tail_timer, "n": self.tail}).decode()
-            self._header.update((self.released_at, counts))
-            self._dirty = False
-
-    def empty(self) -> bool:
-        return not self.timers and self.tail_timer is None
-
-    def is_released(self) -> bool:
-        return self.released_at >= 0
-
-    def mark_released(self, now: int) -> None:
-        # the wall clock, whatever the timing: it dates the state for the TTL-bound cache
-        self.released_at = _now_ms()
-        self._dirty = True
-
-    def add(self, record: Staged, timer: int) -> None:
-        self._dirty = True
-        item = list(record[:CLASS])
-        if timer == self.tail_timer and len(self.tail) < self.TAIL_LIMIT:
-            self.tail.append(item)
-            return
-        if timer == self.tail_timer or (self.tail_timer is not None and timer not in self.timers):
-            self._spill()
-        if timer in self.timers:  # an older bucket (records out of order), or a full tail spilled
-            batch = self._buckets.get(timer)
-            encoded = orjson.dumps(item).decode()
-            self._buckets.put(timer, "[" + encoded + "]" if batch is None else batch[:-1] + "," + encoded + "]")
-            return
-        self.tail_timer, self.tail = timer, [item]
-        self.new_bucket = True
-
-    def _spill(self) -> None:
-        """Move the newest bucket from the header to the map (appending, if the map has that timer)."""
-        timer, records = self.tail_timer, self.tail
-        encoded = orjson.dumps(records).decode()
-        if timer in self.timers:
-            batch = self._buckets.get(timer)
-            if batch is not None and records:
-                encoded = batch[:-1] + "," + encoded[1:]
-        else:
-            self.timers.append(timer)
-        self._buckets.put(timer, encoded)
-        self.tail_timer, self.tail = None, []
-
-    def _read(self, timers: list[int]) -> list[Staged]:
-        out: list[Staged] = []
-        in_map = set(self.timers)
-        for timer in sorted(timers):
-            batch = self._buckets.get(timer) if timer in in_map else None
-            if batch is not None:
-                out.extend(tuple(r) for r in orjson.loads(batch))
-            if timer == self.tail_timer:
-                out.extend(tuple(r) for r in self.tail)
-        return out
-
-    def take(self, upto: int) -> list[Staged]:
-        due = [t for t in self.timers if t <= upto]
-        tail_due = self.tail_timer is not None and self.tail_timer <= upto
-        if not due and not tail_due:
-            return []
-        out = self._read(sorted(set(due) | ({self.tail_timer} if tail_due else set())))
-        for timer in due:
-            self._buckets.remove(timer)
-        self.timers = [t for t in self.timers if t > upto]
-        self.dropped = sorted(set(due) | ({self.tail_timer} if tail_due else set()))
-        if tail_due:
-            self.tail_timer, self.tail = None, []
-        self._dirty = True
-        return out
-
-    def take_all(self) -> list[Staged]:
-        everything = sorted(set(self.timers) | ({self.tail_timer} if self.tail_timer is not None else set()))
-        out = self._read(everything)
-        if self.timers:
-            self._buckets.clear()
-        self.dropped, self.timers, self.tail_timer, self.tail = everything, [], None, []
-        self._dirty = True
-        return out
 
 
 class _Tally:
@@ -1283,164 +1303,165 @@ class _Tally:
 
 #: the span tracker sees every released record up to this many, then one in SPAN_SAMPLE
 SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
-#: the per-instance caches (released classes, published fields, class NCP) are dropped past this size
+#: past this many cached partitions, or cached published fields and class NCPs, the idle ones are dropped
 CACHE_LIMIT = 100_000
 
 
-def _level_function(params: KAnonymityParams, level: int, view_name: str, promote_id: str, suppress_id: str):
+def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str):
     from pyflink.common.time import Time
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
-    from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+    from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
-    class LevelFunction(KeyedProcessFunction):
-        """One cascade level: buffer per class, release at k, promote or suppress on deadline.
+    first, last = params.stages[number]
 
-        A released class passes records straight through. Which classes are released is
-        also kept in a bounded in-memory cache (class key -> when its state expires), so a
-        record of a released class costs no state access at all; the cache only ever
-        holds classes whose released state is in Flink, so a restore, which starts it
-        empty, changes nothing but speed.
+    class StageFunction(KeyedProcessFunction):
+        """One keyed stage of the cascade: the :class:`Stage` rules over keyed state and timers.
+
+        Keyed state holds the facts of a partition: ``buffer`` (record id -> staged
+        record) and ``released`` (``"level|class"`` -> released at). The :class:`Partition`
+        index over them lives in ``self.partitions`` as a write-through cache: every change
+        is written to state in the same call, so a checkpoint holds it all, and a key whose
+        partition is not cached (after a restore, or once dropped) is rebuilt from its
+        state. A record costs one state write when it is buffered and one when it leaves;
+        a record of a released class costs none.
         """
 
         def __init__(self) -> None:
-            self.params, self.level = params, level
+            self.params = params
 
         def open(self, runtime_context) -> None:
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
-            staged_type, out_type = _types()
+            buffered_type, staged_type, out_type = _types()
             self.promote_tag = OutputTag(promote_id, staged_type)
             self.suppress_tag = OutputTag(suppress_id, out_type)
-            self.logic = ClassBuffer(self.params, self.level)
+            self.stage = Stage(self.params, first, last)
+            self.next_stage = Stage(self.params, *self.params.stages[number + 1]) if not self.stage.final else None
             self.processing = self.params.timing == "processing"
-            self.ttl = self.params.state_ttl_ms
             # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
             # expired entries go on read and in full snapshots instead
-            ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.ttl))
+            ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.params.state_ttl_ms))
                    .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
                    .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                    .disable_cleanup_in_background()
                    .cleanup_full_snapshot()
                    .build())
-            header = ValueStateDescriptor("header", Types.TUPLE([Types.LONG(), Types.STRING()]))
-            buckets = MapStateDescriptor("buckets", Types.LONG(), Types.STRING())
-            header.enable_time_to_live(ttl)
-            buckets.enable_time_to_live(ttl)
-            self.state = _FlinkClassState(runtime_context.get_state(header), runtime_context.get_map_state(buckets))
-            self.released_until: dict[str, int] = {}  # class key -> wall-clock ms its released state expires
-            self.fields: dict[str, str] = {}  # class key -> published_fields
-            self.class_ncp: dict[str, float] = {}  # class key -> NCP of its published form, for the current spans
+            buffer = MapStateDescriptor("buffer", Types.LONG(), buffered_type)
+            released = MapStateDescriptor("released", Types.STRING(), Types.LONG())
+            buffer.enable_time_to_live(ttl)
+            released.enable_time_to_live(ttl)
+            self.buffer = runtime_context.get_map_state(buffer)
+            self.released_state = runtime_context.get_map_state(released)
+            self.partitions: dict[str, Partition] = {}  # partition key -> its index, over the state of that key
+            self.fields: dict[tuple[int, str], str] = {}  # (level, class key) -> published_fields
+            self.class_ncp: dict[tuple[int, str], float] = {}  # NCP of a class's published form, for the current spans
             group = runtime_context.get_metrics_group().add_group("k_anonymity").add_group("view", view_name)
-            group = group.add_group("level", str(self.level))
+            group = group.add_group("stage", str(number))
             self.buffered = _Tally(group.counter("buffered"))
-            self.released = _Tally(group.counter("released"))
+            self.released = {level: _Tally(group.add_group("level", str(level)).counter("released"))
+                             for level in range(first, last + 1)}
             self.promoted = _Tally(group.counter("promoted"))
             self.suppressed = _Tally(group.counter("suppressed"))
+            self.tallies = [self.buffered, self.promoted, self.suppressed, *self.released.values()]
             self.longest_wait = 0
             self.ncp_total, self.ncp_count, self.seen = 0.0, 0, 0
             self.spans = SpanTracker(self.params)
             group.gauge("longest_wait_ms", lambda: self.longest_wait)
             group.gauge("ncp_permille", lambda: int(1000 * self.ncp_total / self.ncp_count) if self.ncp_count else 0)
 
-        def _publish(self, record, key: str, now: int | None):
-            fields = self.fields.get(key)
-            if fields is None:
-                if len(self.fields) >= CACHE_LIMIT:
-                    self.fields.clear()
-                fields = self.fields[key] = published_fields(self.params, orjson.loads(key))
-            self.seen += 1
-            if self.seen <= SPAN_WARMUP or self.seen % SPAN_SAMPLE == 0:
-                if self.spans.see(orjson.loads(record[QIS])):
-                    self.class_ncp.clear()
-            cost = self.class_ncp.get(key)
-            if cost is None:
-                if len(self.class_ncp) >= CACHE_LIMIT:
-                    self.class_ncp.clear()
-                # one record stands for its class: the generalized form fixes every QI's NCP
-                cost = self.class_ncp[key] = ncp(self.params, self.level, orjson.loads(record[QIS]), self.spans.spans)
-            self.ncp_total += cost
-            self.ncp_count += 1
-            if now is not None and now - record[ENTERED] > self.longest_wait:
-                self.longest_wait = now - record[ENTERED]
-            self.released.add()
-            return publish(self.params, record, self.level, (), fields)
+        def _partition(self, key: str, now: int) -> Partition:
+            part = self.partitions.get(key)
+            if part is None:
+                if len(self.partitions) >= CACHE_LIMIT:
+                    self.partitions = {k: p for k, p in self.partitions.items() if not p.empty()}
+                part = self.stage.rebuild(self.buffer.items(), self.released_state.items(), now)
+                self.partitions[key] = part
+            return part
+
+        def _write(self, part: Partition, service) -> None:
+            """Write the partition's journal through to keyed state and timers."""
+            puts, removes, marks = part.writes()
+            for rid, record in puts:
+                self.buffer.put(rid, record)
+            for rid in removes:
+                self.buffer.remove(rid)
+            for name, at in marks:
+                self.released_state.put(name, at)
+            for timer in part.armed:
+                if self.processing:
+                    service.register_processing_time_timer(timer)
+                else:
+                    service.register_event_time_timer(timer)
+            if self.processing and part.records and not part.flush_armed:
+                # processing-time timers die with a bounded input; the final watermark flushes
+                service.register_event_time_timer(FLUSH_TIMER)
+                part.flush_armed = True
+            self.buffered.add(len(puts))
+            part.clear_journal()
+
+        def _publish(self, releases: list[Release], now: int):
+            for record, level, key in releases:
+                fields = self.fields.get((level, key))
+                if fields is None:
+                    if len(self.fields) >= CACHE_LIMIT:
+                        self.fields.clear()
+                    fields = self.fields[level, key] = published_fields(self.params, orjson.loads(key))
+                self.seen += 1
+                if self.seen <= SPAN_WARMUP or self.seen % SPAN_SAMPLE == 0:
+                    if self.spans.see(orjson.loads(record[QIS])):
+                        self.class_ncp.clear()
+                cost = self.class_ncp.get((level, key))
+                if cost is None:
+                    if len(self.class_ncp) >= CACHE_LIMIT:
+                        self.class_ncp.clear()
+                    # one record stands for its class: the generalized form fixes every QI's NCP
+                    cost = self.class_ncp[level, key] = ncp(self.params, level, orjson.loads(record[QIS]),
+                                                            self.spans.spans)
+                self.ncp_total += cost
+                self.ncp_count += 1
+                if self.processing and now - record[ENTERED] > self.longest_wait:
+                    self.longest_wait = now - record[ENTERED]
+                self.released[level].add()
+                yield publish(self.params, record, level, (), fields)
 
         def process_element(self, record, ctx):
-            key = record[CLASS]
-            now = _now_ms() if self.processing else None
-            until = self.released_until.get(key)
-            if until is not None:
-                if until > (now if now is not None else _now_ms()):
-                    yield self._publish(record, key, now)
-                    return
-                del self.released_until[key]
-            state = self.state
-            state.load()
-            if state.released_at >= 0:
-                self._remember(key, state.released_at)
-                yield self._publish(record, key, now)
-                return
-            was_empty = state.empty()
-            released, timer, drained = self.logic.on_record(state, tuple(record))
-            state.store()
-            service = ctx.timer_service()
-            if timer is not None:
-                self.buffered.add()
-                if state.new_bucket:
-                    if self.processing:
-                        service.register_processing_time_timer(timer)
-                    else:
-                        service.register_event_time_timer(timer)
-                if self.processing and was_empty:
-                    # processing-time timers die with a bounded input; the final watermark flushes
-                    service.register_event_time_timer(FLUSH_TIMER)
-            if drained:
-                self._remember(key, state.released_at)
-                for dropped in state.dropped:
-                    if self.processing:
-                        service.delete_processing_time_timer(dropped)
-                    else:
-                        service.delete_event_time_timer(dropped)
-                if self.processing and not was_empty:
-                    service.delete_event_time_timer(FLUSH_TIMER)
-                for item in released:
-                    yield self._publish(item, key, now)
-
-        def _remember(self, key: str, released_at: int) -> None:
-            if len(self.released_until) >= CACHE_LIMIT:
-                self.released_until.clear()
-            self.released_until[key] = released_at + self.ttl
+            # record: staged tuple + partition key
+            now = _now_ms()
+            part = self._partition(record[CLASS], now)
+            staged = tuple(record[:CLASS])
+            releases = self.stage.on_record(part, staged, orjson.loads(staged[QIS]), now)
+            if part.added or part.removed or part.marked or part.armed:
+                self._write(part, ctx.timer_service())
+            yield from self._publish(releases, now)
 
         def on_timer(self, timestamp, ctx):
-            flushing = ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER
-            state = self.state
-            state.load()
-            if flushing:
-                expired = self.logic.flush(state)
+            now = _now_ms()
+            part = self._partition(ctx.get_current_key(), now)
+            if ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER:
+                published, leaving = self.stage.flush(part, now)
+                part.flush_armed = False
             else:
-                expired = self.logic.on_deadline(state, timestamp)
-                if self.processing and expired and state.empty():
-                    ctx.timer_service().delete_event_time_timer(FLUSH_TIMER)
-            state.store()
-            last = self.logic.last
-            for record in expired:
-                if last:
+                published, leaving = self.stage.on_deadline(part, timestamp, now)
+            self._write(part, ctx.timer_service())
+            yield from self._publish(published, now)
+            for record in leaving:
+                if self.next_stage is None:
                     self.suppressed.add()
                     self.ncp_total += 1.0
                     self.ncp_count += 1
                     yield self.suppress_tag, suppress(record)
                 else:
                     self.promoted.add()
-                    key = class_key(self.params, self.level + 1, orjson.loads(record[QIS]))
-                    yield self.promote_tag, (*record[:CLASS], key)
-            for tally in (self.buffered, self.released, self.promoted, self.suppressed):
+                    key = self.next_stage.partition_key(orjson.loads(record[QIS]))
+                    yield self.promote_tag, (*record, key)
+            for tally in self.tallies:
                 tally.flush()
 
         def close(self) -> None:
-            for tally in (self.buffered, self.released, self.promoted, self.suppressed):
+            for tally in self.tallies:
                 tally.flush()
 
-    return LevelFunction()
+    return StageFunction()
 
 
 def attach(stream, params: KAnonymityParams, *, view_name: str):
@@ -1464,37 +1485,38 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
         ``k_level``; a suppressed one holds the raw QIs (as sensitive as the input)
         and a ``k_suppressed`` header.
 
-    Every record carries its class key at the level it goes to as its last field, so a
-    level is keyed by a plain field lookup: the level-0 key is computed in the stamp map
-    (chained to the source's operator), and a promoted record's next key by the level
+    Every record carries its partition key in the stage it goes to as its last field, so
+    a stage is keyed by a plain field lookup: the first key is computed in the stamp map
+    (chained to the source's operator), and a promoted record's next key by the stage
     that promotes it.
     """
     from pyflink.datastream import OutputTag
 
-    staged_type, out_type = _types()
+    _, staged_type, out_type = _types()
     event = params.timing == "event"
+    first_stage = Stage(params, *params.stages[0])
 
     def stamp(record):
         # the entry time anchors every deadline: wall clock, or event time with timing: event
         entered = record[5] if event else int(time.time() * 1000)
-        key = class_key(params, 0, orjson.loads(record[4]))
+        key = first_stage.partition_key(orjson.loads(record[4]))
         return (record[0], record[1], record[2], record[3], record[4], record[5], entered, key)
 
     current = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
-    # (key, headers, value, subject, qis JSON, event ms, entered ms, level-0 class key)
+    # (key, headers, value, subject, qis JSON, event ms, entered ms, stage-0 partition key)
     released_streams, suppressed = [], None
     suppress_tag = OutputTag(f"kanon-{view_name}-suppress", out_type)
-    for level in range(params.levels):
-        promote_tag = OutputTag(f"kanon-{view_name}-promote-{level}", staged_type)
-        function = _level_function(params, level, view_name, promote_tag.tag_id, suppress_tag.tag_id)
+    for number in range(len(params.stages)):
+        promote_tag = OutputTag(f"kanon-{view_name}-promote-{number}", staged_type)
+        function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id)
         released = (current.key_by(_class_of, key_type=_string_type())
                     .process(function, output_type=out_type)
-                    .name(f"k-anon {view_name} level {level}").uid(f"kanon-{view_name}-level-{level}"))
+                    .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
         # released: (key, headers + k_level, value + generalized QIs)
         released_streams.append(released)
-        if level + 1 < params.levels:
+        if number + 1 < len(params.stages):
             current = released.get_side_output(promote_tag)
-            # promoted: staged tuples, their class key now the next, coarser level's
+            # promoted: staged tuples, their partition key now the next stage's
         else:
             suppressed = released.get_side_output(suppress_tag)
             # suppressed: (key, headers + k_suppressed, value + raw QIs)

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.k_anonymity import (
-    ClassBuffer,
-    DictClassState,
     KAnonymityParams,
     LocalCascade,
+    Partition,
+    Stage,
     class_key,
     extract_quasi_identifiers,
     fast_geohash,
@@ -221,48 +221,93 @@ def staged(subject: str, entered: int = 0, band: str = "a", n: int = 0):
     return (None, "{}", value, subject, json.dumps(qis), entered, entered)
 
 
+def stage_of(p: KAnonymityParams, number: int = 0) -> Stage:
+    return Stage(p, *p.stages[number])
+
+
+def feed(stage: Stage, part: Partition, record, now: int = 0):
+    return stage.on_record(part, record, json.loads(record[4]), now)
+
+
+def ids(releases) -> list[str]:
+    return [json.loads(r[0][2])["id"] for r in releases]
+
+
+def test_when_block_has_four_levels_then_the_first_stage_takes_three_and_the_last_its_own():
+    p = params(path="lockstep")
+    assert p.stages == ((0, 2), (3, 3)) and params(on_timeout="suppress").stages == ((0, 0),)
+    # the first stage is keyed by its coarsest class, which holds all its finer ones
+    assert stage_of(p).partition_key(json.loads(staged("a")[4])) == class_key(p, 2, json.loads(staged("a")[4]))
+
+
 def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
-    logic, state = ClassBuffer(params(path="lockstep"), 0), DictClassState()
+    stage, part = stage_of(params(path="lockstep")), Partition(3)
     for n in range(10):
-        released, timer, _ = logic.on_record(state, staged("alice", n=n))
-        assert released == [] and timer == 250
-    assert len(state.buffer) == 10
+        assert feed(stage, part, staged("alice", n=n)) == []
+    # counted once per level of the stage, one subject everywhere; one timer for all ten
+    assert len(part.records) == 10 and all(len(level) == 1 for level in part.subjects)
+    assert part.armed == [750]
 
 
 def test_when_k_distinct_subjects_arrive_then_the_class_is_released_and_passes_through():
-    logic, state = ClassBuffer(params(), 0), DictClassState()
-    assert logic.on_record(state, staged("a"))[0] == []
-    assert logic.on_record(state, staged("a", n=1))[0] == []
-    assert logic.on_record(state, staged("b"))[0] == []
-    released, deadline, drained = logic.on_record(state, staged("c"))
-    assert len(released) == 4 and deadline is None and drained
+    stage, part = stage_of(params()), Partition(stage_of(params()).depth)
+    assert feed(stage, part, staged("a")) == []
+    assert feed(stage, part, staged("a", n=1)) == []
+    assert feed(stage, part, staged("b")) == []
+    released = feed(stage, part, staged("c"))
+    assert ids(released) == ["a-0", "a-1", "b-0", "c-0"] and {r[1] for r in released} == {0}
+    assert part.empty()
     # after release, a lone record passes straight through
-    released, deadline, drained = logic.on_record(state, staged("z"))
-    assert len(released) == 1 and deadline is None and not drained
+    assert ids(feed(stage, part, staged("z"))) == ["z-0"] and part.empty()
 
 
 def test_when_l_diversity_is_set_then_release_waits_for_l_values():
-    logic, state = ClassBuffer(params(l_diversity={"attribute": "band", "l": 2}), 0), DictClassState()
+    p = params(l_diversity={"attribute": "band", "l": 2})
+    stage, part = stage_of(p), Partition(stage_of(p).depth)
     for subject in "abcd":
-        assert logic.on_record(state, staged(subject, band="same"))[0] == []
-    assert len(logic.on_record(state, staged("e", band="other"))[0]) == 5
+        assert feed(stage, part, staged(subject, band="same")) == []
+    assert len(feed(stage, part, staged("e", band="other"))) == 5
 
 
 def test_when_deadlines_are_close_then_their_timers_coalesce_within_one_percent():
-    p = params(path="lockstep")  # max_delay 1s: 10 ms resolution
-    logic, state = ClassBuffer(p, 0), DictClassState()
-    timers = {logic.on_record(state, staged("a", entered=t, n=t))[1] for t in range(1, 10)}
-    assert timers == {260} and p.timer(251) == 260 and p.timer(250) == 250
+    p = params(path="lockstep")  # max_delay 1s: 10 ms resolution; the first stage ends at 3/4 of it
+    stage, part = stage_of(p), Partition(3)
+    for t in range(1, 10):
+        feed(stage, part, staged("a", entered=t, n=t))
+    assert part.armed == [760] and p.timer(751) == 760 and p.timer(750) == 750
+
+
+def near(subject: str, age: int, zip_code: str, entered: int = 0, n: int = 0):
+    qis = {"age": age, "zip": zip_code, "location": {"lat": 37.77, "lon": -122.42}}
+    return (None, "{}", json.dumps({"id": f"{subject}-{n}"}), subject, json.dumps(qis), entered, entered)
+
+
+def test_when_a_deadline_comes_then_the_record_is_released_at_its_finest_complete_level_with_the_fewest_others():
+    p = params(k=3, path="lockstep")
+    stage, part = stage_of(p), Partition(3)
+    # five subjects, all in one level-1 class (30-39, 941**), each alone at level 0
+    for n, (subject, age, zip_code) in enumerate([("a", 31, "94102"), ("b", 36, "94110"), ("c", 38, "94177"),
+                                                  ("d", 33, "94150"), ("e", 39, "94199")]):
+        feed(stage, part, near(subject, age, zip_code, entered=n * 10))
+    published, leaving = stage.on_deadline(part, 750, 750)
+    # a is due; it goes out at level 1 with the two oldest others, not with all four
+    assert ids(published) == ["a-0", "b-0", "c-0"] and {r[1] for r in published} == {1} and leaving == []
+    assert sorted(part.records) == [3, 4]
+    # the class stays released: d, when due, joins it alone
+    published, _ = stage.on_deadline(part, 780, 780)
+    a_class = class_key(p, 1, {"age": 31, "zip": "94102", "location": {"lat": 37.77, "lon": -122.42}})
+    assert ids(published) == ["d-0"] and published[0][1:] == (1, a_class) and sorted(part.records) == [4]
 
 
 def test_when_deadlines_pass_then_only_the_expired_records_leave():
-    logic, state = ClassBuffer(params(path="lockstep"), 0), DictClassState()
-    logic.on_record(state, staged("a", entered=0))
-    logic.on_record(state, staged("b", entered=100))
-    expired = logic.on_deadline(state, 250)
-    assert [r[3] for r in expired] == ["a"] and state.subjects == {"b": 1}
+    stage, part = stage_of(params(path="lockstep")), Partition(3)
+    feed(stage, part, staged("a", entered=0))
+    feed(stage, part, staged("b", entered=100))
+    published, leaving = stage.on_deadline(part, 750, 750)
+    assert published == [] and [r[3] for r in leaving] == ["a"]
+    assert [dict(level) for level in part.subjects] == [{stage_key: {"b": 1}} for stage_key in part.keys[1]]
     # the class still needs k fresh subjects: "a" left, so two more are needed
-    assert logic.on_record(state, staged("c", entered=200))[0] == []
+    assert feed(stage, part, staged("c", entered=200)) == []
 
 
 # -- the whole cascade ------------------------------------------------------------------------
@@ -319,7 +364,9 @@ def test_when_two_subjects_meet_only_at_a_coarser_level_then_they_are_released_t
     other = json.dumps({"age": 38, "zip": "94177", "location": {"lat": 37.77, "lon": -122.42}})
     cascade.push(near, 0)
     cascade.push((None, "{}", '{"id": "b"}', "b", other, 0, 0), 0)
-    cascade.advance(600)
+    cascade.advance(749)
+    assert cascade.released == []
+    cascade.advance(750)  # the first stage's deadline: they meet at level 1
     assert [r[0] for r in cascade.released] == [1, 1]
     published = json.loads(cascade.released[0][3])
     assert (published["age"], published["zip"]) == ("30-39", "941**")
@@ -334,71 +381,47 @@ def test_when_on_timeout_is_suppress_then_there_is_no_cascade():
     assert p.levels == 1 and len(cascade.suppressed) == 1
 
 
-# -- the Flink state layout, over fake states (no JVM) -----------------------------------------
+# -- the Flink state: a partition comes back from what its journal wrote ------------------------
 
 
-class _FakeValue:
-    def __init__(self):
-        self.stored = None
-
-    def value(self):
-        return self.stored
-
-    def update(self, value):
-        self.stored = value
-
-
-class _FakeMap(dict):
-    def put(self, key, value):
-        self[key] = value
-
-    def remove(self, key):
-        self.pop(key, None)
+def replay(part: Partition, facts: dict, released: dict) -> None:
+    """Apply the partition's journal to dicts, as the Flink operator applies it to its map states."""
+    puts, removes, marks = part.writes()
+    for rid, record in puts:
+        facts[rid] = record
+    for rid in removes:
+        del facts[rid]
+    released.update(marks)
+    part.clear_journal()
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_flink_class_state_behaves_as_the_dict_state_under_any_order_of_records_and_timers(seed):
-    from operators.k_anonymity import _FlinkClassState
-
+@pytest.mark.parametrize("seed", range(30))
+def test_when_a_partition_is_rebuilt_from_its_written_state_then_it_behaves_as_the_one_that_never_left(seed):
     rng = random.Random(seed)
-    logic = ClassBuffer(params(k=4, path="lockstep"), 0)
-    flink, plain = _FlinkClassState(_FakeValue(), _FakeMap()), DictClassState()
+    p = params(k=3, path="lockstep", l_diversity={"attribute": "band", "l": 2})
+    stage = stage_of(p)
+    kept, restored = Partition(stage.depth), Partition(stage.depth)
+    facts: dict = {}
+    released: dict = {}
     now = 0
-    for i in range(200):
+    for i in range(300):
         now += rng.choice([0, 1, 3, 10, 40])
-        if rng.random() < 0.7:
-            # some records arrive late (an older bucket), many share a bucket (the header's tail spills)
-            record = staged(rng.choice("aaabcd"), entered=now - rng.choice([0, 0, 0, 5, 30]), n=i)
-            flink.load()
-            got = logic.on_record(flink, (*record, "class key"))
-            flink.store()
-            want = logic.on_record(plain, record)
-            assert sorted(got[0]) == sorted(want[0]) and got[1:] == want[1:]
-            if got[2]:  # released: start a fresh class
-                flink, plain = _FlinkClassState(_FakeValue(), _FakeMap()), DictClassState()
+        if rng.random() < 0.75:
+            # late records too; a few subjects, ages and zips, so classes fill at every level
+            record = near(rng.choice("aabcdef"), rng.choice([31, 36, 52]), rng.choice(["94102", "94110", "10001"]),
+                          entered=now - rng.choice([0, 0, 5, 30]), n=i)
+            record = (*record[:2], json.dumps({"id": f"r{i}", "band": rng.choice("xy")}), *record[3:])
+            got, want = feed(stage, restored, record, now), feed(stage, kept, record, now)
         else:
-            timer = rng.choice(sorted(plain.buckets) or [now])
-            flink.load()
-            got = logic.on_deadline(flink, timer)
-            flink.store()
-            assert sorted(got) == sorted(logic.on_deadline(plain, timer))
-            flink.load()
-            assert flink.subjects == plain.subjects
-    flink.load()
-    assert sorted(logic.flush(flink)) == sorted(logic.flush(plain))
+            got, want = stage.on_deadline(restored, now, now), stage.on_deadline(kept, now, now)
+        assert got == want
+        replay(restored, facts, released)
+        assert facts == restored.records
+        kept.clear_journal()
+        if rng.random() < 0.1:  # a restore: only the written state survives
+            restored = stage.rebuild(facts.items(), released.items(), now)
+            assert list(restored.records.values()) == list(kept.records.values())  # ids may differ, not order
+            restored.clear_journal()
+    assert stage.flush(restored, now) == stage.flush(kept, now)
 
 
-def test_flink_class_state_spills_a_full_tail_to_the_map_and_loses_nothing():
-    from operators.k_anonymity import _FlinkClassState
-
-    logic = ClassBuffer(params(k=2, path="lockstep"), 0)
-    buckets = _FakeMap()
-    flink = _FlinkClassState(_FakeValue(), buckets)
-    for n in range(80):  # one subject, one bucket: the header holds 32, the rest goes to the map
-        flink.load()
-        logic.on_record(flink, (*staged("whale", entered=5, n=n), "class key"))
-        flink.store()
-    assert list(buckets) == [260] and len(json.loads(buckets[260])) == 80 - len(flink.tail)
-    flink.load()
-    released, _, drained = logic.on_record(flink, (*staged("other", entered=6), "class key"))
-    assert drained and len(released) == 81 and len({json.loads(r[2])["id"] for r in released}) == 81
