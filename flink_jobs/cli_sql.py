@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="PyFlink Python execution mode (default thread)")
     parser.add_argument("--checkpoint-interval", type=int, default=2000, metavar="MS",
                         help="checkpoint interval in ms; 0 turns checkpointing off (default 2000)")
+    parser.add_argument("--restart-attempts", type=int, default=0, metavar="N",
+                        help="restarts after a failure before the command fails (default 0)")
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the transforms (the file declares its own functions)")
     parser.add_argument("--dry-run", action="store_true",
@@ -79,7 +81,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
         return 0
     _, reference = resolve_keyring(args.keyring)
     t_env = build_table_env(reference, parallelism=args.parallelism, execution_mode=args.execution_mode,
-                            checkpoint_interval_ms=args.checkpoint_interval, register=not args.no_register)
+                            checkpoint_interval_ms=args.checkpoint_interval, restart_attempts=args.restart_attempts,
+                            register=not args.no_register)
 
     def echo(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

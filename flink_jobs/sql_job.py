@@ -149,8 +149,8 @@ def substitute(statement: Statement, values: Mapping[str, str]) -> str:
 
 
 def build_table_env(keyring_ref: str, *, parallelism: int = 1, execution_mode: str = "thread",
-                    checkpoint_interval_ms: int = 2000, kafka: bool = True, register: bool = True,
-                    config: Mapping[str, str] | None = None) -> Any:
+                    checkpoint_interval_ms: int = 2000, restart_attempts: int = 0, kafka: bool = True,
+                    register: bool = True, config: Mapping[str, str] | None = None) -> Any:
     """A streaming table environment with the Kafka connector and every transform registered."""
     from pyflink.table import StreamTableEnvironment
 
@@ -159,7 +159,8 @@ def build_table_env(keyring_ref: str, *, parallelism: int = 1, execution_mode: s
     from udfs.flink import register_all
 
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
-                         checkpoint_interval_ms=checkpoint_interval_ms, extra_config=dict(config or {}))
+                         checkpoint_interval_ms=checkpoint_interval_ms, restart_attempts=restart_attempts,
+                         extra_config=dict(config or {}))
     env = make_env(options)
     if kafka:
         add_connector_jars(env)  # before the table environment, so its planner finds the connector
