@@ -1,0 +1,214 @@
+"""The SQL side without a JVM: function names, parameters in SQL text, the statement splitter, the CLI's errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flink_jobs import cli
+from flink_jobs.sql_job import SqlFileError, Statement, split_statements, substitute
+from udfs.flink import JsonRulesFunction, parse_params, parse_spec, sql_name, sql_transforms
+from udfs.keyring import Keyring
+from udfs.record import apply_view
+from udfs.registry import ParamError
+
+ROOT = Path(__file__).resolve().parents[1]
+SQL_FILE = ROOT / "conf/sql/mask_customer_events.sql"
+
+
+# -- names ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("transform", "prefix", "expected"), [
+    ("mask.email", "", "mask_email"),  # family.variant -> family_variant
+    ("redact", "", "redact"),  # a family without variant keeps its name
+    ("pseudonymize.hmac_sha256", "anon_", "anon_pseudonymize_hmac_sha256"),  # a prefix avoids clashes
+])
+def test_a_transform_is_named_in_sql_by_its_name_with_underscores(transform, prefix, expected):
+    assert sql_name(transform, prefix) == expected
+
+
+def test_every_transform_sql_can_call_is_registered_and_the_others_are_not():
+    names = sql_transforms()
+    assert names["mask_email"] == "mask.email" and names["fpe_ff1"] == "fpe.ff1"
+    assert names["substitute_person_name"] == "substitute.person_name"
+    # plain SQL does these (select, leave out, NULL), and tokens need the whole record
+    assert not {"keep", "keep_integer", "drop", "null", "tokenize_vault"} & set(names)
+
+
+def test_the_module_for_create_function_holds_every_sql_function():
+    from udfs import sql_functions
+
+    assert set(sql_functions.__all__) == {*sql_transforms(), "protect_json"}
+    assert sql_functions.mask_email._func.keyring_ref == "env:ANON_KEYRING"
+
+
+# -- parameters --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("mask.email", ("mask.email", {})),  # a bare name
+    ({"mask": "keep_last", "n": 4}, ("mask.keep_last", {"n": 4})),  # a policy field spec
+    ({"n": 4, "mask": "keep_last"}, ("mask.keep_last", {"n": 4})),  # the family need not come first
+])
+def test_a_policy_field_spec_gives_the_transform_and_its_params(spec, expected):
+    assert parse_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", [{"n": 4}, {}, 12])  # no family; empty; not a spec
+def test_a_spec_that_names_no_transform_is_refused(spec):
+    with pytest.raises(ParamError):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{n: 4}", {"n": 4}),  # YAML flow, as in a policy
+    ('{"format": "card", "domain": "card_number"}', {"format": "card", "domain": "card_number"}),  # JSON
+    ("", {}),  # nothing
+])
+def test_params_in_sql_text_are_a_yaml_mapping(text, expected):
+    assert parse_params(text) == expected
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{n: [", "4"])  # a list; broken; a scalar
+def test_params_that_are_not_a_mapping_are_refused(text):
+    with pytest.raises(ParamError):
+        parse_params(text)
+
+
+def test_protect_json_rules_apply_the_policy_below_one_field_and_deny_the_rest():
+    function = JsonRulesFunction()
+    function._loaded_keyring = Keyring.generate()  # what open() would load from the reference
+    field, tree = function.compile('{"items[*].card": {fpe: ff1, format: card, domain: card_number}, '
+                                   '"items[*].sku": keep}')
+    items = [{"sku": "A-1", "card": "4111111111111111", "note": "call me"}]
+    protected = apply_view(tree, {field: items}, [])
+    assert field == "items"
+    assert protected["items"][0]["sku"] == "A-1" and "note" not in protected["items"][0]
+    assert protected["items"][0]["card"] != "4111111111111111" and len(protected["items"][0]["card"]) == 16
+
+
+@pytest.mark.parametrize("rules", [
+    '{"items[*].sku": keep, "address.zip": keep}',  # two fields
+    '{}',  # no rule
+    '{"items[*].card": {fpe: ff9}}',  # unknown transform
+])
+def test_protect_json_rules_that_do_not_fit_are_refused(rules):
+    with pytest.raises((ParamError, KeyError)):
+        JsonRulesFunction().compile(rules)
+
+
+# -- the statement splitter -----------------------------------------------------------
+
+def test_statements_split_on_semicolons_outside_quotes_and_comments_with_their_lines():
+    text = (
+        "-- a comment; with a semicolon\n"
+        "CREATE TABLE t (a STRING) WITH ('k' = 'a;b');\n"
+        "\n"
+        "/* block; comment\n spanning lines */ SELECT 'it''s; fine', \"x;y\", `c;d` FROM t;\n"
+        "SELECT 1"
+    )
+    statements = split_statements(text)
+    assert [(s.number, s.line) for s in statements] == [(1, 2), (2, 5), (3, 6)]
+    assert statements[0].text == "CREATE TABLE t (a STRING) WITH ('k' = 'a;b')"
+    assert statements[1].text == "SELECT 'it''s; fine', \"x;y\", `c;d` FROM t"
+    assert statements[2].text == "SELECT 1"
+
+
+def test_optimizer_hints_stay_in_the_statement_and_comments_do_not():
+    (statement,) = split_statements("SELECT /*+ OPTIONS('a'='b') */ x -- trailing; comment\nFROM t;")
+    assert statement.text == "SELECT /*+ OPTIONS('a'='b') */ x \nFROM t"
+
+
+def test_a_statement_set_block_is_one_statement():
+    text = "EXECUTE STATEMENT SET BEGIN\nINSERT INTO a SELECT 1;\nINSERT INTO b SELECT 2;\nEND;\nSELECT 3;"
+    statements = split_statements(text)
+    assert len(statements) == 2
+    assert statements[0].text == "EXECUTE STATEMENT SET BEGIN\nINSERT INTO a SELECT 1;\nINSERT INTO b SELECT 2;\nEND"
+    assert (statements[1].number, statements[1].line) == (2, 5)
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("SELECT 1;\nSELECT 'open", "line 2"),  # a quote never closed
+    ("SELECT 1 /* open", "line 1"),  # a comment never closed
+    ("STATEMENT SET BEGIN\nINSERT INTO a SELECT 1;", "line 1"),  # no END
+])
+def test_what_cannot_be_split_is_refused_with_its_line(text, where):
+    with pytest.raises(SqlFileError, match=where):
+        split_statements(text)
+
+
+def test_placeholders_take_set_values_then_defaults_and_a_missing_one_names_its_statement():
+    statement = Statement(3, 12, "SELECT '${a}', '${b:-two}', '${c:-}' FROM ${t}")
+    assert substitute(statement, {"a": "one", "t": "x"}) == "SELECT 'one', 'two', '' FROM x"
+    assert substitute(statement, {"a": "1", "b": "2", "t": "x"}) == "SELECT '1', '2', '' FROM x"
+    with pytest.raises(SqlFileError, match=r"statement 3 \(line 12\): no value for \$\{a\}, \$\{t\}"):
+        substitute(statement, {})
+
+
+def test_the_shipped_sql_file_splits_into_two_tables_and_one_insert_with_defaults_for_every_placeholder():
+    statements = split_statements(SQL_FILE.read_text())
+    assert [s.text.split("(")[0].split()[:3] for s in statements] == [
+        ["CREATE", "TEMPORARY", "TABLE"], ["CREATE", "TEMPORARY", "TABLE"], ["INSERT", "INTO", "masked_customer_events"]]
+    for statement in statements:
+        assert "${" not in substitute(statement, {})
+
+
+# -- the command line ---------------------------------------------------------------------
+
+def test_sql_help_names_the_placeholders_and_the_function_names(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sql", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "--set NAME=VALUE" in out and "bootstrap_servers" in out and "mask_email" in out
+
+
+def test_sql_dry_run_prints_the_substituted_statements(capsys):
+    status = cli.main(["sql", str(SQL_FILE), "--dry-run", "--set", "bootstrap_servers=kafka:9092"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "'properties.bootstrap.servers' = 'kafka:9092'" in out and "-- statement 3 (line " in out
+    assert "${" not in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sql", "missing.sql"], "SQL file missing.sql does not exist"),  # no such file
+    (["sql", "{file}", "--set", "novalue"], "--set takes NAME=VALUE"),  # a --set without =
+    (["sql", "{empty}"], "holds no SQL statement"),  # only comments
+    (["sql", "{unclosed}"], "line 2: a ' quote is never closed"),  # cannot be split
+    (["sql", "{placeholder}", "--dry-run"], "statement 1 (line 1): no value for ${topic}"),  # no value
+])
+def test_sql_errors_say_what_is_wrong_and_where(tmp_path, capsys, argv, message):
+    files = {"file": "SELECT 1;", "empty": "-- nothing\n", "unclosed": "SELECT 1;\nSELECT 'x",
+             "placeholder": "SELECT '${topic}';"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.sql").write_text(text)
+    argv = [a.format(**{name: str(tmp_path / f"{name}.sql") for name in files}) for a in argv]
+    status = cli.main(argv)
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sql_without_a_keyring_says_how_to_give_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANON_KEYRING", raising=False)
+    (tmp_path / "q.sql").write_text("SELECT 1;")
+    status = cli.main(["sql", str(tmp_path / "q.sql")])
+    assert status == 2 and "--keyring" in capsys.readouterr().err
+
+
+def test_the_shipped_sql_file_applies_the_same_transforms_as_the_policy_masked_view():
+    """Each transform of the policy's masked view appears in the SQL file under its SQL name."""
+    from flink_jobs.policy import load_policy
+    from udfs.record import leaves
+
+    policy = load_policy(ROOT / "conf/policies/customer-events.yaml")
+    sql = SQL_FILE.read_text()
+    for leaf in leaves(policy.views["masked"].tree):
+        name = leaf.transform.name
+        if name.startswith("keep"):
+            continue
+        if "." in leaf.path:  # nested: a protect_json rule in policy syntax
+            family, variant = name.split(".")
+            assert f'"{leaf.path}": {{{family}: {variant}' in sql, leaf.path
+        else:
+            assert f"{sql_name(name)}({leaf.path}" in sql, leaf.path
