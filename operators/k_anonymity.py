@@ -857,18 +857,44 @@ Release = tuple
 
 
 def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str, Any]) -> tuple[str, ...]:
-    """:func:`class_key` at every level from ``first`` to ``last``, generalizing each value once per step."""
-    cache: dict[tuple[int, int], Any] = {}
-    out = []
-    for level in range(first, last + 1):
-        row = []
-        for index, (qi, hierarchy_index) in enumerate(zip(params.quasi_identifiers, params.path[level], strict=True)):
-            value = cache.get((index, hierarchy_index), _ABSENT)
-            if value is _ABSENT:
-                value = cache[index, hierarchy_index] = generalize(qi, qi.levels[hierarchy_index], qis[qi.name])
-            row.append(value)
-        out.append(orjson.dumps(row).decode())
-    return tuple(out)
+    """:func:`class_key` at every level from ``first`` to ``last``."""
+    return _KeyPlan(params, first, last).keys(qis)
+
+
+class _KeyPlan:
+    """Builds a record's class keys at a run of levels, generalizing each value once per hierarchy step.
+
+    A record is keyed at every level of its stage, so this is the hot path: each QI's
+    steps are generalized once and spliced as JSON text, and a geohash QI is hashed once,
+    at its finest step, the coarser ones being its prefixes.
+    """
+
+    def __init__(self, params: KAnonymityParams, first: int, last: int) -> None:
+        self.qis = params.quasi_identifiers
+        self.rows = [params.path[level] for level in range(first, last + 1)]
+        self.used = [sorted({row[q] for row in self.rows}) for q in range(len(self.qis))]
+        self.geo_top = [max((qi.levels[i].arg for i in used if qi.levels[i].kind == "geohash"), default=0)
+                        for qi, used in zip(self.qis, self.used, strict=True)]
+
+    def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
+        pieces: list[dict[int, str]] = []
+        for qi, used, top in zip(self.qis, self.used, self.geo_top, strict=True):
+            value = qis[qi.name]
+            full = fast_geohash(value["lat"], value["lon"], top) if top else ""
+            row = {}
+            for i in used:
+                level = qi.levels[i]
+                if level.kind == "geohash":
+                    row[i] = '"' + full[:level.arg] + '"'
+                elif level.kind == "star":
+                    row[i] = '"*"'
+                else:
+                    row[i] = orjson.dumps(generalize(qi, level, value)).decode()
+            pieces.append(row)
+        if len(pieces) == 3:
+            a, b, c = pieces
+            return tuple(f"[{a[x]},{b[y]},{c[z]}]" for x, y, z in self.rows)
+        return tuple("[" + ",".join(piece[i] for piece, i in zip(pieces, row, strict=True)) + "]" for row in self.rows)
 
 
 def _count(counts: dict[str, int], item: str, step: int) -> None:
@@ -888,15 +914,15 @@ class Partition:
     changes since the caller last cleared them, so that it can write them through.
     """
 
-    __slots__ = ("records", "keys", "members", "subjects", "values", "released", "due", "ticks", "next_rid",
+    __slots__ = ("records", "keys", "classes", "released", "due", "ticks", "next_rid",
                  "added", "removed", "marked", "armed", "flush_armed")
 
     def __init__(self, depth: int) -> None:
         self.records: dict[int, Staged] = {}  # record id -> staged record
         self.keys: dict[int, tuple[str, ...]] = {}  # record id -> its class at each level of the stage
-        self.members: list[dict[str, dict[int, None]]] = [{} for _ in range(depth)]  # class -> ids, oldest first
-        self.subjects: list[dict[str, dict[str, int]]] = [{} for _ in range(depth)]  # class -> {subject: records}
-        self.values: list[dict[str, dict[str, int]]] = [{} for _ in range(depth)]  # class -> {sensitive value: n}
+        # per level: class -> (its record ids, oldest first; {subject: records}; {sensitive value: records})
+        self.classes: list[dict[str, tuple[dict[int, None], dict[str, int], dict[str, int]]]] = [
+            {} for _ in range(depth)]
         self.released: list[dict[str, int]] = [{} for _ in range(depth)]  # class -> released at (ms)
         self.due: list[tuple[int, int]] = []  # heap of (timer, record id); ids already gone are skipped
         self.ticks: set[int] = set()  # timers armed for this partition
@@ -962,10 +988,15 @@ class Stage:
         self._k = params.k
         self._l = params.l_diversity.l if params.l_diversity else 0
         self._attribute = params.l_diversity.attribute.split(".") if params.l_diversity else []
+        self._plan = _KeyPlan(params, first, last)
 
     def partition_key(self, qis: Mapping[str, Any]) -> str:
         """The key of the stage's keyed state: the record's class at the stage's last level."""
         return class_key(self.params, self.last, qis)
+
+    def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
+        """A record's class at each level of the stage, finest first; the last is its partition key."""
+        return self._plan.keys(qis)
 
     def timer(self, record: Staged) -> int:
         """The coalesced timer of a record's deadline in this stage (``params.timer(params.deadline(...))``)."""
@@ -988,9 +1019,8 @@ class Stage:
         return False
 
     def _complete(self, part: Partition, index: int, key: str) -> bool:
-        subjects = part.subjects[index].get(key)
-        return (subjects is not None and len(subjects) >= self._k
-                and (not self._l or len(part.values[index].get(key, ())) >= self._l))
+        entry = part.classes[index].get(key)
+        return entry is not None and len(entry[1]) >= self._k and len(entry[2]) >= self._l
 
     def _add(self, part: Partition, record: Staged, keys: tuple[str, ...], rid: int | None = None) -> int:
         if rid is None:
@@ -1001,17 +1031,17 @@ class Stage:
         part.keys[rid] = keys
         subject = record[SUBJECT]
         value = self.sensitive(record) if self._l else None
-        for index, key in enumerate(keys):
-            members = part.members[index].get(key)
-            if members is None:
-                part.members[index][key] = {rid: None}
-                part.subjects[index][key] = {subject: 1}
-            else:
-                members[rid] = None
-                subjects = part.subjects[index][key]
-                subjects[subject] = subjects.get(subject, 0) + 1
+        for classes, key in zip(part.classes, keys, strict=True):
+            entry = classes.get(key)
+            if entry is None:
+                classes[key] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
+                continue
+            entry[0][rid] = None
+            subjects = entry[1]
+            subjects[subject] = subjects.get(subject, 0) + 1
             if value is not None:
-                _count(part.values[index].setdefault(key, {}), value, 1)
+                values = entry[2]
+                values[value] = values.get(value, 0) + 1
         timer = self.timer(record)
         heapq.heappush(part.due, (timer, rid))
         if timer not in part.ticks:
@@ -1024,17 +1054,15 @@ class Stage:
         keys = part.keys.pop(rid)
         subject = record[SUBJECT]
         value = self.sensitive(record) if self._l else None
-        for index, key in enumerate(keys):
-            members = part.members[index][key]
+        for classes, key in zip(part.classes, keys, strict=True):
+            members, subjects, values = classes[key]
             del members[rid]
             if not members:
-                del part.members[index][key]
-                del part.subjects[index][key]
-                part.values[index].pop(key, None)
+                del classes[key]
                 continue
-            _count(part.subjects[index][key], subject, -1)
+            _count(subjects, subject, -1)
             if value is not None:
-                _count(part.values[index][key], value, -1)
+                _count(values, value, -1)
         part.removed.append(rid)
         return record
 
@@ -1050,7 +1078,7 @@ class Stage:
         record = part.records[rid]
         subjects = {record[SUBJECT]}
         values = {self.sensitive(record)} if self._l else set()
-        for other in part.members[index][key]:
+        for other in part.classes[index][key][0]:
             if len(subjects) >= self._k and len(values) >= self._l:
                 break
             if other == rid:
@@ -1065,18 +1093,18 @@ class Stage:
                     values.add(value)
         return chosen
 
-    def on_record(self, part: Partition, record: Staged, qis: Mapping[str, Any], now: int) -> list[Release]:
-        """Take one record; return what to publish now (this record, or its finest class when it completes).
+    def on_record(self, part: Partition, record: Staged, keys: tuple[str, ...], now: int) -> list[Release]:
+        """Take one record, with its :meth:`keys`; return what to publish now.
 
-        ``now`` dates releases and ages released classes (wall-clock ms in Flink).
+        That is the record alone when its finest class is released, or the whole finest
+        class when the record completes it. ``now`` dates releases and ages released classes (wall-clock ms in Flink).
         """
-        keys = class_keys(self.params, self.first, self.last, qis)
         finest = keys[0]
         if self._is_released(part, 0, finest, now):
             return [(record, self.first, finest)]
         self._add(part, record, keys)
         if self._complete(part, 0, finest):
-            return self._release(part, 0, finest, list(part.members[0][finest]), now)
+            return self._release(part, 0, finest, list(part.classes[0][finest][0]), now)
         return []
 
     def on_deadline(self, part: Partition, upto: int, now: int) -> tuple[list[Release], list[Staged]]:
@@ -1119,7 +1147,7 @@ class Stage:
                 part.released[int(index)][key] = at
         for rid, record in sorted(records):
             record = tuple(record)
-            self._add(part, record, class_keys(self.params, self.first, self.last, orjson.loads(record[QIS])), rid)
+            self._add(part, record, self._plan.keys(orjson.loads(record[QIS])), rid)
         part.added = []
         return part
 
@@ -1203,9 +1231,10 @@ class LocalCascade:
 
     def _enter(self, record: Staged, number: int, qis: dict) -> None:
         stage = self.stages[number]
-        key = stage.partition_key(qis)
+        keys = stage.keys(qis)
+        key = keys[-1]
         part = self._partition(number, key)
-        self._publish(stage.on_record(part, record, qis, self.now))
+        self._publish(stage.on_record(part, record, keys, self.now))
         self._arm(number, key, part)
 
     def _arm(self, number: int, key: str, part: Partition) -> None:
@@ -1429,7 +1458,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             now = _now_ms()
             part = self._partition(record[CLASS], now)
             staged = tuple(record[:CLASS])
-            releases = self.stage.on_record(part, staged, orjson.loads(staged[QIS]), now)
+            releases = self.stage.on_record(part, staged, self.stage.keys(orjson.loads(staged[QIS])), now)
             if part.added or part.removed or part.marked or part.armed:
                 self._write(part, ctx.timer_service())
             yield from self._publish(releases, now)

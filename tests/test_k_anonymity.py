@@ -15,6 +15,7 @@ from operators.k_anonymity import (
     Partition,
     Stage,
     class_key,
+    class_keys,
     extract_quasi_identifiers,
     fast_geohash,
     ncp,
@@ -201,6 +202,14 @@ def test_fast_geohash_agrees_with_the_bisecting_one(lat, lon, precision):
     assert fast_geohash(lat, lon, precision) in near
 
 
+@settings(max_examples=200, deadline=None)
+@given(age=st.integers(0, 120), zip_code=st.from_regex(r"\A[0-9]{3,6}\Z"), lat=st.floats(-90, 90), lon=st.floats(-180, 180))
+def test_class_keys_of_a_stage_agree_with_class_key_at_each_level(age, zip_code, lat, lon):
+    p = params(path="cheapest_first")
+    qis = {"age": age, "zip": zip_code, "location": {"lat": lat, "lon": lon}}
+    assert list(class_keys(p, 0, p.levels - 1, qis)) == [class_key(p, level, qis) for level in range(p.levels)]
+
+
 def test_when_level_rises_then_ncp_does_not_fall():
     p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}}, path="lockstep")
     qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
@@ -226,7 +235,7 @@ def stage_of(p: KAnonymityParams, number: int = 0) -> Stage:
 
 
 def feed(stage: Stage, part: Partition, record, now: int = 0):
-    return stage.on_record(part, record, json.loads(record[4]), now)
+    return stage.on_record(part, record, stage.keys(json.loads(record[4])), now)
 
 
 def ids(releases) -> list[str]:
@@ -245,7 +254,7 @@ def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
     for n in range(10):
         assert feed(stage, part, staged("alice", n=n)) == []
     # counted once per level of the stage, one subject everywhere; one timer for all ten
-    assert len(part.records) == 10 and all(len(level) == 1 for level in part.subjects)
+    assert len(part.records) == 10 and all(len(level) == 1 for level in part.classes)
     assert part.armed == [750]
 
 
@@ -305,7 +314,8 @@ def test_when_deadlines_pass_then_only_the_expired_records_leave():
     feed(stage, part, staged("b", entered=100))
     published, leaving = stage.on_deadline(part, 750, 750)
     assert published == [] and [r[3] for r in leaving] == ["a"]
-    assert [dict(level) for level in part.subjects] == [{stage_key: {"b": 1}} for stage_key in part.keys[1]]
+    assert [{key: entry[1] for key, entry in level.items()} for level in part.classes] == [
+        {key: {"b": 1}} for key in part.keys[1]]
     # the class still needs k fresh subjects: "a" left, so two more are needed
     assert feed(stage, part, staged("c", entered=200)) == []
 
