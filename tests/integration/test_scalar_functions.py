@@ -105,3 +105,49 @@ def test_an_unknown_transform_or_a_bad_parameter_fails_when_the_function_is_made
         scalar_function("mask.nothing")
     with pytest.raises(ParamError):
         scalar_function("generalize.range", {"width": -1})
+
+
+def test_register_all_makes_every_transform_a_sql_function_with_params_in_the_sql_text(tmp_path):
+    from pyflink.table import StreamTableEnvironment
+
+    from flink_jobs.protect_stream import JobOptions, make_env
+    from udfs.flink import register, register_all, sql_transforms
+
+    Keyring.generate().save(tmp_path / "keyring.json")
+    ref = f"file:{tmp_path / 'keyring.json'}"
+    env = make_env(JobOptions(keyring_ref=ref, checkpoint_interval_ms=0))
+    t_env = StreamTableEnvironment.create(env)
+    names = register_all(t_env, ref)
+    assert set(names) == {*sql_transforms(), "protect_json"}
+    assert set(names) <= set(t_env.list_user_defined_functions())
+    # a policy field spec, registered as it is written in the policy
+    register(t_env, "masked_card", {"fpe": "ff1", "format": "card", "domain": "card_number"}, keyring_ref=ref)
+
+    t_env.execute_sql("CREATE TEMPORARY VIEW people AS SELECT * FROM (VALUES "
+                      "('john.doe@example.com', '123-45-6789', '4111111111111111', 34, 'CUST12345')) "
+                      "AS T(email, ssn, card, age, customerId)")
+    query = ("SELECT mask_email(email), mask_keep_last(ssn, '{n: 2}'), generalize_range(age, '{width: 10}'), "
+             "fpe_ff1(card, '{format: card, domain: card_number}'), masked_card(card), "
+             "pseudonymize_hmac_sha256(customerId, '{prefix: cus_, domain: customer_id}'), "
+             "encrypt_aes_siv(card), redact(email) FROM people")
+    with t_env.execute_sql(query).collect() as results:
+        (row,) = [tuple(r) for r in results]
+
+    keyring = load_keyring(ref)
+
+    def core(name, params, value, domain):
+        transform = registry.get(name)(params, domain=domain)
+        transform.open(keyring)
+        return transform.apply(value)
+
+    assert row == (
+        core("mask.email", {}, "john.doe@example.com", "email"),
+        core("mask.keep_last", {"n": 2}, "123-45-6789", "keep_last"),  # not the default n
+        core("generalize.range", {"width": 10}, 34, "range"),
+        core("fpe.ff1", {"format": "card"}, "4111111111111111", "card_number"),
+        core("fpe.ff1", {"format": "card"}, "4111111111111111", "card_number"),  # the same key and domain
+        core("pseudonymize.hmac_sha256", {"prefix": "cus_"}, "CUST12345", "customer_id"),
+        core("encrypt.aes_siv", {}, "4111111111111111", "aes_siv"),  # a function's default domain: its variant
+        core("redact", {}, "john.doe@example.com", "redact"),
+    )
+    assert row[3].isdigit() and row[3] != "4111111111111111"

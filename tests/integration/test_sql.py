@@ -179,3 +179,29 @@ def test_flink_anonymizer_sql_masks_a_kafka_topic_like_the_policy_without_raw_pi
 
     text = "\n".join(r.value for r in records)
     assert not [v for v in pii_values(lines) if v in text]
+
+
+def test_a_statement_flink_refuses_is_named_by_number_and_line_in_the_file(tmp_path, keyring_ref, capsys):
+    script = tmp_path / "bad.sql"
+    script.write_text(
+        "-- two good statements, then a column that does not exist on the third's second line\n"
+        "CREATE TEMPORARY TABLE people (name STRING) WITH ('connector' = 'datagen', 'number-of-rows' = '1');\n"
+        "CREATE TEMPORARY TABLE sink (name STRING) WITH ('connector' = 'blackhole');\n"
+        "INSERT INTO sink\n"
+        "SELECT mask_email(nmae) FROM people;\n")
+    status = cli.main(["sql", str(script), "--keyring", keyring_ref, "--checkpoint-interval", "0"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "statement 3 (line 4; error at line 5, column " in err and "nmae" in err
+
+
+def test_bad_parameters_in_the_sql_text_fail_the_job_naming_the_transform_not_a_value(tmp_path, keyring_ref, capsys):
+    script = tmp_path / "params.sql"
+    script.write_text(
+        "CREATE TEMPORARY TABLE people (ssn STRING) WITH ('connector' = 'datagen', 'number-of-rows' = '3');\n"
+        "CREATE TEMPORARY TABLE sink (ssn STRING) WITH ('connector' = 'blackhole');\n"
+        "INSERT INTO sink SELECT mask_keep_last(ssn, '{n: -1}') FROM people;\n")
+    status = cli.main(["sql", str(script), "--keyring", keyring_ref, "--checkpoint-interval", "0"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "statement 3 (line 3): its job failed" in err and "mask.keep_last" in err and "must be at least" in err
