@@ -17,8 +17,9 @@ Every function takes the value and, optionally, its parameters as a YAML flow ma
 as in a policy (``'{n: 4}'``); they are parsed once per task and distinct text. Keyed transforms
 are keyed per *domain*: a policy's default domain is the field's last name (``card``), a
 function's is its variant (``ff1``), so pass ``{domain: ...}`` for the same output as the policy
-(substitutions default to their kind, ``person_name``, in both). ``protect_json(value, rules)`` applies a policy's rules for a nested
-object or array, given as JSON text: ``protect_json(items, '{"items[*].card": {fpe: ff1}}')``.
+(substitutions default to their kind, ``person_name``, in both). ``protect_json(value, rules)``
+applies a policy's rules for a nested object or array, given as JSON text:
+``protect_json(items, '{"items[*].card": {fpe: ff1}}')``.
 
 Not registered, because SQL does them itself or cannot: ``keep`` and ``keep.*`` (select the
 column), ``drop`` (leave it out), ``null`` (write NULL), and transforms that read the whole
