@@ -6,7 +6,8 @@
 
 Statements end at a ``;`` outside quotes, backquoted names and comments. Comments are left
 out of the statements, except optimizer hints (``/*+ OPTIONS(...) */``). An
-``EXECUTE STATEMENT SET BEGIN ... END;`` block is one statement.
+``EXECUTE STATEMENT SET BEGIN ... END;`` block is one statement, and ``SET 'key' = 'value';``
+sets a configuration option, as in the SQL client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = ["SqlFileError", "Statement", "build_table_env", "run_statements", "sp
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SET_BEGIN = re.compile(r"^\s*(EXECUTE\s+)?STATEMENT\s+SET\s+BEGIN\b", re.IGNORECASE)
 _END = re.compile(r"^\s*END\s*$", re.IGNORECASE)
+_SET = re.compile(r"^\s*SET\s+'([^']+)'\s*=\s*'([^']*)'\s*$", re.IGNORECASE)
+_JAVA_CLASS_PREFIX = re.compile(r"^(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): ")
 
 
 class SqlFileError(ValueError):
@@ -187,15 +190,20 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
     for statement, text in zip(statements, texts, strict=True):
         if echo is not None:
             echo(f"statement {statement.number} (line {statement.line}): {_first_line(text)}")
+        setting = _SET.match(text)
+        if setting:  # the SQL client's SET 'key' = 'value': executeSql() does not take it
+            t_env.get_config().set(setting.group(1), setting.group(2))
+            continue
         try:
             result = t_env.execute_sql(text)
+            if _returns_rows(text):
+                result.print()  # a query's rows, as the SQL client shows them (until its job ends)
+                continue
         except Exception as exc:  # Flink raises its own wrappers of Java exceptions
             raise SqlFileError(f"statement {statement.number} (line {statement.line}"
                                f"{_file_position(statement, exc)}): {reason(exc)}") from None
         if result.get_job_client() is not None:
             jobs.append((statement, result))
-        elif _returns_rows(text):
-            result.print()
     if wait:
         for statement, result in jobs:
             try:
@@ -222,6 +230,7 @@ def _messages(exc: BaseException) -> list[str]:
     while cause is not None:
         text = cause.getMessage()
         if text:
+            text = _JAVA_CLASS_PREFIX.sub("", text)
             messages.append(f"{cause.getClass().getSimpleName()}: {text}")
         cause = cause.getCause()
     return messages or [f"{type(exc).__name__}: {exc}"]

@@ -205,3 +205,27 @@ def test_bad_parameters_in_the_sql_text_fail_the_job_naming_the_transform_not_a_
     err = capsys.readouterr().err
     assert status == 2
     assert "statement 3 (line 3): its job failed" in err and "mask.keep_last" in err and "must be at least" in err
+
+
+def test_set_statement_sets_and_queries_run_as_in_the_sql_client(tmp_path, keyring_ref, capfd):
+    out = tmp_path / "out"
+    script = tmp_path / "script.sql"
+    script.write_text(
+        "SET 'parallelism.default' = '1';\n"
+        "CREATE TEMPORARY TABLE people (email STRING) WITH ('connector' = 'datagen', 'number-of-rows' = '5');\n"
+        "CREATE TEMPORARY TABLE a (email STRING) WITH ('connector' = 'blackhole');\n"
+        f"CREATE TEMPORARY TABLE b (email STRING) WITH ('connector' = 'filesystem', 'path' = '{out}', "
+        "'format' = 'raw');\n"
+        "EXECUTE STATEMENT SET BEGIN\n"
+        "  INSERT INTO a SELECT mask_email(email) FROM people;\n"
+        "  INSERT INTO b SELECT redact(email) FROM people;\n"
+        "END;\n"
+        "SELECT mask_email('john.doe@example.com');\n")
+    status = cli.main(["sql", str(script), "--keyring", keyring_ref, "--checkpoint-interval", "0"])
+    captured = capfd.readouterr()
+    assert status == 0, captured.err[-2000:]
+    assert "j***@example.com" in captured.out  # the query's rows are printed
+    assert "6 statement(s) run, 1 job(s) finished" in captured.err
+    written = [line for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")
+               for line in f.read_text().splitlines()]
+    assert len(written) == 5 and all(line == written[0] for line in written)  # redacted to one marker
