@@ -45,7 +45,7 @@ from operators.k_anonymity import KAnonymityParams, LocalCascade  # noqa: E402
 FIELDS = {"customerId": "keep", "purchaseAmount": "keep"}
 
 
-PATH = "cheapest_first"
+PATH: str | list = "data"
 #: the hierarchies of issue 5's examples (age exact, zip 5, geohash 6 first), or one step coarser at the start
 HIERARCHIES = {
     "fine": {
@@ -53,13 +53,18 @@ HIERARCHIES = {
         "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
         "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"],
     },
+    "deep": {
+        "age": ["exact", {"range": 5}, {"range": 10}, {"range": 20}, {"range": 40}, "*"],
+        "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, {"truncate": 1}, "*"],
+        "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, {"geohash": 2}, {"geohash": 1}, "*"],
+    },
     "coarse": {
         "age": [{"range": 5}, {"range": 10}, {"range": 20}, "*"],
         "zip": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
         "location": [{"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"],
     },
 }
-HIERARCHY = "fine"
+HIERARCHY = "deep"
 
 
 def policy_block(k: int, max_delay: str) -> dict:
@@ -120,26 +125,44 @@ def spans(data) -> dict[str, float]:
     return {name: float(data[name].max() - data[name].min()) for name in ("age", "zip", "lat", "lon")}
 
 
+def step_ncp(lv, span: dict[str, float]) -> float:
+    """NCP of one QI published at one hierarchy step, as interval width over the data's span."""
+    # the integers a published age or zip covers, as Mondrian's max - min: 30-34 is 4 wide, 941** 99
+    if lv.kind == "star":
+        return 1.0
+    if lv.kind == "exact":
+        return 0.0
+    if lv.kind == "range":
+        return min(1.0, (lv.arg - 1) / span["age"])
+    if lv.kind == "truncate":
+        return min(1.0, (10 ** (5 - lv.arg) - 1) / span["zip"])
+    bits = 5 * lv.arg
+    lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
+    return (min(1.0, lat_w / span["lat"]) + min(1.0, lon_w / span["lon"])) / 2
+
+
 def level_ncp(params: KAnonymityParams, level: int | None, span: dict[str, float]) -> float:
-    """NCP of a record published at ``level`` (None: suppressed), as interval width over the data's span."""
+    """NCP of a record published at ``level`` (None: suppressed), the mean over QIs of :func:`step_ncp`."""
     if level is None:
         return 1.0
-    parts = []
-    for lv in params.steps(level):
-        # the integers a published age or zip covers, as Mondrian's max - min: 30-34 is 4 wide, 941** 99
-        if lv.kind == "star":
-            parts.append(1.0)
-        elif lv.kind == "exact":
-            parts.append(0.0)
-        elif lv.kind == "range":
-            parts.append(min(1.0, (lv.arg - 1) / span["age"]))
-        elif lv.kind == "truncate":
-            parts.append(min(1.0, (10 ** (5 - lv.arg) - 1) / span["zip"]))
-        elif lv.kind == "geohash":
-            bits = 5 * lv.arg
-            lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
-            parts.append((min(1.0, lat_w / span["lat"]) + min(1.0, lon_w / span["lon"])) / 2)
-    return sum(parts) / len(parts)
+    steps = params.steps(level)
+    return sum(step_ncp(lv, span) for lv in steps) / len(steps)
+
+
+def data_path(span: dict[str, float]) -> list[dict[str, int]]:
+    """The cheapest-first path with each step priced on the data's spans, as a policy author would
+    set it from a sample (``cheapest_first`` in the operator has only the policy to price steps by)."""
+    qis = KAnonymityParams.from_policy({**policy_block(2, "1s"), "path": "lockstep"}, FIELDS).quasi_identifiers
+    vector = [0] * len(qis)
+    path = [dict(zip(("age", "zip", "location"), vector, strict=True))]
+    while any(i < len(qi.levels) - 1 for i, qi in zip(vector, qis, strict=True)):
+        def cost(q: int) -> float:
+            return step_ncp(qis[q].levels[vector[q] + 1], span) - step_ncp(qis[q].levels[vector[q]], span)
+
+        best = min((q for q in range(len(qis)) if vector[q] < len(qis[q].levels) - 1), key=cost)
+        vector[best] += 1
+        path.append(dict(zip(("age", "zip", "location"), vector, strict=True)))
+    return path
 
 
 def mondrian_ncp(data, k: int, span: dict[str, float]) -> float:
@@ -271,17 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flink", action="store_true", help="also time the Flink cascade in a MiniCluster")
     parser.add_argument("--flink-n", type=int, default=50_000, help="records for the Flink run (default 50000)")
     parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism (default 1)")
-    parser.add_argument("--path", default=PATH, choices=("cheapest_first", "lockstep"),
-                        help="the cascade's route through the lattice (default cheapest_first)")
+    parser.add_argument("--path", default=PATH, choices=("data", "cheapest_first", "lockstep"),
+                        help="the cascade's route through the lattice (default data: cheapest first, priced on the data)")
     parser.add_argument("--hierarchy", default=HIERARCHY, choices=tuple(HIERARCHIES),
-                        help="fine: issue 5's examples (age exact, zip 5, geohash 6 first); coarse: one step coarser")
+                        help="fine: issue 5's examples (age exact, zip 5, geohash 6 first); deep: fine and two steps more "
+                             "before *; coarse: one step coarser at the start")
     parser.add_argument("--no-core", action="store_true", help="skip the core and Mondrian table")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    PATH, HIERARCHY = args.path, args.hierarchy
+    PATH, HIERARCHY = "lockstep", args.hierarchy
 
     data = synthetic(args.n, args.seed, args.subjects, args.rate)
     span = spans(data)
+    PATH = data_path(span) if args.path == "data" else args.path
     print(f"{args.n} records, {args.subjects} subjects, {args.rate:.0f} events/s simulated, "
           f"max_delay {args.max_delay}, path {args.path}, {args.hierarchy} hierarchies")
     print(f"{'k':>3} {'core rec/s':>11} {'suppressed':>10} {'released per level':>26} {'NCP':>6} "
