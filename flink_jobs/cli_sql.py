@@ -11,8 +11,10 @@ from flink_jobs.sql_job import SqlFileError, build_table_env, run_statements, sp
 _EPILOG = """\
 Placeholders: ${name} is replaced by --set name=VALUE; ${name:-default} falls back to its default.
 conf/sql/mask_customer_events.sql uses ${bootstrap_servers:-localhost:9092}, ${source_topic:-raw-customer-events},
-${sink_topic:-masked-customer-events}, ${group_id:-flink-anonymizer-sql}, ${startup_mode:-earliest-offset} and
-${bounded_mode:-unbounded} (latest-offset: stop at the offsets that are the latest at the start).
+${sink_topic:-masked-customer-events}, ${group_id:-flink-anonymizer-sql}, ${startup_mode:-earliest-offset},
+${bounded_mode:-unbounded} (latest-offset: stop at the offsets that are the latest at the start),
+${delivery:-exactly-once} and ${transactional_id_prefix:-anon-sql-customer-events-masked}.
+SET 'key' = 'value'; sets a Flink option, as in the SQL client; EXECUTE STATEMENT SET BEGIN ... END; is one job.
 
 Every transform is registered first, as mask_email for mask.email (flink-anonymizer transforms lists them),
 with its keys from --keyring; a function takes its parameters as a second argument: mask_keep_last(ssn, '{n: 4}').
