@@ -49,6 +49,7 @@ __all__ = [
     "parse_spec",
     "register",
     "register_all",
+    "register_fields",
     "scalar_function",
     "sql_name",
     "sql_transforms",
@@ -270,6 +271,28 @@ def register(t_env: Any, name: str, spec: Any, params: dict[str, Any] | None = N
     function = scalar_function(transform, {**spec_params, **(params or {})}, domain=domain,
                                keyring_ref=keyring_ref, result_type=result_type)
     t_env.create_temporary_system_function(name, function)
+
+
+def register_fields(t_env: Any, fields: Mapping[str, Any], *, prefix: str = "", keyring_ref: str | None = None) -> list[str]:
+    """Register a policy view's ``fields`` mapping, one function per field, as the policy applies them.
+
+    ``address.street`` becomes ``<prefix>address_street``, keyed under the policy's default domain
+    (the field's last name) unless its spec names one. Fields SQL selects or leaves out itself
+    (``keep``, ``drop``, ``null``) and paths through arrays (``items[*].card``: use ``protect_json``)
+    are skipped. Returns the names registered::
+
+        register_fields(t_env, policy_document["views"]["masked"]["fields"], prefix="masked_", keyring_ref=ref)
+        t_env.sql_query("SELECT masked_card(card), masked_address_street(address.street) FROM raw_events")
+    """
+    names = []
+    for path, spec in fields.items():
+        transform, params = parse_spec(spec)
+        if transform in NOT_IN_SQL or "[*]" in str(path) or registry.get(transform).needs_record:
+            continue
+        name = prefix + str(path).replace(".", "_")
+        register(t_env, name, transform, params, domain=str(path).split(".")[-1], keyring_ref=keyring_ref)
+        names.append(name)
+    return names
 
 
 def register_all(t_env: Any, keyring_ref: str | None = None, *, prefix: str = "") -> list[str]:

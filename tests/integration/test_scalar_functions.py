@@ -151,3 +151,35 @@ def test_register_all_makes_every_transform_a_sql_function_with_params_in_the_sq
         core("redact", {}, "john.doe@example.com", "redact"),
     )
     assert row[3].isdigit() and row[3] != "4111111111111111"
+
+
+def test_a_policy_view_registered_field_by_field_gives_what_the_policy_gives(tmp_path):
+    from pyflink.table import StreamTableEnvironment
+
+    from flink_jobs.policy import load_policy
+    from flink_jobs.protect_stream import JobOptions, make_env
+    from udfs.flink import register_fields
+    from udfs.record import apply_view
+
+    Keyring.generate().save(tmp_path / "keyring.json")
+    ref = f"file:{tmp_path / 'keyring.json'}"
+    env = make_env(JobOptions(keyring_ref=ref, checkpoint_interval_ms=0))
+    t_env = StreamTableEnvironment.create(env)
+    policy = load_policy("conf/policies/customer-events.yaml", keyring=load_keyring(ref))
+    names = register_fields(t_env, policy.document["views"]["masked"]["fields"], prefix="masked_", keyring_ref=ref)
+    assert {"masked_name", "masked_email", "masked_ssn", "masked_card", "masked_phone", "masked_address_street"} == set(names)
+
+    record = dict(zip(COLUMNS, ROWS[0], strict=True))
+    t_env.execute_sql("CREATE TEMPORARY VIEW people AS SELECT * FROM (VALUES "
+                      f"('{record['name']}', '{record['email']}', '{record['ssn']}', '{record['card']}', "
+                      f"'{record['phone']}', '{record['street']}')) AS T(name, email, ssn, card, phone, street)")
+    query = ("SELECT masked_name(name), masked_email(email), masked_ssn(ssn), masked_card(card), masked_phone(phone), "
+             "masked_address_street(street) FROM people")
+    with t_env.execute_sql(query).collect() as results:
+        (row,) = [tuple(r) for r in results]
+
+    policy.open(load_keyring(ref))
+    raw = {k: record[k] for k in ("name", "email", "ssn", "card", "phone")} | {"address": {"street": record["street"]}}
+    masked = apply_view(policy.views["masked"].tree, raw, [])
+    assert row == (masked["name"], masked["email"], masked["ssn"], masked["card"], masked["phone"],
+                   masked["address"]["street"])
