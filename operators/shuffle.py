@@ -27,12 +27,13 @@ Flink wrapper (:func:`attach`) keeps the buffer in typed, TTL-bound keyed state.
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.dp_aggregates import parse_duration
 from udfs.registry import ParamError
 
 __all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach"]
@@ -42,7 +43,27 @@ SMALL_WINDOW = ("suppress", "hold")
 #: header set on a suppressed record, so the side output says why
 SUPPRESSED_HEADER = "shuffle_suppressed"
 
+#: timestamp of the event-time timer that closes a partition's last window when a bounded input ends
+#: (processing-time timers never fire after the end of input; the final watermark does reach this)
+FLUSH_TIMER = 2**63 - 2
+
 Record = tuple[str | None, str, str]  # (key, headers JSON, value JSON)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration(value: Any, param: str) -> int:
+    """Milliseconds from ``"30s"``, ``"1m"``, ``"500ms"``, or a whole number of seconds.
+
+    The operator's own, so that a worker running it does not import the DP stack.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * 1000
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ParamError(param, "is not a duration", "a whole number with a unit: ms, s, m, h or d (30s, 1m)")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -169,9 +190,17 @@ class Shuffler:
                 holder[column] = new
         return values
 
-    def close(self, entries: Sequence[tuple[Record, int]], now_ms: int
+    def close(self, entries: Sequence[tuple[Record, int]], now_ms: int, *, final: bool = False
               ) -> tuple[list[Record], list[Record], list[tuple[Record, int]]]:
         """Close a window of ``(record, entered ms)`` entries.
+
+        Parameters
+        ----------
+        entries : sequence of (record, entered ms)
+        now_ms : int
+            When the window closes (held records older than ``max_hold`` are suppressed).
+        final : bool
+            The input has ended: no next window will come, so nothing is held.
 
         Returns
         -------
@@ -188,6 +217,8 @@ class Shuffler:
             out = [(entries[i][0][0], entries[i][0][1], json.dumps(values[i], separators=(",", ":")))
                    for i in order]
             return out, [], []
+        if self.params.small_window == "hold" and final:
+            return [], [_suppressed(record, "end of input") for record, _ in entries], []
         if self.params.small_window == "hold":
             held = [e for e in entries if now_ms - e[1] < self.params.max_hold_ms]
             expired = [e for e in entries if now_ms - e[1] >= self.params.max_hold_ms]
@@ -246,14 +277,28 @@ class _NoRandom:
     """Stands in for a random source where only :meth:`Shuffler.partition` is used (picklable)."""
 
 
+def _now_ms() -> int:
+    # the wall clock, as Flink's processing time; also in BATCH mode, whose timer service has no clock
+    return int(time.time() * 1000)
+
+
 def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN202 - PyFlink types
     from pyflink.common.time import Time
     from pyflink.common.typeinfo import Types
-    from pyflink.datastream import KeyedProcessFunction
+    from pyflink.datastream import KeyedProcessFunction, TimeDomain
     from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
     class ShuffleFunction(KeyedProcessFunction):
-        """Buffer a partition's records; shuffle and release them when the window closes."""
+        """Buffer a partition's records; shuffle and release them when the window closes.
+
+        A window closes by count, or by its processing-time timer (a time window, a count
+        window's timeout, held records' next try). Processing-time timers never fire once a
+        bounded input has ended, so a non-empty buffer also holds an event-time timer at
+        :data:`FLUSH_TIMER`, which the final watermark fires: the last window closes then,
+        and nothing is held past it. In BATCH mode every timer of a partition fires when its
+        records are done, under the final watermark, so there too the last window closes
+        with ``final``, whichever of its timers fires first.
+        """
 
         def __init__(self) -> None:
             self.params = params
@@ -274,8 +319,10 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
             self.header = runtime_context.get_state(header)
 
         def process_element(self, record, ctx):  # noqa: ANN001, ANN201
-            now = ctx.timer_service().current_processing_time()
+            now = _now_ms()
             size, due = self.header.value() or (0, 0)
+            if size == 0:
+                ctx.timer_service().register_event_time_timer(FLUSH_TIMER)
             self.buffer.add(_encode((record[0], record[1], record[2]), now))
             size += 1
             if self.params.count is not None and size >= self.params.count:
@@ -290,15 +337,22 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
 
         def on_timer(self, timestamp: int, ctx):  # noqa: ANN001, ANN201
             size, due = self.header.value() or (0, 0)
-            if due != timestamp:
-                return  # a window that already closed by count
-            yield from self._close(ctx, timestamp, 0)
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                if size and timestamp >= FLUSH_TIMER:
+                    yield from self._close(ctx, _now_ms(), due, final=True)
+                return
+            if size and due == timestamp:  # else a window that already closed by count or at the end
+                # BATCH mode fires a partition's timers when its records are done, under the final
+                # watermark: the input has ended for this partition, so nothing can be held
+                final = ctx.timer_service().current_watermark() >= FLUSH_TIMER
+                yield from self._close(ctx, timestamp, 0, final=final)
 
-        def _close(self, ctx, now: int, due: int):  # noqa: ANN001, ANN202
+        def _close(self, ctx, now: int, due: int, final: bool = False):  # noqa: ANN001, ANN202
+            service = ctx.timer_service()
             if due:
-                ctx.timer_service().delete_processing_time_timer(due)
+                service.delete_processing_time_timer(due)
             entries = [_decode(text) for text in self.buffer.get()]
-            shuffled, suppressed, held = self.core.close(entries, now)
+            shuffled, suppressed, held = self.core.close(entries, now, final=final)
             self.buffer.clear()
             yield from shuffled
             for record in suppressed:
@@ -308,9 +362,11 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
                 # held records wait for the next window; without a timer they would wait forever
                 wait = self.params.window_ms or self.params.timeout_ms or self.params.max_hold_ms
                 due = now + wait
-                ctx.timer_service().register_processing_time_timer(due)
+                service.register_processing_time_timer(due)
                 self.header.update((len(held), due))
             else:
                 self.header.clear()
+                if not final:
+                    service.delete_event_time_timer(FLUSH_TIMER)
 
     return ShuffleFunction()

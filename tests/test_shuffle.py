@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,43 @@ def test_when_the_block_is_wrong_then_refused_naming_the_key(block, param):
     with pytest.raises(ParamError) as exc:
         ShuffleParams.from_policy(block)
     assert exc.value.param == param
+
+
+def test_when_the_input_ends_then_a_held_window_is_suppressed_not_kept_forever():
+    params = ShuffleParams.from_policy({"columns": ["zip"], "window": 10, "min_size": 5,
+                                        "small_window": "hold", "max_hold": "1m"})
+    shuffled, suppressed, held = Shuffler(params).close(entries(records(3)), now_ms=1_000, final=True)
+    assert shuffled == [] and held == [] and len(suppressed) == 3
+    assert {json.loads(r[1])[SUPPRESSED_HEADER] for r in suppressed} == {"end of input"}
+
+
+@pytest.mark.parametrize("small_window", ["suppress", "hold"])  # either choice releases a big enough last window
+def test_when_the_input_ends_then_a_last_window_of_min_size_is_shuffled_and_released(small_window):
+    params = ShuffleParams.from_policy({"columns": ["zip"], "window": 10, "min_size": 5, "small_window": small_window})
+    recs = records(6)
+    shuffled, suppressed, held = Shuffler(params).close(entries(recs), now_ms=0, final=True)
+    assert len(shuffled) == 6 and not suppressed and not held
+    assert Counter(v["zip"] for v in values(shuffled)) == Counter(v["zip"] for v in values(recs))
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("500ms", 500),  # milliseconds
+    ("30s", 30_000),  # seconds
+    ("2m", 120_000),  # minutes
+    (3, 3_000),  # a bare integer is seconds
+])
+def test_durations_are_read_in_milliseconds(text, ms):
+    from operators.shuffle import parse_duration
+
+    assert parse_duration(text, "timeout") == ms
+
+
+def test_the_operator_module_does_not_import_the_dp_stack():
+    # diffprivlib pulls in scipy's pybind11 modules, which can deadlock a PyFlink thread-mode worker
+    import subprocess
+    import sys
+
+    code = "import sys, operators.shuffle; print('diffprivlib' in sys.modules, 'scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+    assert out.split() == ["False", "False"]
