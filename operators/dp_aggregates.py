@@ -4,7 +4,7 @@ A policy view with a ``differential_privacy:`` block becomes two keyed stages
 and a budget gate::
 
     (subject, group_json, values_json, ts)            # from the job, event-time stamped
-      -> stage 1, keyed by subject                    # (group_json, window_start, summed contributions)
+      -> stage 1, keyed by a bucket of subjects       # (group_json, window_start, summed contributions)
       -> stage 2, keyed by group                      # (group_json, window_start, release JSON)
       -> budget gate, keyed by view                   # (group_json, headers JSON, value JSON)
 
@@ -15,7 +15,9 @@ and every value clamped to its metric's bounds. Stage 2 adds the contributions
 of a group, adds noise when the window closes, and releases the group only when
 its noisy number of subjects passes a threshold (or when the group is public).
 The gate keeps the view's spend under basic composition and stops releases
-once ``total_epsilon`` is reached.
+once ``total_epsilon`` is reached. Everything the three stages hold is Flink
+state: a job restored from a checkpoint loses no contribution to an open window
+and goes on from the spend it had.
 
 Policy syntax (defaults in brackets)::
 
@@ -59,6 +61,7 @@ import re
 import secrets
 import sys
 import types
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -683,6 +686,19 @@ def decode_vector(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
+def encode_window(window: SubjectWindow) -> str:
+    r"""A (subject, window) buffer as a ``STRING`` for stage 1's state: salt, then group and buffer pairs.
+
+    The separators ``\x1d`` and ``\x1e`` never occur in group JSON (control characters are escaped).
+    """
+    return "\x1d".join([str(window.salt), *(f"{g}\x1e{encode_vector(acc)}" for g, acc in window.groups.items())])
+
+
+def decode_window(text: str) -> SubjectWindow:
+    salt, *groups = text.split("\x1d")
+    return SubjectWindow(int(salt), {g: decode_vector(v) for g, v in (part.split("\x1e", 1) for part in groups)})
+
+
 # ---------------------------------------------------------------------------
 # stage 2 core: noisy release of one group and window
 # ---------------------------------------------------------------------------
@@ -920,6 +936,8 @@ def attach(
 
     Notes
     -----
+    Stage 1 is keyed by ``subject_bucket`` (CRC-32 of the subject modulo ``BUCKETS``), so
+    one subject's records meet in one place and each bucket and window has one timer.
     Vectors travel and rest as ``STRING`` (comma-joined floats), never as
     ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
     serializer on the Java side but stores the ``java.util.ArrayList`` its converter
@@ -930,12 +948,12 @@ def attach(
     contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
     uid = f"dp/{view_name}"
     bounded = (
-        stream.key_by(_first, key_type=Types.STRING())
+        stream.key_by(subject_bucket, key_type=Types.INT())
         .process(_BoundContributions(params, random_state), output_type=contribution_type)
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
-    # (group_json, window_start, summed contribution vectors) one per subtask, window and group
+    # (group_json, window_start, summed contribution vectors) one per bucket, window and group
     released = (
         bounded.key_by(_first, key_type=Types.STRING())
         .process(
@@ -959,12 +977,19 @@ def attach(
     return gated
 
 
-_first = operator.itemgetter(0)  # subject of an input record, group of a contribution
+_first = operator.itemgetter(0)  # group of a contribution
 
+#: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)
+BUCKETS = 64
 #: entries kept in stage 2's write-through cache before it is emptied (state still holds them)
 CACHE_LIMIT = 200_000
 #: (subject, window) buffers one stage-1 subtask holds at most (a few hundred bytes each)
 BUFFER_LIMIT = 2_000_000
+
+
+def subject_bucket(record: tuple[Any, ...]) -> int:
+    """Stage 1's key: the subject's bucket, from CRC-32 (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(record[0].encode()) % BUCKETS
 
 
 def _ttl(ms: int) -> Any:
@@ -1001,25 +1026,26 @@ _KeyedProcess = _flink_bases()
 
 
 class _BoundContributions(_KeyedProcess):
-    """Stage 1: keyed by subject; bounds each (subject, window) in memory and sends per-group partial sums.
+    r"""Stage 1: keyed by subject bucket; bounds each (subject, window) and sends per-group partial sums.
 
-    Records never touch Flink state: in thread mode every state call and every timer
-    crosses from Python into the JVM, and those crossings, not the Python work,
-    set the cost of a record. The buffers of open windows are a dict in the
-    operator, ``{window start: {subject: SubjectWindow}}``, and each window has one
-    event-time timer per subtask (registered in the key of its first subject).
-    When it fires, the window's buffers are bounded, summed per group and sent to
-    stage 2 as one partial vector per group, so stage 2 sees a few records per
-    window instead of one per subject.
+    Keying by a bucket of subjects (:data:`BUCKETS` of them), not by subject, gives one
+    event-time timer per bucket and window instead of one per subject, and one
+    stage-2 record per bucket, window and group instead of one per subject.
 
-    Privacy does not depend on the buffers' durability: a (subject, window) is sent
-    once, when its window closes, and a record for a window this subtask has
-    closed is late (the largest timer fired is a floor on the watermark). The cost
-    is accuracy after a failure: buffers of open windows are not in checkpoints,
-    so a job restored from one loses the records of its open windows that came
-    before the checkpoint (a window's length plus the allowed lateness at most).
-    At most ``BUFFER_LIMIT`` (subject, window) buffers are held; a new one beyond
-    that is dropped and counted (``dp_records_dropped_buffer_full``), never sent early.
+    State: ``buffers``, a ``MapState`` of the bucket from ``"<window start>\x1f<subject>"``
+    to the encoded :class:`SubjectWindow`, written through on every record that
+    changes a buffer, so a checkpoint holds every open window's contributions. A
+    copy of the bucket's buffers lives in ``self.buckets`` (``{bucket: {window start:
+    {subject: SubjectWindow}}}``), so records never read state; a bucket's copy is
+    loaded from state the first time this subtask sees the bucket, which after a
+    restore brings back what the checkpoint held. When a bucket's window timer
+    fires, its buffers are bounded, summed per group and sent to stage 2, and their
+    entries removed.
+
+    A record for a window this bucket has released, or whose release time the
+    watermark has passed, is late: dropped and counted. At most ``BUFFER_LIMIT``
+    (subject, window) buffers are held per subtask; a new one beyond that is dropped
+    and counted (``dp_records_dropped_buffer_full``), never sent early.
     """
 
     def __init__(self, params: DpParams, random_state: int | None) -> None:
@@ -1030,11 +1056,17 @@ class _BoundContributions(_KeyedProcess):
         return False
 
     def open(self, ctx: Any) -> None:
+        from pyflink.common.typeinfo import Types
+        from pyflink.datastream.state import MapStateDescriptor
+
         seed = None if self.random_state is None else self.random_state * 1000 + _subtask_index(ctx)
         self.rng = make_random(seed)
         self.core = ContributionBounder(self.params)
-        self.open_windows: dict[int, dict[str, SubjectWindow]] = {}
-        self.held = 0  # (subject, window) buffers in open_windows
+        buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
+        buffers.enable_time_to_live(_ttl(self.params.state_ttl_ms))
+        self.state = ctx.get_map_state(buffers)
+        self.buckets: dict[int, dict[int, dict[str, SubjectWindow]]] = {}
+        self.held = 0  # (subject, window) buffers in self.buckets
         self.floor = -(2**63)  # largest timer fired: the watermark is at least this
         metrics = ctx.get_metrics_group()
         self.late = metrics.counter("dp_late_records_dropped")
@@ -1046,18 +1078,38 @@ class _BoundContributions(_KeyedProcess):
         self.tumbling = self.params.slide_ms is None
         self.window_ms = self.params.window_ms
 
+    def _windows(self, bucket: int, ctx: Any) -> dict[int, dict[str, SubjectWindow]]:
+        """The bucket's open windows; the first call per bucket loads them from state (after a restore)."""
+        windows = self.buckets.get(bucket)
+        if windows is None:
+            windows = self.buckets[bucket] = {}
+            for key, text in self.state.items():
+                start, subject = key.split("\x1f", 1)
+                start = int(start)
+                subjects = windows.get(start)
+                if subjects is None:
+                    subjects = windows[start] = {}
+                    # restored with the state; registering it again is harmless
+                    ctx.timer_service().register_event_time_timer(self.params.release_time(start))
+                subjects[subject] = decode_window(text)
+                self.held += 1
+        return windows
+
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
         subject, group_json, values_json, ts = value
         self.uncounted += 1
         if self.uncounted >= 1024:
             self.records.inc(self.uncounted)
             self.uncounted = 0
+        windows = self.buckets.get(ctx.get_current_key())
+        if windows is None:
+            windows = self._windows(ctx.get_current_key(), ctx)
         starts = (ts - ts % self.window_ms,) if self.tumbling else window_starts(self.params, ts)
         vector = None
         for start in starts:
-            subjects = self.open_windows.get(start)
+            subjects = windows.get(start)
             if subjects is None:
-                subjects = self._open_window(start, ctx)
+                subjects = self._open_window(windows, start, ctx)
                 if subjects is None:
                     continue  # later than the allowed lateness
             window = subjects.get(subject)
@@ -1069,19 +1121,20 @@ class _BoundContributions(_KeyedProcess):
                 self.held += 1
             if vector is None:
                 vector = self.core.vector(values_json)
-            self.core.offer(window, group_json, vector)
+            if self.core.offer(window, group_json, vector):
+                self.state.put(f"{start}\x1f{subject}", encode_window(window))
         return
         yield  # a generator, as PyFlink expects
 
-    def _open_window(self, start: int, ctx: Any) -> dict[str, SubjectWindow] | None:
-        """The buffers of a window this subtask has no buffers for yet; None when the window is closed."""
+    def _open_window(self, windows: dict[int, Any], start: int, ctx: Any) -> dict[str, SubjectWindow] | None:
+        """A window this bucket has no buffers for yet; None when the window is closed."""
         release = self.params.release_time(start)
         # an open window's timer has not fired, so only a new one asks the JVM for the watermark
         if release <= self.floor or release <= ctx.timer_service().current_watermark():
             self.late.inc()
             return None
         ctx.timer_service().register_event_time_timer(release)
-        subjects = self.open_windows[start] = {}
+        subjects = windows[start] = {}
         return subjects
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
@@ -1091,9 +1144,15 @@ class _BoundContributions(_KeyedProcess):
             self.records.inc(self.uncounted)
             self.uncounted = 0
         start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
-        subjects = self.open_windows.pop(start, None)  # None: a timer restored from a checkpoint
+        windows = self._windows(ctx.get_current_key(), ctx)
+        subjects = windows.pop(start, None)
         if subjects:
             self.held -= len(subjects)
+            if windows:
+                for subject in subjects:
+                    self.state.remove(f"{start}\x1f{subject}")
+            else:
+                self.state.clear()  # the bucket's only open window: one call
             totals: dict[str, list[float]] = {}
             for window in subjects.values():
                 for group_json, vector in self.core.finish(window):

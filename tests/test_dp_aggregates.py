@@ -11,8 +11,11 @@ from operators.dp_aggregates import (
     ContributionBounder,
     DpParams,
     GroupReleaser,
+    SubjectWindow,
     decode_vector,
+    decode_window,
     encode_vector,
+    encode_window,
     extract_contribution,
     laplace_threshold,
     make_random,
@@ -161,9 +164,7 @@ def test_window_starts_cover_every_window_holding_the_time():
 
 # -- stage 1: contribution bounding -------------------------------------------
 def bound(params, records, seed):
-    """Run the stage-1 core over one subject-window; returns {group: contribution}.
-
-    """
+    """Run the stage-1 core over one subject-window; returns {group: contribution}."""
     core = ContributionBounder(params)
     window = core.new_window(make_random(seed))
     for group, values in records:
@@ -174,6 +175,16 @@ def bound(params, records, seed):
 def test_vector_encoding_round_trips_exactly():
     vector = [1.0, 0.1 + 0.2, -1e-300, 123456789.123, 0.0]
     assert decode_vector(encode_vector(vector)) == vector
+
+
+def test_window_encoding_round_trips_salt_groups_and_nan_slots():
+    window = SubjectWindow(2**62 - 1, {'["us-west"]': [0.25, 3.0, 1.5, math.nan], '["a,b", 2]': [0.5, 1.0, 0.1 + 0.2]})
+    back = decode_window(encode_window(window))
+    assert back.salt == window.salt and list(back.groups) == list(window.groups)
+    assert back.groups['["a,b", 2]'] == [0.5, 1.0, 0.1 + 0.2]
+    west = back.groups['["us-west"]']
+    assert west[:3] == [0.25, 3.0, 1.5] and math.isnan(west[3])
+    assert decode_window(encode_window(SubjectWindow(7))).groups == {}
 
 
 def test_when_group_not_kept_then_buffer_unchanged():

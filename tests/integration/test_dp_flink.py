@@ -10,6 +10,7 @@ import socket
 import sys
 import sysconfig
 import threading
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -223,3 +224,145 @@ def test_private_selection_hides_a_lone_subject_and_runs_differ(tmp_path):
     assert 0.05 < sum(x * x for x in z) / len(z) < 4
     # secure randomness: two runs over the same input give different noise
     assert counts[0] != counts[1]
+
+
+# -- restart from a retained checkpoint ----------------------------------------------
+RESTART_BLOCK = {
+    "window": "1s",
+    "group_by": ["region"],
+    # so large that the noise is nil: geometric noise on counts is 0 with probability 1 - 2e-217
+    "epsilon": 1000.0,
+    "public_groups": ["a", "b", "c"],
+    "metrics": ["count", {"sum": "v", "bounds": [0, 100]}],
+}
+#: |Laplace(100 / 500)| stays below this with probability 1 - 1e-10
+SUM_TOLERANCE = (100 / 500) * math.log(1e10)
+
+
+def restart_rows(n: int) -> list[tuple[str, str, str, int]]:
+    """Two records 20 ms apart per subject (same window, same value), 25 subjects per 1 s window."""
+    return [(f"s{i // 2}", json.dumps(["abc"[(i // 2) % 3]]), json.dumps({"v": (i // 2) % 50}), T0 + i * 20) for i in range(n)]
+
+
+def restart_truth(rows) -> dict[tuple[str, int], tuple[int, float]]:
+    """(region, window start) -> (subjects, sum of one value per subject)."""
+    seen, truth = set(), defaultdict(lambda: [0, 0.0])
+    for subject, group, values, ts in rows:
+        start = ts - ts % 1000
+        if (subject, start) in seen:
+            continue
+        seen.add((subject, start))
+        acc = truth[(json.loads(group)[0], start)]
+        acc[0] += 1
+        acc[1] += json.loads(values)["v"]
+    return {k: (c, s) for k, (c, s) in truth.items()}
+
+
+def restart_env(rows, out_dir: Path, checkpoints: Path, *, pace_ms: float, restore: str | None):
+    """The DP operators between a number sequence source (it checkpoints its position) and a FileSink."""
+    from pyflink.common import Configuration, Encoder, Types, WatermarkStrategy
+    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.connectors.file_system import FileSink, RollingPolicy
+    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
+
+    class EventTime(TimestampAssigner):
+        def extract_timestamp(self, value, record_timestamp):
+            return value[3]
+
+    conf = Configuration()
+    conf.set_string("python.execution-mode", "thread")
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.fn-execution.bundle.size", "50")
+    conf.set_string("python.fn-execution.bundle.time", "20")
+    root = str(Path(__file__).resolve().parents[2])
+    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
+    conf.set_string("execution.checkpointing.dir", checkpoints.as_uri())
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    if restore is not None:
+        conf.set_string("execution.state-recovery.path", restore)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(1)
+    env.enable_checkpointing(500)
+    row_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+
+    def row(i):
+        time.sleep(pace_ms / 1000)
+        return rows[i]
+
+    numbers = env.from_source(NumberSequenceSource(0, len(rows) - 1), WatermarkStrategy.no_watermarks(), "numbers")
+    stream = (
+        numbers.uid("numbers")
+        .map(row, output_type=row_type)
+        .name("rows")
+        .uid("rows")
+        .assign_timestamps_and_watermarks(WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTime()))
+        .uid("event-time")
+    )
+    params = DpParams.from_policy(RESTART_BLOCK)
+    out = attach(stream, params, view_name="aggregated", policy_id="test-policy", policy_hash="abc123")
+    sink = (
+        FileSink.for_row_format(str(out_dir), Encoder.simple_string_encoder())
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+        .build()
+    )
+    out.map(lambda r: json.dumps(list(r)), output_type=Types.STRING()).uid("lines").sink_to(sink).uid("files")
+    return env
+
+
+def committed(out_dir: Path) -> list[tuple[str, dict, dict]]:
+    # in-progress and pending part files are hidden (".part-..."): only committed ones count
+    lines = []
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [(key, json.loads(headers), json.loads(value)) for key, headers, value in lines]
+
+
+def retained_checkpoint(checkpoints: Path) -> Path | None:
+    done = [p.parent for p in checkpoints.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_the_spend(tmp_path):
+    rows = restart_rows(600)  # 12 windows of 1 s, 25 subjects each
+    truth = restart_truth(rows)
+    out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
+    env = restart_env(rows, out_dir, checkpoints, pace_ms=10.0, restore=None)
+    client = env.execute_async("dp-restart-1")
+    deadline = time.time() + 120
+    # stop mid-stream, once a few checkpoints hold open windows (600 records take 6 s to read)
+    while time.time() < deadline:
+        latest = retained_checkpoint(checkpoints)
+        if latest is not None and int(latest.name.split("-")[1]) >= 3:
+            break
+        time.sleep(0.1)
+    client.cancel().result()
+    first = committed(out_dir)
+    latest = retained_checkpoint(checkpoints)
+    assert latest is not None
+    assert len(first) < len(truth), "the first run was meant to stop mid-stream"
+
+    restart_env(rows, out_dir, checkpoints, pace_ms=0.0, restore=str(latest)).execute("dp-restart-2")
+    released = committed(out_dir)
+    by_window = {}
+    for _key, headers, value in released:
+        window = (value["region"], T0 + round((window_ms(value) - T0) / 1000) * 1000)
+        assert window not in by_window, f"released twice: {window}"
+        by_window[window] = (headers, value)
+    # every group and window exactly once across both runs, with the true count and sum
+    assert set(by_window) == set(truth)
+    for window, (count, total) in truth.items():
+        headers, value = by_window[window]
+        assert value["count"]["value"] == count, window
+        assert abs(value["v_sum"]["value"] - total) < SUM_TOLERANCE, window
+        # the spend went on from the checkpoint: window k (from 0) has spent (k + 1) x epsilon
+        assert headers["epsilon_spent"] == pytest.approx(((window[1] - T0) // 1000 + 1) * 1000.0)
+    print(f"first run committed {len(first)} releases, restored from {latest.name}, total {len(released)}")
+
+
+def window_ms(value: dict) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(value["window_start"].replace("Z", "+00:00")).timestamp() * 1000)
