@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the policy's delivery guarantee (Kafka only)")
     run.add_argument("--no-create-topics", action="store_true", help="refuse to start when an output topic is missing")
     run.add_argument("--bounded", action="store_true",
-                     help="Kafka only: stop at the offsets that are the latest when the job starts")
+                     help="with --input: static masking, in Flink's BATCH execution mode (same outputs as the "
+                     "streaming run, no checkpoints); with --bootstrap-servers: stop at the offsets that are "
+                     "the latest when the job starts")
     run.add_argument("--keyring", default=None, help=f"keyring reference env:NAME or file:PATH (default: ${KEYRING_ENV})")
     run.add_argument("--dev-keyring", action="store_true",
                      help=f"create or use a development keyring at {DEV_KEYRING} (demo only, never production)")
@@ -212,11 +214,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.input or not args.output:
         raise CliError("pass --input FILE and --output DIR for a file run, or --bootstrap-servers HOST:PORT for Kafka")
     return run_files(policy, reference, Path(args.input), Path(args.output), parallelism=args.parallelism,
-                     execution_mode=args.execution_mode, quiet=args.quiet)
+                     execution_mode=args.execution_mode, quiet=args.quiet, batch=args.bounded)
 
 
 def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, parallelism: int = 1,
-              execution_mode: str = "thread", quiet: bool = False) -> int:
+              execution_mode: str = "thread", quiet: bool = False, batch: bool = False) -> int:
+    """Run the job on a JSON Lines file or folder; ``batch`` runs it in Flink's BATCH mode (static masking)."""
     from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env
 
     if not input_path.exists():
@@ -228,7 +231,7 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
         # each run replaces the previous one's results, so the counts below are this run's
         shutil.rmtree(output / channel, ignore_errors=True)
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
-                         stats_dir=str((output / "_stats").resolve()))
+                         stats_dir=str((output / "_stats").resolve()), batch=batch)
     env = make_env(options)
     build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
     started = time.monotonic()
@@ -240,7 +243,7 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
     finally:
         done.set()
     elapsed = time.monotonic() - started
-    summary = summarize(output, channels, total, elapsed, policy)
+    summary = summarize(output, channels, total, elapsed, policy, mode="batch" if batch else "streaming")
     print(summary["text"])
     return 0 if summary["balanced"] else 1
 
@@ -303,13 +306,15 @@ def _show_progress(stats_dir: Path, total: int, done: threading.Event, started: 
         print(file=sys.stderr)
 
 
-def summarize(output: Path, channels: list[str], total: int, elapsed: float, policy: Any) -> dict:
+def summarize(output: Path, channels: list[str], total: int, elapsed: float, policy: Any,
+              mode: str = "streaming") -> dict:
     counts = {channel: _count_lines(output / channel) for channel in channels}
     dropped: dict[str, int] = {}
     for file in (output / "_stats").glob("subtask-*.json"):
         for name, count in json.loads(file.read_text()).get("dropped_fields", {}).items():
             dropped[name] = dropped.get(name, 0) + count
-    lines = [f"protect_stream finished in {elapsed:.1f}s: {total:,} records in", f"results in {output}/"]
+    label = "protect_stream" if mode == "streaming" else f"protect_stream ({mode} mode)"
+    lines = [f"{label} finished in {elapsed:.1f}s: {total:,} records in", f"results in {output}/"]
     balanced = True
     for name, view in policy.views.items():
         if view.differential_privacy:

@@ -116,12 +116,15 @@ class JobOptions:
     bundle_size: int = 1000
     bundle_time_ms: int = 100
     restart_attempts: int = 0
+    #: Flink's BATCH runtime mode (static masking of a bounded input): no checkpoints, and each
+    #: keyed operator sees its input sorted by key, with its timers fired at the end of each key
+    batch: bool = False
     #: any other Flink settings (checkpoint folders, state backend, recovery path)
     extra_config: dict[str, str] = field(default_factory=dict)
 
 
 def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEnvironment:
-    """A streaming environment configured the way these jobs need it."""
+    """An environment configured the way these jobs need it: STREAMING, or BATCH with ``options.batch``."""
     config = Configuration()
     config.set_string("python.execution-mode", options.execution_mode)
     # workers must run this interpreter, or they cannot import pyflink and this project
@@ -129,7 +132,16 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.fn-execution.bundle.size", str(options.bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(options.bundle_time_ms))
-    if options.checkpoint_interval_ms > 0:  # 0 turns checkpointing off
+    # 0 turns checkpointing off; a batch job recovers by re-running its stages, never from a checkpoint
+    checkpointing = options.checkpoint_interval_ms > 0 and not options.batch
+    config.set_string("execution.runtime-mode", "BATCH" if options.batch else "STREAMING")
+    if options.batch:
+        # BATCH mode with chained Python operators hangs in thread mode: a chained operator's
+        # embedded interpreter deadlocks importing scipy's pybind11 modules (PyGILState_Ensure on a
+        # thread whose GIL it already holds, under another thread state). One operator per task
+        # avoids it; the exchanges of a batch job are blocking anyway.
+        config.set_string("pipeline.operator-chaining.enabled", "false")
+    if checkpointing:
         config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
     # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
     project_root = str(Path(__file__).resolve().parent.parent)
@@ -144,9 +156,9 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     for key, value in options.extra_config.items():
         config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
+    env.set_runtime_mode(RuntimeExecutionMode.BATCH if options.batch else RuntimeExecutionMode.STREAMING)
     env.set_parallelism(options.parallelism)
-    if options.checkpoint_interval_ms > 0:
+    if checkpointing:
         env.enable_checkpointing(options.checkpoint_interval_ms)
     for jar in jars:
         env.add_jars(jar)
