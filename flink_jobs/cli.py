@@ -259,9 +259,10 @@ def _channels(policy: Any) -> list[str]:
 
 def count_records(path: Path) -> int:
     """Non-blank lines in a file or in every file of a folder (Flink's reader skips nothing else)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    from flink_jobs.protect_stream import input_files
+
     total = 0
-    for file in files:
+    for file in input_files(path):
         with open(file, "rb") as fh:
             total += sum(1 for line in fh if line.strip(BLANK.encode()))
     return total

@@ -168,28 +168,60 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
 class NumberLines(MapFunction):
     """Give each file line its 1-based position, for dead-letter reasons (runs at parallelism 1)."""
 
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
     def open(self, runtime_context: Any) -> None:
         self.line = 0
 
     def map(self, value: str) -> tuple:
         self.line += 1
         # "" is "no key": process mode cannot encode None in a STRING field
-        return (f"line {self.line}", "", value, 0)
+        return (f"{self.prefix}line {self.line}", "", value, 0)
+
+
+#: a folder with more files than this is read by one source, its lines numbered in reading order
+MAX_FILE_SOURCES = 64
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files a run reads: the file itself, or a folder's files, recursively, in name order.
+
+    Names starting with ``.`` or ``_`` are skipped, as Flink's file source skips them.
+    """
+    if not path.is_dir():
+        return [path]
+    return sorted(f for f in path.rglob("*") if f.is_file()
+                  and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts))
 
 
 class FileInput:
-    """A bounded JSON Lines file or folder: the embedded default source."""
+    """A bounded JSON Lines file or folder: the embedded default source.
+
+    A dead letter's position is ``line N`` of the file; in a folder, ``<file> line N``, with the
+    file's path inside the folder. Each file of a folder gets its own source, so its lines are
+    numbered the same in every run, streaming or BATCH, whichever order the files are read in.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = str(Path(path).resolve())
 
     def open_source(self, env: StreamExecutionEnvironment) -> Any:
-        source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), self.path).build()
-        lines = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw-file").set_parallelism(1)
-        # shape: (position "line N", key None, raw line, 0)
-        return (
-            lines.map(NumberLines(), output_type=raw_type()).set_parallelism(1).name("number-lines").uid("number-lines")
-        )
+        root = Path(self.path)
+        files = input_files(root)
+        if not root.is_dir() or len(files) > MAX_FILE_SOURCES:
+            return self._numbered(env, self.path, "", "")
+        streams = [self._numbered(env, str(file), f"{file.relative_to(root)} ", f"-{i}")
+                   for i, file in enumerate(files)]
+        return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+
+    @staticmethod
+    def _numbered(env: StreamExecutionEnvironment, path: str, prefix: str, suffix: str) -> Any:
+        source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), path).build()
+        lines = env.from_source(source, WatermarkStrategy.no_watermarks(), f"raw-file{suffix}").set_parallelism(1)
+        # shape: (position "[file ]line N", key None, raw line, 0)
+        return (lines.map(NumberLines(prefix), output_type=raw_type()).set_parallelism(1)
+                .name(f"number-lines{suffix}").uid(f"number-lines{suffix}"))
 
 
 class Envelope(MapFunction):

@@ -92,6 +92,17 @@ def test_bounded_run_writes_the_same_lines_as_the_streaming_run(runs, label, cha
     assert batch == streaming
 
 
+@pytest.mark.parametrize("mode", ["streaming", "batch"])
+def test_a_folders_dead_letters_name_their_file_and_line(runs, folder, mode):
+    dead = read_channel(runs[("folder", mode)][0] / "dlq")
+    assert dead
+    files = {f.name: f.read_text().split("\n") for f in folder.iterdir()}
+    for entry in dead:
+        name, _, line = entry["headers"]["position"].partition(" line ")
+        assert entry["value"] == files[name][int(line) - 1]  # the raw line, found by its position
+    assert {e["headers"]["position"].partition(" ")[0] for e in dead} == set(files)
+
+
 @pytest.mark.parametrize("label", INPUTS)
 def test_bounded_run_finalizes_every_part_file(runs, label):
     out = runs[(label, "batch")][0]
@@ -146,11 +157,11 @@ def _releases(out: Path) -> dict[tuple, dict]:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "operators/dp_aggregates.py stage 1 (_BoundContributions) drops every record as late in BATCH mode: "
-    "BATCH fires a key's timers when the key's records are done, so after the first subject the window's "
-    "timer has fired, self.floor is past it, and `release <= self.floor` refuses all later subjects. "
-    "Dropping that clause (the watermark check alone; floor <= watermark in streaming) gives the 36 "
-    "releases of the streaming run. Remove this mark when dp_aggregates is fixed."))
+    "operators/dp_aggregates.py stage 1 (_BoundContributions._open_window) drops records as late in BATCH "
+    "mode: BATCH fires a key's timers when that key's records are done, so once the first key (subject "
+    "bucket) is done its windows' timers have fired, self.floor is past them, and `release <= self.floor` "
+    "refuses those windows to every later key. The watermark check alone (floor <= watermark in streaming, "
+    "and BATCH resets the watermark per key) gives the streaming run's 36 releases. Remove this mark then."))
 @pytest.mark.parametrize("label", INPUTS)
 def test_bounded_run_releases_the_same_dp_windows_and_groups(runs, label):
     streaming, batch = _releases(runs[(label, "streaming")][0]), _releases(runs[(label, "batch")][0])
