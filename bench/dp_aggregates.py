@@ -216,24 +216,109 @@ def error_table(png: str | None) -> None:
             series[n].append((eps, c_rel, m_rel))
             print(f"{eps:>8} {n:>7} {c_rel:>10.4f} {m_rel:>10.4f} {c_ratio:>14.3f} {s_ratio:>12.3f}")
     if png:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: no PNG written")
-            return
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for n, points in series.items():
-            ax.loglog([p[0] for p in points], [p[1] for p in points], "o-", label=f"count, group of {n}")
-            ax.loglog([p[0] for p in points], [p[2] for p in points], "s--", label=f"mean, group of {n}")
-        ax.set_xlabel("epsilon per window")
-        ax.set_ylabel("relative RMS error")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(png, dpi=120)
+        write_png(png, series)
         print(f"wrote {png}")
+
+
+# ---------------------------------------------------------------------------
+# a dependency-free PNG line chart (matplotlib is not a dependency of the project)
+# ---------------------------------------------------------------------------
+# fmt: off
+_FONT = {  # 3 x 5 pixel glyphs, rows top to bottom
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001010010",
+    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
+    "=": "000111000111000", " ": "000000000000000", "a": "000011101101011", "c": "000111100100111",
+    "e": "010101111100011", "g": "111100101101111", "i": "010000010010010", "l": "110010010010111",
+    "m": "000111111101101", "n": "000110101101101", "o": "000111101101111", "p": "000111101111100",
+    "r": "000110100100100", "s": "000111110011111", "t": "010111010010011", "u": "000101101101111",
+    "v": "000101101101010", "w": "000101101111111", "x": "000101010101101", "h": "100100111101101",
+    "f": "011010111010010", "y": "000101111001111", "d": "001001111101111",
+}
+# fmt: on
+
+
+class _Canvas:
+    """An RGB raster with lines, squares and 3 x 5 text, written as an 8-bit PNG."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.pixels = bytearray(b"\xff" * (width * height * 3))
+
+    def dot(self, x: int, y: int, rgb: tuple[int, int, int], size: int = 1) -> None:
+        for dy in range(size):
+            for dx in range(size):
+                px, py = x + dx, y + dy
+                if 0 <= px < self.width and 0 <= py < self.height:
+                    i = (py * self.width + px) * 3
+                    self.pixels[i : i + 3] = bytes(rgb)
+
+    def line(self, x0: float, y0: float, x1: float, y1: float, rgb: tuple[int, int, int], dashed: bool = False) -> None:
+        steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
+        for k in range(steps + 1):
+            if dashed and (k // 6) % 2:
+                continue
+            t = k / steps
+            self.dot(round(x0 + (x1 - x0) * t), round(y0 + (y1 - y0) * t), rgb, 2)
+
+    def text(self, x: int, y: int, text: str, rgb: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
+        for n, char in enumerate(text):
+            glyph = _FONT.get(char, _FONT[" "])
+            for r in range(5):
+                for c in range(3):
+                    if glyph[r * 3 + c] == "1":
+                        self.dot(x + (n * 4 + c) * scale, y + r * scale, rgb, scale)
+
+    def png(self) -> bytes:
+        import struct
+        import zlib
+
+        raw = b"".join(b"\x00" + bytes(self.pixels[y * self.width * 3 : (y + 1) * self.width * 3]) for y in range(self.height))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def write_png(path: str, series: dict[int, list[tuple[float, float, float]]]) -> None:
+    """Relative RMS error against epsilon, log-log: solid count, dashed mean, one colour per group size."""
+    width, height, left, right, top, bottom = 640, 420, 70, 200, 30, 50
+    canvas = _Canvas(width, height)
+    x_lo, x_hi, y_lo, y_hi = math.log10(0.1), math.log10(10), -5.0, 1.0
+
+    def px(eps: float) -> float:
+        return left + (math.log10(eps) - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(err: float) -> float:
+        v = min(max(math.log10(max(err, 1e-12)), y_lo), y_hi)
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+
+    grey, black = (200, 200, 200), (0, 0, 0)
+    for exp in range(int(y_lo), int(y_hi) + 1):
+        canvas.line(left, py(10.0**exp), width - right, py(10.0**exp), grey)
+        canvas.text(8, round(py(10.0**exp)) - 5, f"1e{exp}" if exp else "1")
+    for eps in (0.1, 1.0, 10.0):
+        canvas.line(px(eps), top, px(eps), height - bottom, grey)
+        canvas.text(round(px(eps)) - 8, height - bottom + 10, f"{eps:g}")
+    canvas.line(left, height - bottom, width - right, height - bottom, black)
+    canvas.line(left, top, left, height - bottom, black)
+    canvas.text(left + 120, height - 20, "epsilon per window")
+    canvas.text(left, 8, "relative rms error")
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
+    for row, (n, points) in enumerate(sorted(series.items())):
+        rgb = colours[row % len(colours)]
+        for metric, dashed in ((1, False), (2, True)):
+            xy = [(px(p[0]), py(p[metric])) for p in points]
+            for (x0, y0), (x1, y1) in zip(xy, xy[1:], strict=False):
+                canvas.line(x0, y0, x1, y1, rgb, dashed)
+            for x, y in xy:
+                canvas.dot(round(x) - 3, round(y) - 3, rgb, 7)
+            y_key = top + 20 + (row * 2 + metric - 1) * 22
+            canvas.line(width - right + 15, y_key + 4, width - right + 45, y_key + 4, rgb, dashed)
+            canvas.text(width - right + 52, y_key, f"{'count' if metric == 1 else 'mean'} n={n}")
+    Path(path).write_bytes(canvas.png())
 
 
 def main() -> None:
@@ -242,7 +327,7 @@ def main() -> None:
     parser.add_argument("--flink-records", type=int, default=300_000, help="0 skips the Flink runs")
     parser.add_argument("--records-per-subject-window", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--png", default=None)
+    parser.add_argument("--png", default=str(Path(__file__).with_suffix(".png")), help="'' writes none")
     args = parser.parse_args()
     params = DpParams.from_policy(BLOCK)
 
