@@ -175,3 +175,16 @@ def test_bounded_run_releases_the_same_dp_windows_and_groups(runs, label):
         # the noise differs per run: the true counts are equal, so the noisy ones differ by noise only
         spread = 12 * (value["count"]["std"] + other["count"]["std"])
         assert abs(value["count"]["value"] - other["count"]["value"]) <= spread, key
+
+
+@pytest.mark.parametrize(("batch", "mode", "checkpointing"), [
+    (True, "BATCH", False),  # static masking: no checkpoints, even when an interval is given
+    (False, "STREAMING", True),  # the streaming job keeps its checkpoints
+])
+def test_the_environment_runs_in_the_mode_asked_for(batch, mode, checkpointing):
+    from flink_jobs.protect_stream import JobOptions, make_env
+
+    env = make_env(JobOptions(keyring_ref="", checkpoint_interval_ms=2000, batch=batch))
+    assert env.get_checkpoint_config().is_checkpointing_enabled() is checkpointing
+    config = env._j_stream_execution_environment.getConfiguration()
+    assert config.toMap().get("execution.runtime-mode") == mode
