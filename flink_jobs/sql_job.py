@@ -13,6 +13,7 @@ sets a configuration option, as in the SQL client.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -197,7 +198,7 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
         try:
             result = t_env.execute_sql(text)
             if _returns_rows(text):
-                result.print()  # a query's rows, as the SQL client shows them (until its job ends)
+                print_rows(result)  # until the query's job ends
                 continue
         except Exception as exc:  # Flink raises its own wrappers of Java exceptions
             raise SqlFileError(f"statement {statement.number} (line {statement.line}"
@@ -212,6 +213,25 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
                 raise SqlFileError(f"statement {statement.number} (line {statement.line}): its job failed: "
                                    f"{reason(exc)}") from None
     return [result for _, result in jobs]
+
+
+def print_rows(result: Any, out: Any = None) -> int:
+    """Print a query's rows, tab-separated under their column names; return how many.
+
+    They are printed from Python, so they go where this process's output goes. An update or a
+    retraction is marked +U, -U or -D.
+    """
+    out = out or sys.stdout
+    print("\t".join(result.get_table_schema().get_field_names()), file=out, flush=True)
+    count = 0
+    with result.collect() as rows:
+        for row in rows:
+            kind = row.get_row_kind().name
+            mark = {"UPDATE_BEFORE": "-U\t", "UPDATE_AFTER": "+U\t", "DELETE": "-D\t"}.get(kind, "")
+            print(mark + "\t".join("NULL" if v is None else str(v) for v in row), file=out, flush=True)
+            count += 1
+    print(f"({count} row{'s' if count != 1 else ''})", file=out, flush=True)
+    return count
 
 
 def _returns_rows(text: str) -> bool:
