@@ -132,6 +132,9 @@ class TransformFunction(_Keyed):
     those, updated by the ones in the text.
     """
 
+    #: distinct parameter texts kept opened per task
+    MAX_PARAM_TEXTS = 256
+
     def __init__(self, name: str, params: dict[str, Any] | None = None, *, domain: str | None = None,
                  keyring_ref: str | None = None) -> None:
         self.transform_name = name
@@ -166,6 +169,8 @@ class TransformFunction(_Keyed):
             except ParamError as exc:
                 # a mistake in the SQL text: fail the job, naming the function (never a value)
                 raise ParamError(exc.param, f"{self.transform_name}: {exc.problem}", exc.allowed) from None
+            if len(self._by_params) >= self.MAX_PARAM_TEXTS:  # params from a column, not a literal
+                self._by_params.clear()
             apply = self._by_params[text] = transform.cached_apply()
         return apply
 
