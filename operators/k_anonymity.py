@@ -1,13 +1,17 @@
-"""k-anonymity on a live stream: a cascade of keyed buffers, one per generalization level.
+"""k-anonymity on a live stream: a cascade of keyed stages over a path of generalization levels.
 
-Level 0 keys each record by its quasi-identifiers (QIs) generalized to their finest
-level and buffers it. A class (one combination of generalized QIs) is released as
-soon as it holds ``k`` distinct subjects (and, optionally, ``l`` distinct values of
-a sensitive attribute); after that it passes records straight through until its
-state TTL runs out. A record that has waited its share of ``max_delay`` moves up one
-level, to a coarser class, through a side output. Past the last level it is
-suppressed: counted and sent to a suppressed output, never to the view. This is the
-CASTLE idea (Cao et al. 2011) with Flink's keyed state and timers.
+A class is one combination of quasi-identifiers (QIs) generalized to one level of the
+path. A record enters the first stage and is counted, at once, in its class at every
+level of that stage. Its finest class is released as soon as it holds ``k`` distinct
+subjects (and, optionally, ``l`` distinct values of a sensitive attribute); a released
+class then passes records straight through until its state TTL runs out. At the
+record's deadline in the stage, it is published at the finest level where its class is
+already released, or where the buffered records give its class ``k`` subjects (it is
+released with the fewest, oldest, that do). Failing both, it moves to the next stage
+(the last level, all ``*``, on a single key) through a side output, and past the last
+stage it is suppressed: counted and sent to a suppressed output, never to the view.
+This is the CASTLE idea (Cao et al. 2011) with Flink's keyed state and timers: every
+level sees all the records the stage holds, not the slice that happens to be there.
 
 The policy block, checked by :meth:`KAnonymityParams.from_policy`::
 
@@ -19,16 +23,17 @@ The policy block, checked by :meth:`KAnonymityParams.from_policy`::
         location: {lat_field: lat, lon_field: lon, hierarchy: [{geohash: 5}, {geohash: 4}, {geohash: 3}, "*"]}
         signup: {hierarchy: [{date: day}, {date: month}, {date: year}, "*"]}
         occupation: {hierarchy_file: conf/hierarchies/occupation.csv, hierarchy: [exact, {group: 1}, "*"]}
-      max_delay: 30s           # total wait bound, split evenly over the levels
+      max_delay: 30s           # total wait bound, split over the stages by their number of levels
       timing: processing       # or event (watermarks drive the timers)
       on_timeout: generalize   # or suppress (no cascade: a timeout at level 0 suppresses)
       l_diversity: {attribute: purchaseBand, l: 2}
       state_ttl: 10m           # how long a released class passes records through
 
-Cascade level ``L`` generalizes every QI to ``hierarchy[min(L, last)]``, so the
-number of levels is the length of the longest hierarchy. Level ``L`` gives up on a
-record at ``entered + max_delay * (L + 1) / levels``: the deadlines are cumulative,
-so no record waits longer than ``max_delay`` in total, plus timer slack.
+The path (``cheapest_first`` by default, ``lockstep``, or explicit) gives each cascade
+level a hierarchy step per QI, each level coarser than the one before. A stage ending at
+level ``L`` gives up on a record at ``entered + max_delay * (L + 1) / levels``: the
+deadlines are cumulative, so no record waits longer than ``max_delay`` in total, plus
+timer slack (:attr:`KAnonymityParams.timer_resolution_ms`).
 
 The QIs are named only here, never in the view's ``fields``: the job extracts their
 raw values with :func:`extract_quasi_identifiers` and the operator publishes each
