@@ -19,6 +19,10 @@ counts, sums and distributions over a window are exact. The operator is not
 deterministic. A record lacking a column keeps lacking it; the column's values
 move among the records that have it.
 
+When a bounded input ends (and in Flink's BATCH mode, when a partition's records are
+done), each partition's last window closes: shuffled and released if it holds
+``min_size`` records, else suppressed, held records included, since no next window comes.
+
 Shape of the data: ``(key, headers JSON, value JSON)`` tuples in and out, like the
 job's record views. The plain-Python core (:class:`Shuffler`) holds the logic; the
 Flink wrapper (:func:`attach`) keeps the buffer in typed, TTL-bound keyed state.
