@@ -758,7 +758,8 @@ def _noise(mechanism: str, eps: float, delta: float, linf: float, max_groups: in
         mech = Geometric(epsilon=eps, sensitivity=int(l1), random_state=rng)
         alpha = math.exp(-eps / l1)
         # smallest k with P(|Z| >= k) = 2 alpha^k / (1 + alpha) <= 0.05
-        k = max(0, math.ceil(math.log(0.025 * (1 + alpha)) / math.log(alpha)))
+        # log(alpha) taken as -eps / l1: exp() underflows to 0 for a large epsilon
+        k = max(0, math.ceil(math.log(0.025 * (1 + alpha)) / (-eps / l1)))
         return _Noise(mech, integer=True, std=math.sqrt(mech.variance(0)), half95=float(max(k - 1, 0)))
     mech = Laplace(epsilon=eps, delta=0.0, sensitivity=l1, random_state=rng)
     b = l1 / eps
@@ -996,7 +997,10 @@ BUFFER_LIMIT = 2_000_000
 
 
 def subject_bucket(record: tuple[Any, ...]) -> int:
-    """Stage 1's key: the subject's bucket, from CRC-32 (stable across processes, unlike ``hash``)."""
+    """Stage 1's key: the subject's bucket, from CRC-32 (stable across processes, unlike ``hash``).
+
+    ``_BoundContributions.process_element`` computes the same expression inline.
+    """
     return zlib.crc32(record[0].encode()) % BUCKETS
 
 
@@ -1108,9 +1112,10 @@ class _BoundContributions(_KeyedProcess):
         if self.uncounted >= 1024:
             self.records.inc(self.uncounted)
             self.uncounted = 0
-        windows = self.buckets.get(ctx.get_current_key())
+        bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key, without a call into the JVM
+        windows = self.buckets.get(bucket)
         if windows is None:
-            windows = self._windows(ctx.get_current_key(), ctx)
+            windows = self._windows(bucket, ctx)
         starts = (ts - ts % self.window_ms,) if self.tumbling else window_starts(self.params, ts)
         vector = None
         for start in starts:

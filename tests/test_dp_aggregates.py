@@ -311,6 +311,13 @@ def test_noise_is_present_and_its_variance_matches_the_stated_std(mechanism, eps
         assert_variance_matches(sample, truth, one[metric]["std"])
 
 
+def test_when_epsilon_is_huge_then_counts_are_exact_and_nothing_overflows():
+    # exp(-eps) underflows to 0 here: the geometric mechanism's 95% interval must not take log(0)
+    p = DpParams.from_policy(block(epsilon=2000.0, metrics=["count"], public_groups=["a"]))
+    out = GroupReleaser(p, random_state=2).release('["a"]', 0, [7.0, 7.0])
+    assert out["count"]["value"] == 7 and out["count"]["std"] == 0.0 and out["count"]["ci95"] == [7.0, 7.0]
+
+
 def test_ci95_covers_the_truth_about_95_percent_of_the_time():
     p = DpParams.from_policy(block(public_groups=["a"]))
     releaser = GroupReleaser(p, random_state=3)

@@ -366,3 +366,84 @@ def window_ms(value: dict) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(value["window_start"].replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# -- late records ----------------------------------------------------------------------
+def watch_metric(port: int, suffix: str, stop: threading.Event, seen: list[float]) -> None:
+    """Poll the MiniCluster's REST API for the largest value of every operator metric named ``*suffix``."""
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        with urllib.request.urlopen(base + path, timeout=1) as response:
+            return json.load(response)
+
+    while not stop.is_set():
+        try:
+            for job in get("/jobs")["jobs"]:
+                for vertex in get(f"/jobs/{job['id']}")["vertices"]:
+                    path = f"/jobs/{job['id']}/vertices/{vertex['id']}/metrics"
+                    names = [m["id"] for m in get(path) if m["id"].endswith(suffix)]
+                    if names:
+                        values = get(f"{path}?get={','.join(names)}")
+                        seen.append(sum(float(m["value"]) for m in values))
+        except (OSError, ValueError, KeyError):
+            pass  # not up yet, or shutting down
+        stop.wait(0.1)
+
+
+def test_late_records_are_dropped_counted_and_never_released():
+    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common.watermark_strategy import TimestampAssigner
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    # 300 subjects over three windows (100 each), then 50 new subjects back in window 0, two windows
+    # after it closed, then one record whose pause lets the metric reach the REST API before the end
+    on_time = [(f"s{i}", '["a"]', '{"v": 1}', T0 + i * 600) for i in range(300)]
+    late = [(f"late{i}", '["a"]', '{"v": 1}', T0 + i) for i in range(50)]
+    tail = [("tail", '["a"]', '{"v": 1}', T0 + 3 * MINUTE)]
+    rows = on_time + late + tail
+    pauses = {len(on_time) - 1: 0.6, len(rows) - 1: 2.5}  # row index -> seconds to sleep before passing it on
+
+    class EventTime(TimestampAssigner):
+        def extract_timestamp(self, value, record_timestamp):
+            return value[3]
+
+    def pace(indexed):
+        i, row = indexed
+        time.sleep(pauses.get(i, 0.0))  # the periodic watermark (200 ms) passes the on-time rows first
+        return row
+
+    port = free_port()
+    conf = Configuration()
+    conf.set_string("rest.port", str(port))
+    conf.set_string("metrics.fetcher.update-interval", "100")
+    conf.set_string("python.execution-mode", "thread")
+    conf.set_string("python.executable", sys.executable)
+    root = str(Path(__file__).resolve().parents[2])
+    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(1)
+    row_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+    indexed_type = Types.TUPLE([Types.INT(), row_type])
+    stream = (
+        env.from_collection(list(enumerate(rows)), type_info=indexed_type)
+        .map(pace, output_type=row_type)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(5)).with_timestamp_assigner(EventTime())
+        )
+    )
+    block = {**RESTART_BLOCK, "window": "1m", "public_groups": ["a"], "metrics": ["count"]}
+    out = attach(stream, DpParams.from_policy(block), view_name="aggregated", policy_id="p", policy_hash="h")
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=watch_metric, args=(port, "dp_late_records_dropped", stop, seen), daemon=True)
+    watcher.start()
+    try:
+        with out.execute_and_collect("dp-late-test") as results:
+            released = [json.loads(value) for _key, _headers, value in results]
+    finally:
+        stop.set()
+        watcher.join()
+    counts = {window_ms(v): v["count"]["value"] for v in released}
+    # window 0 holds its 100 on-time subjects and none of the 50 late ones
+    assert counts == {T0: 100, T0 + MINUTE: 100, T0 + 2 * MINUTE: 100, T0 + 3 * MINUTE: 1}
+    assert seen and max(seen) == len(late), seen
