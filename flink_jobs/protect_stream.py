@@ -166,22 +166,27 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
 
 
 class NumberLines(MapFunction):
-    """Give each file line its 1-based position, for dead-letter reasons (runs at parallelism 1)."""
+    """Give each line its 1-based position, for dead-letter reasons (runs at parallelism 1).
 
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
+    ``files`` lists, in reading order, each file's position prefix and its line count: the
+    running count then turns into ``<file> line N``. Without it, positions are ``line N``.
+    """
+
+    def __init__(self, files: list[tuple[str, int]] | None = None) -> None:
+        self.files = files or [("", -1)]
 
     def open(self, runtime_context: Any) -> None:
         self.line = 0
+        self.index = 0
 
     def map(self, value: str) -> tuple:
         self.line += 1
+        # the files are read one after another: past this file's last line is the next file's first
+        while self.index + 1 < len(self.files) and self.line > self.files[self.index][1]:
+            self.line -= self.files[self.index][1]
+            self.index += 1
         # "" is "no key": process mode cannot encode None in a STRING field
-        return (f"{self.prefix}line {self.line}", "", value, 0)
-
-
-#: a folder with more files than this is read by one source, its lines numbered in reading order
-MAX_FILE_SOURCES = 64
+        return (f"{self.files[self.index][0]}line {self.line}", "", value, 0)
 
 
 def input_files(path: Path) -> list[Path]:
@@ -195,33 +200,53 @@ def input_files(path: Path) -> list[Path]:
                   and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts))
 
 
+def line_count(path: Path) -> int:
+    r"""Lines as Flink's text line reader splits them: at ``\n``, ``\r\n`` or ``\r``."""
+    count, pending_cr, last = 0, False, b""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            count += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            if pending_cr and chunk.startswith(b"\n"):
+                count -= 1  # a \r\n split between two chunks
+            pending_cr, last = chunk.endswith(b"\r"), chunk[-1:]
+    return count + (1 if last not in (b"", b"\n", b"\r") else 0)
+
+
 class FileInput:
     """A bounded JSON Lines file or folder: the embedded default source.
 
     A dead letter's position is ``line N`` of the file; in a folder, ``<file> line N``, with the
-    file's path inside the folder. Each file of a folder gets its own source, so its lines are
-    numbered the same in every run, streaming or BATCH, whichever order the files are read in.
+    file's path inside the folder. A folder's files are read one after another, in name order
+    (a hybrid source of one file source each), so the positions and the order of the records
+    are the same in every run, streaming or BATCH.
     """
 
     def __init__(self, path: str) -> None:
         self.path = str(Path(path).resolve())
 
     def open_source(self, env: StreamExecutionEnvironment) -> Any:
-        root = Path(self.path)
-        files = input_files(root)
-        if not root.is_dir() or len(files) > MAX_FILE_SOURCES:
-            return self._numbered(env, self.path, "", "")
-        streams = [self._numbered(env, str(file), f"{file.relative_to(root)} ", f"-{i}")
-                   for i, file in enumerate(files)]
-        return streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
+        from pyflink.datastream.connectors.hybrid_source import HybridSource
 
-    @staticmethod
-    def _numbered(env: StreamExecutionEnvironment, path: str, prefix: str, suffix: str) -> Any:
-        source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), path).build()
-        lines = env.from_source(source, WatermarkStrategy.no_watermarks(), f"raw-file{suffix}").set_parallelism(1)
+        root = Path(self.path)
+        files = input_files(root) if root.is_dir() else []
+
+        def file_source(path: str) -> Any:
+            return FileSource.for_record_stream_format(StreamFormat.text_line_format(), path).build()
+
+        if files:
+            builder = HybridSource.builder(file_source(str(files[0])))
+            for file in files[1:]:
+                builder = builder.add_source(file_source(str(file)))
+            source = builder.build()
+            numbering = [(f"{file.relative_to(root)} ", line_count(file)) for file in files]
+        else:
+            source, numbering = file_source(self.path), None
+        # a hybrid source's element type cannot be inferred: name it
+        lines = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw-file", type_info=Types.STRING())
+        lines = lines.set_parallelism(1)
         # shape: (position "[file ]line N", key None, raw line, 0)
-        return (lines.map(NumberLines(prefix), output_type=raw_type()).set_parallelism(1)
-                .name(f"number-lines{suffix}").uid(f"number-lines{suffix}"))
+        return (lines.map(NumberLines(numbering), output_type=raw_type()).set_parallelism(1)
+                .name("number-lines").uid("number-lines"))
 
 
 class Envelope(MapFunction):

@@ -156,12 +156,6 @@ def _releases(out: Path) -> dict[tuple, dict]:
     return releases
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operators/dp_aggregates.py stage 1 (_BoundContributions._open_window) drops records as late in BATCH "
-    "mode: BATCH fires a key's timers when that key's records are done, so once the first key (subject "
-    "bucket) is done its windows' timers have fired, self.floor is past them, and `release <= self.floor` "
-    "refuses those windows to every later key. The watermark check alone (floor <= watermark in streaming, "
-    "and BATCH resets the watermark per key) gives the streaming run's 36 releases. Remove this mark then."))
 @pytest.mark.parametrize("label", INPUTS)
 def test_bounded_run_releases_the_same_dp_windows_and_groups(runs, label):
     streaming, batch = _releases(runs[(label, "streaming")][0]), _releases(runs[(label, "batch")][0])
