@@ -1400,8 +1400,13 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.longest_wait = 0
             self.ncp_total, self.ncp_count, self.seen = 0.0, 0, 0
             self.spans = SpanTracker(self.params)
-            group.gauge("longest_wait_ms", lambda: self.longest_wait)
-            group.gauge("ncp_permille", lambda: int(1000 * self.ncp_total / self.ncp_count) if self.ncp_count else 0)
+            # counters, not gauges: in thread mode Flink's metric thread would call a Python gauge into
+            # the embedded interpreter, and a REST metrics query then crashes the JVM (SIGSEGV in take_gil).
+            # The running mean NCP is ncp_micro / ncp_records.
+            self.longest_wait_counter = group.counter("longest_wait_ms")
+            self.ncp_micro = _Tally(group.counter("ncp_micro"), every=256_000_000)
+            self.ncp_records = _Tally(group.counter("ncp_records"))
+            self.tallies += [self.ncp_micro, self.ncp_records]
 
         def _partition(self, key: str, now: int) -> Partition:
             part = self.partitions.get(key)
@@ -1453,7 +1458,10 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                                                             self.spans.spans)
                 self.ncp_total += cost
                 self.ncp_count += 1
+                self.ncp_micro.add(int(cost * 1e6))
+                self.ncp_records.add()
                 if self.processing and now - record[ENTERED] > self.longest_wait:
+                    self.longest_wait_counter.inc(now - record[ENTERED] - self.longest_wait)
                     self.longest_wait = now - record[ENTERED]
                 self.released[level].add()
                 yield publish(self.params, record, level, (), fields)
@@ -1483,6 +1491,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                     self.suppressed.add()
                     self.ncp_total += 1.0
                     self.ncp_count += 1
+                    self.ncp_micro.add(1_000_000)
+                    self.ncp_records.add()
                     yield self.suppress_tag, suppress(record)
                 else:
                     self.promoted.add()
