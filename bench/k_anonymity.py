@@ -274,6 +274,10 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
         config.set_string("python.executable", sys.executable)
         config.set_string("python.client.executable", sys.executable)
         config.set_string("python.pythonpath", f"{ROOT}:{sysconfig.get_paths()['purelib']}")
+        # as the job on a cluster: checkpoints to files (the JobManager's memory takes 5 MB, less than a
+        # 30 s buffer), and a failure fails the run instead of restarting it unseen
+        config.set_string("execution.checkpointing.dir", (marks / f"checkpoints-{kind}").as_uri())
+        config.set_string("restart-strategy.type", "none")
         env = StreamExecutionEnvironment.get_execution_environment(config)
         env.set_parallelism(parallelism)
         env.enable_checkpointing(2000)
