@@ -308,6 +308,28 @@ def test_when_a_deadline_comes_then_the_record_is_released_at_its_finest_complet
     assert ids(published) == ["d-0"] and published[0][1:] == (1, a_class) and sorted(part.records) == [4]
 
 
+def test_when_a_deadline_releases_a_group_under_l_diversity_then_the_group_has_l_values():
+    p = params(k=2, path="lockstep", l_diversity={"attribute": "band", "l": 2})
+    stage, part = stage_of(p), Partition(3)
+    # a, b, c meet at level 1 only; a and b share a band, so k=2 alone would take a and b
+    for n, (subject, age, zip_code, band) in enumerate([("a", 31, "94102", "x"), ("b", 36, "94110", "x"),
+                                                        ("c", 38, "94177", "y")]):
+        record = near(subject, age, zip_code, entered=n)
+        feed(stage, part, (*record[:2], json.dumps({"id": f"{subject}-0", "band": band}), *record[3:]))
+    published, _ = stage.on_deadline(part, 750, 750)
+    assert ids(published) == ["a-0", "b-0", "c-0"] and {r[1] for r in published} == {1}
+
+
+def test_when_a_released_class_outlives_its_state_ttl_then_it_must_fill_again():
+    p = params(k=2, state_ttl="2s")
+    stage, part = stage_of(p), Partition(stage_of(p).depth)
+    feed(stage, part, staged("a"), now=0)
+    assert len(feed(stage, part, staged("b"), now=0)) == 2
+    assert len(feed(stage, part, staged("c"), now=1_999)) == 1  # passes straight through
+    assert feed(stage, part, staged("d", entered=2_000), now=2_000) == []  # its state has expired: buffered
+    assert len(feed(stage, part, staged("e", entered=2_000), now=2_000)) == 2
+
+
 def test_when_deadlines_pass_then_only_the_expired_records_leave():
     stage, part = stage_of(params(path="lockstep")), Partition(3)
     feed(stage, part, staged("a", entered=0))
