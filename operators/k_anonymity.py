@@ -871,7 +871,9 @@ class _KeyPlan:
 
     A record is keyed at every level of its stage, so this is the hot path: each QI's
     steps are generalized once and spliced as JSON text, and a geohash QI is hashed once,
-    at its finest step, the coarser ones being its prefixes.
+    at its finest step, the coarser ones being its prefixes. The steps of a plain value
+    (a number, a string) are remembered, up to ``CACHE_LIMIT`` values per QI: a subject's
+    age and zip come back with each of its records.
     """
 
     def __init__(self, params: KAnonymityParams, first: int, last: int) -> None:
@@ -880,11 +882,19 @@ class _KeyPlan:
         self.used = [sorted({row[q] for row in self.rows}) for q in range(len(self.qis))]
         self.geo_top = [max((qi.levels[i].arg for i in used if qi.levels[i].kind == "geohash"), default=0)
                         for qi, used in zip(self.qis, self.used, strict=True)]
+        self.memo: list[dict[Any, dict[int, str]] | None] = [
+            None if qi.kind == "geo" else {} for qi in self.qis]  # raw value -> its row of JSON steps
 
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         pieces: list[dict[int, str]] = []
-        for qi, used, top in zip(self.qis, self.used, self.geo_top, strict=True):
+        for qi, used, top, memo in zip(self.qis, self.used, self.geo_top, self.memo, strict=True):
             value = qis[qi.name]
+            if memo is not None:
+                # bool is an int to a dict: 1 and True would share a row, so the type is in the key
+                known = memo.get((type(value), value))
+                if known is not None:
+                    pieces.append(known)
+                    continue
             full = fast_geohash(value["lat"], value["lon"], top) if top else ""
             row = {}
             for i in used:
@@ -896,6 +906,10 @@ class _KeyPlan:
                 else:
                     row[i] = orjson.dumps(generalize(qi, level, value)).decode()
             pieces.append(row)
+            if memo is not None:
+                if len(memo) >= CACHE_LIMIT:
+                    memo.clear()
+                memo[type(value), value] = row
         if len(pieces) == 3:
             a, b, c = pieces
             return tuple(f"[{a[x]},{b[y]},{c[z]}]" for x, y, z in self.rows)

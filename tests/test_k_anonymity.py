@@ -210,6 +210,16 @@ def test_class_keys_of_a_stage_agree_with_class_key_at_each_level(age, zip_code,
     assert list(class_keys(p, 0, p.levels - 1, qis)) == [class_key(p, level, qis) for level in range(p.levels)]
 
 
+def test_when_values_come_back_then_the_remembered_keys_still_agree_with_class_key():
+    p = params(path="cheapest_first")
+    stage = Stage(p, 0, p.levels - 1)  # one plan for every record, so its memory is used
+    rng = random.Random(5)
+    for _ in range(300):
+        qis = {"age": rng.choice([34, 34.0, 35, 61.5]), "zip": rng.choice(["94102", "9410", "10001"]),
+               "location": {"lat": rng.uniform(37, 38), "lon": rng.uniform(-123, -122)}}
+        assert list(stage.keys(qis)) == [class_key(p, level, qis) for level in range(p.levels)]
+
+
 def test_when_level_rises_then_ncp_does_not_fall():
     p = params(quasi_identifiers={**QIS, "age": {**QIS["age"], "domain": [0, 100]}}, path="lockstep")
     qis = {"age": 34, "zip": "94102", "location": {"lat": 37.7749, "lon": -122.4194}}
