@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 
-import udfs.geo  # noqa: F401  (not yet in the registry's builtin modules)
 from flink_jobs.policy import compile_transform
 from udfs.registry import TransformError
 
