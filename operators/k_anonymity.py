@@ -933,8 +933,8 @@ class Partition:
     changes since the caller last cleared them, so that it can write them through.
     """
 
-    __slots__ = ("records", "keys", "classes", "released", "due", "ticks", "next_rid",
-                 "added", "removed", "marked", "armed", "flush_armed")
+    __slots__ = ("records", "keys", "classes", "released", "due", "ticks", "next_rid", "next_sweep",
+                 "added", "removed", "marked", "unmarked", "armed", "flush_armed")
 
     def __init__(self, depth: int) -> None:
         self.records: dict[int, Staged] = {}  # record id -> staged record
@@ -946,27 +946,33 @@ class Partition:
         self.due: list[tuple[int, int]] = []  # heap of (timer, record id); ids already gone are skipped
         self.ticks: set[int] = set()  # timers armed for this partition
         self.next_rid = 0
+        self.next_sweep = 0  # when expired released classes are next dropped (ms)
         self.added: list[int] = []
         self.removed: list[int] = []
         self.marked: list[tuple[int, str, int]] = []  # (level in the stage, class, released at)
+        self.unmarked: list[tuple[int, str]] = []  # released classes whose TTL ran out
         self.armed: list[int] = []
         self.flush_armed = False
 
     def empty(self) -> bool:
         return not self.records
 
-    def writes(self) -> tuple[list[tuple[int, Staged]], list[int], list[tuple[str, int]]]:
-        """The journal as state writes: records to put, record ids to remove, released classes to put.
+    def writes(self) -> tuple[list[tuple[int, Staged]], list[int], list[tuple[str, int]], list[str]]:
+        """The journal as state writes: records to put and ids to remove; released classes to put and to remove.
 
-        A record both added and removed since the last clear (released on arrival) is in neither.
+        A record both added and removed since the last clear (released on arrival) is in
+        neither; a class dropped and released again is only put.
         """
         added, removed = set(self.added), set(self.removed)
         puts = [(rid, self.records[rid]) for rid in self.added if rid not in removed]
         removes = [rid for rid in self.removed if rid not in added]
-        return puts, removes, [(f"{index}|{key}", at) for index, key, at in self.marked]
+        marks = [(f"{index}|{key}", at) for index, key, at in self.marked]
+        again = {name for name, _ in marks}
+        unmarks = [name for name in (f"{index}|{key}" for index, key in self.unmarked) if name not in again]
+        return puts, removes, marks, unmarks
 
     def clear_journal(self) -> None:
-        self.added, self.removed, self.marked, self.armed = [], [], [], []
+        self.added, self.removed, self.marked, self.unmarked, self.armed = [], [], [], [], []
 
 
 class Stage:
@@ -1034,8 +1040,17 @@ class Stage:
             return False
         if at + self._ttl > now:
             return True
-        del part.released[index][key]  # its state has expired too: the class must fill again
+        del part.released[index][key]  # its TTL has run out: the class must fill again
+        part.unmarked.append((index, key))
         return False
+
+    def _sweep(self, part: Partition, now: int) -> None:
+        """Drop the released classes whose TTL has run out, which no record may come to ask about."""
+        for index, released in enumerate(part.released):
+            for key in [key for key, at in released.items() if at + self._ttl <= now]:
+                del released[key]
+                part.unmarked.append((index, key))
+        part.next_sweep = now + max(1, self._ttl // 4)
 
     def _complete(self, part: Partition, index: int, key: str) -> bool:
         entry = part.classes[index].get(key)
@@ -1136,6 +1151,8 @@ class Stage:
             if rid in part.records:
                 self._settle(part, rid, now, published, leaving)
         part.ticks = {t for t in part.ticks if t > upto}
+        if now >= part.next_sweep:
+            self._sweep(part, now)
         return published, leaving
 
     def flush(self, part: Partition, now: int) -> tuple[list[Release], list[Staged]]:
@@ -1157,13 +1174,16 @@ class Stage:
                 now: int) -> Partition:
         """A partition from its facts as :meth:`Partition.writes` wrote them: records by id, released classes.
 
-        The timers of the buffered records come back in ``armed``: arming one again is harmless.
+        The timers of the buffered records come back in ``armed`` (arming one again is
+        harmless), and released classes past their TTL in ``unmarked``.
         """
         part = Partition(self.depth)
         for name, at in released:
             index, key = name.split("|", 1)
             if at + self._ttl > now:
                 part.released[int(index)][key] = at
+            else:
+                part.unmarked.append((int(index), key))
         for rid, record in sorted(records):
             record = tuple(record)
             self._add(part, record, self._plan.keys(orjson.loads(record[QIS])), rid)
@@ -1433,11 +1453,13 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
         def _write(self, part: Partition, service) -> None:
             """Write the partition's journal through to keyed state and timers."""
-            puts, removes, marks = part.writes()
+            puts, removes, marks, unmarks = part.writes()
             for rid, record in puts:
                 self.buffer.put(rid, record)
             for rid in removes:
                 self.buffer.remove(rid)
+            for name in unmarks:
+                self.released_state.remove(name)
             for name, at in marks:
                 self.released_state.put(name, at)
             for timer in part.armed:
@@ -1486,7 +1508,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             part = self._partition(record[CLASS], now)
             staged = tuple(record[:CLASS])
             releases = self.stage.on_record(part, staged, self.stage.keys(orjson.loads(staged[QIS])), now)
-            if part.added or part.removed or part.marked or part.armed:
+            if part.added or part.removed or part.marked or part.unmarked or part.armed:
                 self._write(part, ctx.timer_service())
             yield from self._publish(releases, now)
 
