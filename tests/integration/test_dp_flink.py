@@ -329,10 +329,10 @@ def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_th
     rows = restart_rows(600)  # 12 windows of 1 s, 25 subjects each
     truth = restart_truth(rows)
     out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
-    env = restart_env(rows, out_dir, checkpoints, pace_ms=10.0, restore=None)
+    env = restart_env(rows, out_dir, checkpoints, pace_ms=15.0, restore=None)
     client = env.execute_async("dp-restart-1")
     deadline = time.time() + 120
-    # stop mid-stream, once a few checkpoints hold open windows (600 records take 6 s to read)
+    # stop mid-stream, once a few checkpoints hold open windows (600 records take 9 s to read)
     while time.time() < deadline:
         latest = retained_checkpoint(checkpoints)
         if latest is not None and int(latest.name.split("-")[1]) >= 3:
@@ -403,7 +403,7 @@ def test_late_records_are_dropped_counted_and_never_released():
     late = [(f"late{i}", '["a"]', '{"v": 1}', T0 + i) for i in range(50)]
     tail = [("tail", '["a"]', '{"v": 1}', T0 + 3 * MINUTE)]
     rows = on_time + late + tail
-    pauses = {len(on_time) - 1: 0.6, len(rows) - 1: 2.5}  # row index -> seconds to sleep before passing it on
+    pauses = {len(on_time) - 1: 1.0, len(rows) - 1: 2.5}  # row index -> seconds to sleep before passing it on
 
     class EventTime(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
