@@ -1055,9 +1055,9 @@ class _BoundContributions(_KeyedProcess):
     entries removed.
 
     A record for a window whose release time the watermark has passed is late:
-    dropped and counted. At most ``BUFFER_LIMIT``
-    (subject, window) buffers are held per subtask; a new one beyond that is dropped
-    and counted (``dp_records_dropped_buffer_full``), never sent early.
+    dropped and counted. At most ``BUFFER_LIMIT`` (subject, window) buffers are held
+    per subtask; a new one beyond that is dropped and counted
+    (``dp_records_dropped_buffer_full``), never sent early.
     """
 
     def __init__(self, params: DpParams, random_state: int | None) -> None:
