@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -123,6 +124,10 @@ class JobOptions:
     extra_config: dict[str, str] = field(default_factory=dict)
 
 
+#: where a local run keeps its checkpoints; Flink makes a folder per job id inside
+LOCAL_CHECKPOINTS = Path(tempfile.gettempdir()) / "flink-anonymizer-checkpoints"
+
+
 def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEnvironment:
     """An environment configured the way these jobs need it: STREAMING, or BATCH with ``options.batch``."""
     config = Configuration()
@@ -143,6 +148,11 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
         config.set_string("pipeline.operator-chaining.enabled", "false")
     if checkpointing:
         config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
+        if "PYFLINK_GATEWAY_PORT" not in os.environ:
+            # a local MiniCluster would keep checkpoints in the JobManager's memory, capped at 5 MB:
+            # a k-anonymity buffer past that fails every checkpoint. Under `flink run` (the gateway
+            # port is set) the cluster's own checkpoint folder applies.
+            config.set_string("execution.checkpointing.dir", LOCAL_CHECKPOINTS.as_uri())
     # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
     project_root = str(Path(__file__).resolve().parent.parent)
     config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")

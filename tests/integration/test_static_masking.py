@@ -182,3 +182,16 @@ def test_the_environment_runs_in_the_mode_asked_for(batch, mode, checkpointing):
     assert env.get_checkpoint_config().is_checkpointing_enabled() is checkpointing
     config = env._j_stream_execution_environment.getConfiguration()
     assert config.toMap().get("execution.runtime-mode") == mode
+
+
+def test_a_local_streaming_run_checkpoints_to_files_not_to_the_jobmanager_heap(tmp_path):
+    # the JobManager's heap takes at most 5 MB of checkpoint: a k-anonymity buffer outgrows that
+    from flink_jobs.protect_stream import LOCAL_CHECKPOINTS, JobOptions, make_env
+
+    env = make_env(JobOptions(keyring_ref="", checkpoint_interval_ms=2000))
+    config = env._j_stream_execution_environment.getConfiguration().toMap()
+    assert config.get("execution.checkpointing.dir") == LOCAL_CHECKPOINTS.as_uri()
+    chosen = (tmp_path / "checkpoints").as_uri()
+    env = make_env(JobOptions(keyring_ref="", checkpoint_interval_ms=2000,
+                              extra_config={"execution.checkpointing.dir": chosen}))
+    assert env._j_stream_execution_environment.getConfiguration().toMap().get("execution.checkpointing.dir") == chosen
