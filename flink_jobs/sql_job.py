@@ -211,7 +211,7 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
                 result.wait()
             except Exception as exc:
                 raise SqlFileError(f"statement {statement.number} (line {statement.line}): its job failed: "
-                                   f"{reason(exc)}") from None
+                                   f"{reason(exc, running=True)}") from None
     return [result for _, result in jobs]
 
 
@@ -265,16 +265,25 @@ def _file_position(statement: Statement, exc: BaseException) -> str:
     return ""
 
 
-def reason(exc: BaseException) -> str:
+#: what a Java runtime cause may quote from a record: quoted text, and Jackson's source excerpt
+_QUOTED = re.compile(r'\[Source: .*|"[^"]*"|\'[^\']*\'')
+
+
+def reason(exc: BaseException, *, running: bool = False) -> str:
     """Flink's reason for a failure, in one line: the innermost Java cause that says something.
 
-    Flink's messages name SQL text, types and options, never record values; a Python function's
-    own error message is cut to its last line, which this project's transforms keep value-free.
+    Flink's planner messages name SQL text, types and options. A Python function's error is cut
+    to its last line, which this project's transforms keep value-free (udfs.flink withholds any
+    other exception's message). A running job's Java cause can quote a record (a cast's
+    ``For input string: "..."``, a JSON parser's excerpt): with ``running`` its quotes are blanked.
     """
     messages = _messages(exc)
     # the deepest cause is the real reason; the outer ones repeat it with less detail
     picked = messages[-1]
-    if "Traceback" in picked or "\n" in picked:
+    python_error = "Traceback" in picked
+    if python_error or "\n" in picked:
         lines = [line.strip() for line in picked.strip().splitlines() if line.strip()]
-        picked = lines[-1] if "Traceback" in picked else lines[0]
+        picked = lines[-1] if python_error else lines[0]
+    if running and not python_error:
+        picked = _QUOTED.sub("<withheld>", picked)
     return picked if len(picked) <= 400 else picked[:397] + "..."

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flink_jobs import cli
-from flink_jobs.sql_job import SqlFileError, Statement, split_statements, substitute
+from flink_jobs.sql_job import SqlFileError, Statement, reason, split_statements, substitute
 from udfs.flink import JsonRulesFunction, parse_params, parse_spec, sql_name, sql_transforms
 from udfs.keyring import Keyring
 from udfs.record import apply_view
@@ -212,3 +212,14 @@ def test_the_shipped_sql_file_applies_the_same_transforms_as_the_policy_masked_v
             assert f'"{leaf.path}": {{{family}: {variant}' in sql, leaf.path
         else:
             assert f"{sql_name(name)}({leaf.path}" in sql, leaf.path
+
+
+def test_a_running_jobs_java_cause_is_reported_without_what_it_quotes_from_a_record():
+    cause = ValueError('java.lang.NumberFormatException: For input string: "078-05-1120" '
+                       "[Source: (byte[])\"{\"ssn\": \"078-05-1120\"}\"; line: 1]")
+    said = reason(cause, running=True)
+    assert "NumberFormatException" in said and "078-05-1120" not in said
+    # a Python transform's last traceback line is this project's own, value-free message
+    traceback = ValueError("Traceback (most recent call last):\n  File x\nRuntimeError: mask.email failed: "
+                           "KeyError (message withheld)")
+    assert reason(traceback, running=True) == "RuntimeError: mask.email failed: KeyError (message withheld)"

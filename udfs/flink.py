@@ -185,6 +185,8 @@ class TransformFunction(_Keyed):
         except TransformError:
             self.refused.inc()
             return None
+        except Exception as exc:  # a bug, not a refusal: its own message may quote the value
+            raise RuntimeError(f"{self.transform_name} failed: {type(exc).__name__} (message withheld)") from None
 
     def is_deterministic(self) -> bool:
         return self._deterministic
@@ -246,6 +248,8 @@ class JsonRulesFunction(_Keyed):
         except (ValueError, TransformError):  # JSONDecodeError is a ValueError
             self.refused.inc()
             return None
+        except Exception as exc:  # a bug, not a refusal: its own message may quote the value
+            raise RuntimeError(f"protect_json failed: {type(exc).__name__} (message withheld)") from None
         if field not in protected:
             return None
         return json.dumps(protected[field], ensure_ascii=False, separators=(",", ":"))
