@@ -69,6 +69,7 @@ from typing import Any
 
 import numpy as np
 
+from operators.flink_compat import state_ttl
 from udfs.registry import MISSING, ParamError, TransformError
 
 
@@ -1004,22 +1005,6 @@ def subject_bucket(record: tuple[Any, ...]) -> int:
     return zlib.crc32(record[0].encode()) % BUCKETS
 
 
-def _ttl(ms: int) -> Any:
-    from pyflink.common import Time
-    from pyflink.datastream.state import StateTtlConfig
-
-    return (
-        StateTtlConfig.new_builder(Time.milliseconds(ms))
-        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        # incremental heap cleanup fails in thread mode ("Failed to incrementally clean up
-        # state with TTL"); expired entries go on read and in full snapshots instead
-        .disable_cleanup_in_background()
-        .cleanup_full_snapshot()
-        .build()
-    )
-
-
 def _subtask_index(ctx: Any) -> int:
     try:
         return ctx.get_index_of_this_subtask()
@@ -1075,7 +1060,7 @@ class _BoundContributions(_KeyedProcess):
         self.rng = make_random(seed)
         self.core = ContributionBounder(self.params)
         buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
-        buffers.enable_time_to_live(_ttl(self.params.state_ttl_ms))
+        buffers.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
         self.state = ctx.get_map_state(buffers)
         self.buckets: dict[int, dict[int, dict[str, SubjectWindow]]] = {}
         self.held = 0  # (subject, window) buffers in self.buckets
@@ -1206,7 +1191,7 @@ class _NoisyAggregate(_KeyedProcess):
         seed = None if self.random_state is None else self.random_state * 1000 + 500 + _subtask_index(ctx)
         self.core = GroupReleaser(self.params, seed)
         windows = MapStateDescriptor("group_windows", Types.LONG(), Types.STRING())
-        windows.enable_time_to_live(_ttl(self.params.state_ttl_ms))
+        windows.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
         self.windows = ctx.get_map_state(windows)
         self.cache: dict[tuple[str, int], list[float]] = {}
         self.zero = ContributionBounder(self.params).zero()

@@ -15,3 +15,20 @@ def subtask_index(runtime_context: Any) -> int:
         return runtime_context.get_index_of_this_subtask()
     except AttributeError:
         return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
+
+
+def state_ttl(ms: int) -> Any:
+    """The TTL every operator's state uses: refreshed on write, expired entries never returned."""
+    from pyflink.common import Time
+    from pyflink.datastream.state import StateTtlConfig
+
+    return (
+        StateTtlConfig.new_builder(Time.milliseconds(ms))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        # incremental heap cleanup fails in thread mode ("Failed to incrementally clean up
+        # state with TTL"); expired entries go on read and in full snapshots instead
+        .disable_cleanup_in_background()
+        .cleanup_full_snapshot()
+        .build()
+    )

@@ -64,6 +64,7 @@ from typing import Any
 
 import orjson
 
+from operators.flink_compat import state_ttl
 from udfs.generalize import cut_datetime, numeric_range, truncate
 from udfs.registry import ParamError, TransformError
 
@@ -1376,10 +1377,9 @@ CACHE_LIMIT = 100_000
 
 
 def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str):
-    from pyflink.common.time import Time
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
-    from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
+    from pyflink.datastream.state import MapStateDescriptor
 
     first, last = params.stages[number]
 
@@ -1408,12 +1408,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.processing = self.params.timing == "processing"
             # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
             # expired entries go on read and in full snapshots instead
-            ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.params.state_ttl_ms))
-                   .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-                   .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-                   .disable_cleanup_in_background()
-                   .cleanup_full_snapshot()
-                   .build())
+            ttl = state_ttl(self.params.state_ttl_ms)
             buffer = MapStateDescriptor("buffer", Types.LONG(), buffered_type)
             released = MapStateDescriptor("released", Types.STRING(), Types.LONG())
             buffer.enable_time_to_live(ttl)

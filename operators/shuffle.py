@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from operators.flink_compat import state_ttl
 from udfs.registry import ParamError
 
 __all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach"]
@@ -287,10 +288,9 @@ def _now_ms() -> int:
 
 
 def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN202 - PyFlink types
-    from pyflink.common.time import Time
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, TimeDomain
-    from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
+    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
     class ShuffleFunction(KeyedProcessFunction):
         """Buffer a partition's records; shuffle and release them when the window closes.
@@ -310,10 +310,7 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
         def open(self, runtime_context: Any) -> None:
             # random generators are made here, on the worker, never pickled
             self.core = Shuffler(self.params)
-            ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.params.state_ttl_ms))
-                   .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-                   .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-                   .build())
+            ttl = state_ttl(self.params.state_ttl_ms)
             buffer = ListStateDescriptor("buffer", Types.STRING())
             # (records buffered, timer due ms or 0)
             header = ValueStateDescriptor("header", Types.TUPLE([Types.INT(), Types.LONG()]))
