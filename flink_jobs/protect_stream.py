@@ -152,6 +152,9 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
             # a local MiniCluster would keep checkpoints in the JobManager's memory, capped at 5 MB:
             # a k-anonymity buffer past that fails every checkpoint. Under `flink run` (the gateway
             # port is set) the cluster's own checkpoint folder applies.
+            # the state holds raw subjects and buffered records: the folder is this user's only
+            LOCAL_CHECKPOINTS.mkdir(mode=0o700, exist_ok=True)
+            LOCAL_CHECKPOINTS.chmod(0o700)
             config.set_string("execution.checkpointing.dir", LOCAL_CHECKPOINTS.as_uri())
     # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
     project_root = str(Path(__file__).resolve().parent.parent)

@@ -191,6 +191,7 @@ def test_a_local_streaming_run_checkpoints_to_files_not_to_the_jobmanager_heap(t
     env = make_env(JobOptions(keyring_ref="", checkpoint_interval_ms=2000))
     config = env._j_stream_execution_environment.getConfiguration().toMap()
     assert config.get("execution.checkpointing.dir") == LOCAL_CHECKPOINTS.as_uri()
+    assert LOCAL_CHECKPOINTS.stat().st_mode & 0o777 == 0o700  # raw subjects are in there
     chosen = (tmp_path / "checkpoints").as_uri()
     env = make_env(JobOptions(keyring_ref="", checkpoint_interval_ms=2000,
                               extra_config={"execution.checkpointing.dir": chosen}))
