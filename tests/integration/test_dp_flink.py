@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from operators.dp_aggregates import DpParams, attach
+from tests.integration.restart import cancel_after_checkpoints, committed_lines, retained_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -312,17 +313,7 @@ def restart_env(rows, out_dir: Path, checkpoints: Path, *, pace_ms: float, resto
 
 
 def committed(out_dir: Path) -> list[tuple[str, dict, dict]]:
-    # in-progress and pending part files are hidden (".part-..."): only committed ones count
-    lines = []
-    for path in sorted(out_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            lines += [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [(key, json.loads(headers), json.loads(value)) for key, headers, value in lines]
-
-
-def retained_checkpoint(checkpoints: Path) -> Path | None:
-    done = [p.parent for p in checkpoints.glob("*/chk-*/_metadata")]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    return [(key, json.loads(headers), json.loads(value)) for key, headers, value in committed_lines(out_dir)]
 
 
 def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_the_spend(tmp_path):
@@ -331,14 +322,8 @@ def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_th
     out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
     env = restart_env(rows, out_dir, checkpoints, pace_ms=15.0, restore=None)
     client = env.execute_async("dp-restart-1")
-    deadline = time.time() + 120
     # stop mid-stream, once a few checkpoints hold open windows (600 records take 9 s to read)
-    while time.time() < deadline:
-        latest = retained_checkpoint(checkpoints)
-        if latest is not None and int(latest.name.split("-")[1]) >= 3:
-            break
-        time.sleep(0.1)
-    client.cancel().result()
+    cancel_after_checkpoints(client, checkpoints)
     first = committed(out_dir)
     latest = retained_checkpoint(checkpoints)
     assert latest is not None

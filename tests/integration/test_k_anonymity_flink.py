@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from operators.k_anonymity import KAnonymityParams, extract_quasi_identifiers
+from tests.integration.restart import cancel_after_checkpoints, committed_lines, retained_checkpoint
 from tests.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
@@ -218,41 +219,21 @@ def _restart_run(records: list[tuple], out_dir: Path, checkpoints: Path, *, pace
     return env
 
 
-def _committed(out_dir: Path) -> list[list]:
-    # in-progress and pending part files are hidden (".part-..."): only committed ones count
-    lines = []
-    for path in sorted(out_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            lines += [json.loads(line) for line in path.read_text().splitlines() if line]
-    return lines
-
-
-def _retained_checkpoint(checkpoints: Path) -> Path | None:
-    done = [p.parent for p in checkpoints.glob("*/chk-*/_metadata")]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
-
-
 def test_a_restart_from_a_retained_checkpoint_loses_and_duplicates_no_buffered_record(tmp_path):
     records = synthetic(400, seed=14)
     out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
     env = _restart_run(records, out_dir, checkpoints, pace_ms=15.0, restore=None)
     client = env.execute_async("k-anonymity-restart-1")
-    deadline = time.time() + 120
     # stop mid-stream, once a few checkpoints hold buffered records (400 records take 6 s to read)
-    while time.time() < deadline:
-        latest = _retained_checkpoint(checkpoints)
-        if latest is not None and int(latest.name.split("-")[1]) >= 3:
-            break
-        time.sleep(0.1)
-    client.cancel().result()
-    first = _committed(out_dir)
-    latest = _retained_checkpoint(checkpoints)
+    cancel_after_checkpoints(client, checkpoints)
+    first = committed_lines(out_dir)
+    latest = retained_checkpoint(checkpoints)
     assert latest is not None
     assert len(first) < len(records), "the first run was meant to stop mid-stream"
 
     env = _restart_run(records, out_dir, checkpoints, pace_ms=0.0, restore=str(latest))
     env.execute("k-anonymity-restart-2")
-    lines = _committed(out_dir)
+    lines = committed_lines(out_dir)
     released = [json.loads(value) for kind, _headers, value in lines if kind == "released"]
     suppressed = [json.loads(value) for kind, _headers, value in lines if kind == "suppressed"]
     # every input exactly once across both runs: released or suppressed, none lost, none twice

@@ -17,6 +17,7 @@ from conf.samples.generate_events import malformed_plan
 from flink_jobs.cli import count_records, read_channel, run_files
 from flink_jobs.policy import load_policy
 from tests.kanon_checker import assert_k_anonymous
+from tests.leak_scan import record_pii_values
 from udfs.keyring import Keyring
 from udfs.record import invert_view
 
@@ -28,8 +29,7 @@ ADVERSARIAL = ROOT / "tests/data/adversarial-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
 #: the protected record views (the suppressed output and the dead letters are as sensitive as raw)
 PROTECTED = ("masked", "anonymized", "aggregated")
-# names are checked per record (a fake may be another customer's real name), not by a global scan
-PII_FIELDS = ("email", "ssn", "card", "phone")
+# names are checked per record (a fake may be another customer's real name), not by tests.leak_scan
 
 # generator kind -> the start of the dead-letter reason the job must give
 EXPECTED_REASONS = {
@@ -113,22 +113,6 @@ def _raw_records(path: Path) -> list[dict]:
     return records
 
 
-def _pii_values(records: list[dict]) -> set[str]:
-    values = set()
-    for record in records:
-        for name in PII_FIELDS:
-            value = record.get(name)
-            # an email's domain is kept on purpose (j***@example.com): only a local part identifies
-            if name == "email" and isinstance(value, str) and len(value.partition("@")[0]) < 2:
-                continue
-            if isinstance(value, str) and len(value) >= 6:
-                values.add(value)
-        for item in record.get("items") or []:
-            if isinstance(item, dict) and isinstance(item.get("card"), str):
-                values.add(item["card"])
-    return values
-
-
 def _view_text(out: Path) -> str:
     return "\n".join(
         f.read_text() for view in PROTECTED for f in sorted((out / view).glob("*.jsonl")) if not f.name.startswith(".")
@@ -140,7 +124,7 @@ def test_no_raw_pii_value_appears_in_any_protected_view(run_name, request):
     out = request.getfixturevalue(run_name)
     text = _view_text(out)
     assert text, "the views are empty"
-    leaked = [value for value in _pii_values(_raw_records(SAMPLE)) if value in text]
+    leaked = [value for value in record_pii_values(_raw_records(SAMPLE)) if value in text]
     assert leaked == [], f"{len(leaked)} raw PII values appear in the protected views"
 
 
@@ -193,7 +177,7 @@ def test_dead_letters_carry_the_right_reason_and_position(sample_run):
 
 def test_reasons_never_quote_a_value(sample_run):
     raw = _raw_records(SAMPLE)
-    values = _pii_values(raw) | {str(r.get("age")) for r in raw if isinstance(r.get("age"), str)}
+    values = record_pii_values(raw) | {str(r.get("age")) for r in raw if isinstance(r.get("age"), str)}
     for entry in read_channel(sample_run / "dlq"):
         assert not [v for v in values if v in entry["headers"]["reason"]]
 
@@ -272,5 +256,5 @@ def test_adversarial_input_loses_nothing_and_leaks_nothing(adversarial_run):
     assert len(masked) + len(dead) == total
     assert all(entry["headers"]["reason"] for entry in dead)
     text = _view_text(adversarial_run)
-    leaked = [v for v in _pii_values(_raw_records(ADVERSARIAL)) if v in text]
+    leaked = [v for v in record_pii_values(_raw_records(ADVERSARIAL)) if v in text]
     assert leaked == []

@@ -103,6 +103,8 @@ def test_streaming_keeps_each_windows_multiset_and_loses_no_record(streaming, po
     _assert_window_kept(released, "a", range(10))  # closed by count
     _assert_window_kept(released, "a", range(10, 20))  # closed by count
     _assert_window_kept(released, "c", range(7))  # closed at the end of input, above min_size
+    # and the values did move: every record keeping its own zip in every window is vanishingly unlikely
+    assert any(v["zip"] != f"{v['region']}-{v['id']}" for v in released)
     # a's last three never make a window of five: suppressed unshuffled at the end of input
     assert _ids(released, "a") == set(range(20))
     assert {(h[SUPPRESSED_HEADER], v["id"], v["zip"]) for h, v in suppressed if v["region"] == "a"} == {
