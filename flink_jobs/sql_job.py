@@ -280,7 +280,7 @@ def reason(exc: BaseException, *, running: bool = False) -> str:
     messages = _messages(exc)
     # the deepest cause is the real reason; the outer ones repeat it with less detail
     picked = messages[-1]
-    python_error = "Traceback" in picked
+    python_error = "Traceback" in picked or picked.startswith("PythonException")
     if python_error or "\n" in picked:
         lines = [line.strip() for line in picked.strip().splitlines() if line.strip()]
         picked = lines[-1] if python_error else lines[0]

@@ -185,6 +185,8 @@ class TransformFunction(_Keyed):
         except TransformError:
             self.refused.inc()
             return None
+        except ParamError:
+            raise  # a mistake in the SQL text, named without a value
         except Exception as exc:  # a bug, not a refusal: its own message may quote the value
             raise RuntimeError(f"{self.transform_name} failed: {type(exc).__name__} (message withheld)") from None
 
