@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from udfs import registry
+from udfs.durations import parse_duration
 from udfs.keyring import Keyring, KeyringError
 from udfs.record import Node, PathError, build_tree, leaves
 from udfs.registry import ParamError, Transform
@@ -331,23 +332,12 @@ def _unknown_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: s
 
 def _duration_ms(raw: Any, where: str, problems: list[Problem]) -> int:
     try:
-        return parse_duration_ms(raw)
-    except ValueError as exc:
-        problems.append(Problem(where, str(exc), "a duration such as 500ms, 30s, 5m, 1h"))
+        return parse_duration(raw, where)
+    except ParamError as exc:
+        problems.append(Problem(where, exc.problem, "a duration such as 500ms, 30s, 5m, 1h"))
         return 0
 
 
 def parse_duration_ms(raw: Any) -> int:
-    """``"30s"`` -> 30000. Plain numbers are seconds."""
-    if isinstance(raw, bool):
-        raise ValueError(f"not a duration: {raw!r}")
-    if isinstance(raw, (int, float)):
-        if raw < 0:
-            raise ValueError("a duration cannot be negative")
-        return int(raw * 1000)
-    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    text = str(raw).strip()
-    for unit in ("ms", "s", "m", "h", "d"):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return int(float(text[: -len(unit)]) * units[unit])
-    raise ValueError(f"not a duration: {raw!r}")
+    """``"30s"`` -> 30000. Plain numbers are seconds. Raises :class:`ParamError` (a ValueError)."""
+    return parse_duration(raw, "duration")

@@ -57,7 +57,6 @@ import json
 import logging
 import math
 import operator
-import re
 import secrets
 import sys
 import types
@@ -70,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from operators.flink_compat import state_ttl
+from udfs.durations import parse_duration
 from udfs.registry import MISSING, ParamError, TransformError
 
 
@@ -130,8 +130,6 @@ POLICY_KEYS = (
     "state_ttl",
 )
 DEFAULT_DELTA = 1e-6
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _Z95 = 1.959963984540054
 
 try:  # orjson is pinned in setup.cfg; it parses the per-record values about 3x faster
@@ -149,19 +147,6 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------
 # parameters
 # ---------------------------------------------------------------------------
-def parse_duration(value: Any, param: str) -> int:
-    """Milliseconds from ``"30s"``, ``"1m"``, ``"500ms"``, or a whole number of seconds."""
-    if isinstance(value, bool):
-        raise ParamError(param, "must be a duration", "a duration such as 30s, 1m, 1h")
-    if isinstance(value, int):
-        return value * 1000
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return int(match.group(1)) * _UNIT_MS[match.group(2)]
-    raise ParamError(param, "is not a duration", "a whole number with a unit: ms, s, m, h or d (30s, 1m)")
-
-
 def _number(value: Any, param: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ParamError(param, "must be a finite number", "a number")
@@ -342,9 +327,7 @@ class DpParams:
         if "allowed_lateness" in block:
             kwargs["allowed_lateness_ms"] = parse_duration(block["allowed_lateness"], "allowed_lateness")
         if "state_ttl" in block:
-            kwargs["state_ttl_ms"] = parse_duration(block["state_ttl"], "state_ttl")
-            if kwargs["state_ttl_ms"] <= 0:
-                raise ParamError("state_ttl", "must be longer than 0", "a positive duration")
+            kwargs["state_ttl_ms"] = parse_duration(block["state_ttl"], "state_ttl", minimum_ms=1)
         if block.get("total_epsilon") is not None:
             kwargs["total_epsilon"] = _number(block["total_epsilon"], "total_epsilon")
         if block.get("public_groups") is not None:

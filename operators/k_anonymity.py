@@ -65,6 +65,7 @@ from typing import Any
 import orjson
 
 from operators.flink_compat import state_ttl
+from udfs.durations import parse_duration
 from udfs.generalize import cut_datetime, numeric_range, truncate
 from udfs.registry import ParamError, TransformError
 
@@ -93,8 +94,6 @@ ON_TIMEOUT = ("generalize", "suppress")
 DATE_UNITS = ("hour", "day", "month", "year")
 _DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
 _LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "date": "date", "group": "category"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _PATH = re.compile(r"^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$")
 #: timestamp of the event-time timer that flushes a buffer when a bounded input ends
 FLUSH_TIMER = 2**63 - 2
@@ -305,9 +304,10 @@ class KAnonymityParams:
             raise ParamError("k", "missing or not an integer", "an integer >= 2, such as 5")
         if k < 2:
             raise ParamError("k", f"must be at least 2, got {k}", "an integer >= 2, such as 5")
-        max_delay = _duration(block.get("max_delay"), "max_delay")
+        max_delay = parse_duration(block.get("max_delay"), "max_delay", minimum_ms=1, numbers=False)
         ttl_default = max(10 * max_delay, 600_000)
-        state_ttl = _duration(block["state_ttl"], "state_ttl") if "state_ttl" in block else ttl_default
+        state_ttl = (parse_duration(block["state_ttl"], "state_ttl", minimum_ms=1, numbers=False)
+                     if "state_ttl" in block else ttl_default)
         if state_ttl <= max_delay:
             raise ParamError("state_ttl", "must be longer than max_delay", "a duration above max_delay, such as 10m")
         timing = block.get("timing", "processing")
@@ -405,19 +405,6 @@ def _parse_path(raw: Any, qis: Sequence[QuasiIdentifier]) -> tuple[tuple[int, ..
     if problem is not None:
         raise ParamError(f"path[{problem[0]}]", problem[1], allowed)
     return tuple(vectors)
-
-
-def _duration(raw: Any, param: str) -> int:
-    allowed = "a duration such as 500ms, 30s, 10m or 1h"
-    if not isinstance(raw, str):
-        raise ParamError(param, "missing or not a duration string", allowed)
-    match = _DURATION.match(raw)
-    if match is None:
-        raise ParamError(param, f"not a duration: {raw!r}", allowed)
-    ms = int(float(match[1]) * _UNIT_MS[match[2]])
-    if ms <= 0:
-        raise ParamError(param, "must be positive", allowed)
-    return ms
 
 
 def _paths(raw: Any, param: str) -> tuple[str, ...]:

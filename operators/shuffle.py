@@ -31,7 +31,6 @@ Flink wrapper (:func:`attach`) keeps the buffer in typed, TTL-bound keyed state.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.flink_compat import state_ttl
+from udfs.durations import parse_duration
 from udfs.registry import ParamError
 
 __all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach"]
@@ -53,23 +53,6 @@ SUPPRESSED_HEADER = "shuffle_suppressed"
 FLUSH_TIMER = 2**63 - 2
 
 Record = tuple[str | None, str, str]  # (key, headers JSON, value JSON)
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_duration(value: Any, param: str) -> int:
-    """Milliseconds from ``"30s"``, ``"1m"``, ``"500ms"``, or a whole number of seconds.
-
-    The operator's own, so that a worker running it does not import the DP stack.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value * 1000
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ParamError(param, "is not a duration", "a whole number with a unit: ms, s, m, h or d (30s, 1m)")
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
-
 
 @dataclass(frozen=True)
 class ShuffleParams:
@@ -114,6 +97,9 @@ class ShuffleParams:
             raise ParamError("window", "give a count or a duration", "100 or 30s")
         if self.count is not None and self.count < 2:
             raise ParamError("window", "a count window needs at least 2 records", "an integer >= 2")
+        for name, ms in (("window", self.window_ms), ("timeout", self.timeout_ms), ("max_hold", self.max_hold_ms)):
+            if ms is not None and ms <= 0:
+                raise ParamError(name, "must be longer than 0", "a positive duration such as 500ms, 30s or 1m")
         if self.min_size < 2:
             raise ParamError("min_size", "must be at least 2: one record shuffled is itself", "an integer >= 2")
         if self.count is not None and self.min_size > self.count:
@@ -144,10 +130,10 @@ class ShuffleParams:
         if isinstance(window, int) and not isinstance(window, bool):
             count = window
         elif isinstance(window, str):
-            window_ms = parse_duration(window, "window")
+            window_ms = parse_duration(window, "window", minimum_ms=1)
         else:
             raise ParamError("window", "missing: a count or a duration", "100 or 30s")
-        timeout_ms = parse_duration(block["timeout"], "timeout") if "timeout" in block else None
+        timeout_ms = parse_duration(block["timeout"], "timeout", minimum_ms=1) if "timeout" in block else None
         if timeout_ms is not None and count is None:
             raise ParamError("timeout", "only count windows take a timeout", "drop it, or use a count window")
         min_size = block.get("min_size", 2)
@@ -156,9 +142,10 @@ class ShuffleParams:
         partition_by = block.get("partition_by")
         if partition_by is not None and not isinstance(partition_by, str):
             raise ParamError("partition_by", "must be a field name", "a field such as region")
-        max_hold_ms = parse_duration(block.get("max_hold", "5m"), "max_hold")
+        max_hold_ms = parse_duration(block.get("max_hold", "5m"), "max_hold", minimum_ms=1)
         default_ttl = max(3_600_000, 10 * max(window_ms or 0, timeout_ms or 0, max_hold_ms))  # suppress ignores max_hold
-        state_ttl_ms = parse_duration(block["state_ttl"], "state_ttl") if "state_ttl" in block else default_ttl
+        state_ttl_ms = (parse_duration(block["state_ttl"], "state_ttl", minimum_ms=1)
+                        if "state_ttl" in block else default_ttl)
         return cls(columns=tuple(columns), count=count, window_ms=window_ms, timeout_ms=timeout_ms,
                    min_size=min_size, small_window=block.get("small_window", "suppress"),
                    max_hold_ms=max_hold_ms, partition_by=partition_by, state_ttl_ms=state_ttl_ms)

@@ -128,6 +128,37 @@ def test_when_the_input_ends_then_a_last_window_of_min_size_is_shuffled_and_rele
     assert Counter(v["zip"] for v in values(shuffled)) == Counter(v["zip"] for v in values(recs))
 
 
+@pytest.mark.parametrize(("block", "param"), [
+    ({"columns": ["zip"], "window": "0s"}, "window"),  # a time window of zero never holds anything
+    ({"columns": ["zip"], "window": "0ms"}, "window"),
+    ({"columns": ["zip"], "window": 0}, "window"),  # a count window of zero
+    ({"columns": ["zip"], "window": -5}, "window"),  # a negative count window
+    ({"columns": ["zip"], "window": 10, "timeout": "0s"}, "timeout"),  # a count window closed at once
+    ({"columns": ["zip"], "window": 10, "timeout": -1}, "timeout"),  # negative seconds
+    ({"columns": ["zip"], "window": 10, "small_window": "hold", "max_hold": "0s"}, "max_hold"),
+    ({"columns": ["zip"], "window": 10, "small_window": "hold", "max_hold": -30}, "max_hold"),
+    ({"columns": ["zip"], "window": 10, "state_ttl": "0s"}, "state_ttl"),
+    ({"columns": ["zip"], "window": 10, "state_ttl": -3600}, "state_ttl"),
+])
+def test_when_a_window_or_timeout_is_zero_or_negative_then_refused_naming_it(block, param):
+    with pytest.raises(ParamError) as exc:
+        ShuffleParams.from_policy(block)
+    assert exc.value.param == param
+    assert exc.value.problem in ("must be longer than 0", "a count window needs at least 2 records")
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"window_ms": 0}, "window"),
+    ({"window_ms": -1}, "window"),
+    ({"count": 10, "timeout_ms": 0}, "timeout"),
+    ({"count": 10, "max_hold_ms": -1, "small_window": "hold"}, "max_hold"),
+])
+def test_when_built_directly_with_a_non_positive_duration_then_refused(fields, param):
+    with pytest.raises(ParamError) as exc:
+        ShuffleParams(columns=("zip",), **fields)
+    assert exc.value.param == param and exc.value.problem == "must be longer than 0"
+
+
 @pytest.mark.parametrize(("text", "ms"), [
     ("500ms", 500),  # milliseconds
     ("30s", 30_000),  # seconds
