@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the transforms (the file declares its own functions)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="split and substitute, print the statements, run nothing")
+                        help="split the file and check every placeholder has a value; print the statements "
+                             "as written (placeholders kept, so --set values are never shown); run nothing")
     parser.set_defaults(func=cmd_sql)
 
 
@@ -77,9 +78,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
         try:
             for statement in statements:
-                print(f"-- statement {statement.number} (line {statement.line})\n{substitute(statement, values)};")
+                substitute(statement, values)  # every placeholder must have a value; the result is not shown
         except SqlFileError as exc:
             raise CliError(f"{path}: {exc}") from None
+        if values:
+            print("-- --set gives " + ", ".join(f"${{{name}}}" for name in values) + " (values not shown)")
+        for statement in statements:  # as written: a --set value (a password, say) is never printed
+            print(f"-- statement {statement.number} (line {statement.line})\n{statement.text};")
         return 0
     _, reference = resolve_keyring(args.keyring)
     t_env = build_table_env(reference, parallelism=args.parallelism, execution_mode=args.execution_mode,

@@ -179,6 +179,7 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
     """Execute the statements in order; print the rows of queries; wait for the jobs they submit.
 
     Every placeholder is checked before the first statement runs. Returns the jobs' table results.
+    ``echo`` gets each statement's first line as written in the file, placeholders unsubstituted.
 
     Raises
     ------
@@ -189,8 +190,8 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
     texts = [substitute(statement, values) for statement in statements]
     jobs: list[tuple[Statement, Any]] = []
     for statement, text in zip(statements, texts, strict=True):
-        if echo is not None:
-            echo(f"statement {statement.number} (line {statement.line}): {_first_line(text)}")
+        if echo is not None:  # as written: a --set value (a password in a connector option) is never echoed
+            echo(f"statement {statement.number} (line {statement.line}): {_first_line(statement.text)}")
         setting = _SET.match(text)
         if setting:  # the SQL client's SET 'key' = 'value': executeSql() does not take it
             t_env.get_config().set(setting.group(1), setting.group(2))

@@ -163,12 +163,68 @@ def test_sql_help_names_the_placeholders_and_the_function_names(capsys):
     assert "--set NAME=VALUE" in out and "bootstrap_servers" in out and "mask_email" in out
 
 
-def test_sql_dry_run_prints_the_substituted_statements(capsys):
+def test_sql_dry_run_prints_the_statements_as_written(capsys):
     status = cli.main(["sql", str(SQL_FILE), "--dry-run", "--set", "bootstrap_servers=kafka:9092"])
     out = capsys.readouterr().out
     assert status == 0
-    assert "'properties.bootstrap.servers' = 'kafka:9092'" in out and "-- statement 3 (line " in out
-    assert "${" not in out
+    assert "'properties.bootstrap.servers' = '${bootstrap_servers:-localhost:9092}'" in out
+    assert "-- statement 3 (line " in out and "kafka:9092" not in out
+
+
+SECRET_SQL = """CREATE TEMPORARY TABLE src (a STRING) WITH (
+  'connector' = 'jdbc', 'username' = '${user:-anon}', 'password' = '${password}'
+);
+SET 'custom.token' = '${token}';
+INSERT INTO sink SELECT a FROM src;
+"""
+
+
+def test_sql_dry_run_never_prints_a_set_value(tmp_path, capsys):
+    (tmp_path / "q.sql").write_text(SECRET_SQL)
+    status = cli.main(["sql", str(tmp_path / "q.sql"), "--dry-run", "--set", "password=hunter2-S3cret",
+                       "--set", "token=tok-98765", "--set", "user=alice-dba"])
+    captured = capsys.readouterr()
+    assert status == 0
+    for secret in ("hunter2-S3cret", "tok-98765", "alice-dba"):
+        assert secret not in captured.out and secret not in captured.err
+    assert "'password' = '${password}'" in captured.out and "SET 'custom.token' = '${token}'" in captured.out
+    assert "-- statement 3 (line 5)" in captured.out
+
+
+class _FakeTableEnv:
+    """Just enough of a TableEnvironment for run_statements: records what Flink would be given."""
+
+    def __init__(self):
+        self.executed, self.config = [], {}
+
+    def get_config(self):
+        return self
+
+    def set(self, key, value):
+        self.config[key] = value
+
+    def execute_sql(self, text):
+        self.executed.append(text)
+        return self
+
+    def get_job_client(self):
+        return None
+
+
+def test_run_statements_echoes_statements_as_written_and_never_a_set_value():
+    from flink_jobs.sql_job import run_statements
+
+    # the secret on the statement's first line, where the echo looks
+    text = "CREATE TEMPORARY TABLE t (a STRING) WITH ('password' = '${password}');\n" + SECRET_SQL
+    echoed: list[str] = []
+    t_env = _FakeTableEnv()
+    run_statements(t_env, split_statements(text), {"password": "hunter2-S3cret", "token": "tok-98765"},
+                   echo=echoed.append)
+    assert len(echoed) == 4 and echoed[0].startswith("statement 1 (line 1): CREATE TEMPORARY TABLE t")
+    assert "'${password}'" in echoed[0] and "'${token}'" in echoed[2]
+    assert not any("hunter2-S3cret" in line or "tok-98765" in line for line in echoed)
+    # Flink itself still gets the values
+    assert "'password' = 'hunter2-S3cret'" in t_env.executed[0] and t_env.config == {"custom.token": "tok-98765"}
 
 
 @pytest.mark.parametrize(("argv", "message"), [
