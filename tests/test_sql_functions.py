@@ -87,6 +87,45 @@ def test_protect_json_rules_apply_the_policy_below_one_field_and_deny_the_rest()
     assert protected["items"][0]["card"] != "4111111111111111" and len(protected["items"][0]["card"]) == 16
 
 
+class _FakeFunctionContext:
+    """What JsonRulesFunction.open() asks of Flink's FunctionContext: a metric group with counters."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def get_metric_group(self):
+        return self
+
+    def counter(self, name):
+        context = self
+
+        class Counter:
+            def inc(self, n=1):
+                context.counts[name] = context.counts.get(name, 0) + n
+
+        return Counter()
+
+
+def test_protect_json_keeps_a_bounded_number_of_compiled_rules_texts():
+    import udfs.flink
+    import udfs.record
+
+    function = JsonRulesFunction()
+    function.open(_FakeFunctionContext())
+    bound = JsonRulesFunction.MAX_RULES_TEXTS
+    assert 0 < bound <= 64
+    for i in range(3 * bound):  # rules from a column: every row a different text
+        rules = f'{{"items[*].f{i}": keep}}'
+        assert function.eval(f'[{{"f{i}": "x", "other": "y"}}]', rules) == f'[{{"f{i}":"x"}}]'
+        assert len(function._trees) <= bound
+    # a repeated text is served from the cache, not compiled again
+    function.compile = None  # would fail if called
+    last = f'{{"items[*].f{3 * bound - 1}": keep}}'
+    assert function.eval(f'[{{"f{3 * bound - 1}": "z"}}]', last) == f'[{{"f{3 * bound - 1}":"z"}}]'
+    # apply_view is imported with the module, not on every eval()
+    assert udfs.flink.apply_view is udfs.record.apply_view
+
+
 @pytest.mark.parametrize("rules", [
     '{"items[*].sku": keep, "address.zip": keep}',  # two fields
     '{}',  # no rule

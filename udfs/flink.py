@@ -38,6 +38,7 @@ from pyflink.table.udf import ScalarFunction, udf
 
 from udfs import registry
 from udfs.keyring import Keyring, load_keyring
+from udfs.record import PathError, apply_view, build_tree, parse_path
 from udfs.registry import ParamError, TransformError
 
 __all__ = [
@@ -203,6 +204,9 @@ class JsonRulesFunction(_Keyed):
     JSON and for a value that does not fit its rules (counted in ``transform_refused``).
     """
 
+    #: distinct rules texts kept compiled per task (rules from a column could be all different)
+    MAX_RULES_TEXTS = 64
+
     def __init__(self, keyring_ref: str | None = None) -> None:
         self.keyring_ref = keyring_ref
 
@@ -213,13 +217,14 @@ class JsonRulesFunction(_Keyed):
     def _tree(self, text: str) -> tuple[str, Any]:
         compiled = self._trees.get(text)
         if compiled is None:
-            compiled = self._trees[text] = self.compile(text)
+            compiled = self.compile(text)
+            if len(self._trees) >= self.MAX_RULES_TEXTS:
+                self._trees.clear()
+            self._trees[text] = compiled
         return compiled
 
     def compile(self, text: str) -> tuple[str, Any]:
         """(the field's name, the rules' tree), once per distinct rules text."""
-        from udfs.record import PathError, build_tree, parse_path
-
         rules = parse_params(text)
         if not rules:
             raise ParamError("rules", "protect_json needs at least one rule", "{\"items[*].sku\": keep}")
@@ -241,8 +246,6 @@ class JsonRulesFunction(_Keyed):
     def eval(self, value: Any, rules: str) -> Any:
         if value is None:
             return None
-        from udfs.record import apply_view
-
         field, tree = self._tree(rules)
         try:
             document = json.loads(value)
