@@ -236,12 +236,16 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
     build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
     started = time.monotonic()
     done = threading.Event()
+    progress = None
     if not quiet:
-        threading.Thread(target=_show_progress, args=(output / "_stats", total, done, started), daemon=True).start()
+        progress = threading.Thread(target=_show_progress, args=(output / "_stats", total, done, started), daemon=True)
+        progress.start()
     try:
         env.execute(f"protect_stream[{policy.id}]")
     finally:
         done.set()
+        if progress is not None:
+            progress.join(timeout=5)  # its last line, with the final count, before the summary
     elapsed = time.monotonic() - started
     summary = summarize(output, channels, total, elapsed, policy, mode="batch" if batch else "streaming")
     print(summary["text"])
@@ -285,26 +289,33 @@ def _count_lines(directory: Path) -> int:
     ) if directory.exists() else 0
 
 
+def _progress_line(stats_dir: Path, total: int, started: float) -> str:
+    """``[#####     ]  50.0% 5,020/10,040 records    3.2s``: records read so far, from the operators' stats."""
+    seen = 0
+    for file in stats_dir.glob("subtask-*.json"):
+        try:
+            seen += json.loads(file.read_text())["records_in"]
+        except (OSError, ValueError, KeyError):
+            pass
+    fraction = min(1.0, seen / total) if total else 1.0
+    bar = "#" * int(fraction * 30)
+    return f"[{bar:<30}] {fraction:5.1%} {seen:,}/{total:,} records  {time.monotonic() - started:5.1f}s"
+
+
 def _show_progress(stats_dir: Path, total: int, done: threading.Event, started: float) -> None:
+    """A progress line on stderr: redrawn in place on a terminal, every 5 s otherwise; a last one at the end."""
     interactive = sys.stderr.isatty()
     last_print = 0.0
     while not done.wait(0.5):
-        seen = 0
-        for file in stats_dir.glob("subtask-*.json"):
-            try:
-                seen += json.loads(file.read_text())["records_in"]
-            except (OSError, ValueError, KeyError):
-                pass
-        fraction = min(1.0, seen / total) if total else 1.0
-        bar = "#" * int(fraction * 30)
-        line = f"[{bar:<30}] {fraction:5.1%} {seen:,}/{total:,} records  {time.monotonic() - started:5.1f}s"
+        line = _progress_line(stats_dir, total, started)
         if interactive:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif time.monotonic() - last_print > 5:
             last_print = time.monotonic()
             print(line, file=sys.stderr, flush=True)
-    if interactive:
-        print(file=sys.stderr)
+    # the job has ended: its operators' final counts are written
+    line = _progress_line(stats_dir, total, started)
+    print(("\r" + line) if interactive else line, file=sys.stderr, flush=True)
 
 
 def summarize(output: Path, channels: list[str], total: int, elapsed: float, policy: Any,

@@ -274,6 +274,31 @@ def test_run_with_a_bad_policy_is_refused_before_flink(tmp_path, keyring_file, c
     assert not (tmp_path / "out").exists()
 
 
+# -- progress display ---------------------------------------------------------------------------------
+PROGRESS_LINE = r"\[[# ]{30}\] +\d{1,3}\.\d% [\d,]+/[\d,]+ records +\d+\.\ds"
+
+
+@pytest.mark.parametrize(("seen", "total", "percent", "hashes"), [
+    ((6_000, 4_040), 10_040, "100.0%", 30),  # the two subtasks' final counts
+    ((2_510,), 10_040, " 25.0%", 7),  # part way
+])
+def test_when_the_job_ends_the_progress_display_prints_a_last_line_with_the_final_count(
+        tmp_path, capsys, seen, total, percent, hashes):
+    import re
+    import threading
+    import time
+
+    for i, n in enumerate(seen):
+        (tmp_path / f"subtask-{i}.json").write_text(json.dumps({"records_in": n}))
+    done = threading.Event()
+    done.set()  # a job shorter than the first redraw still ends with a line
+    cli._show_progress(tmp_path, total, done, time.monotonic())
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and re.fullmatch(PROGRESS_LINE, lines[-1]), lines
+    assert f"{percent} {sum(seen):,}/{total:,} records" in lines[-1]
+    assert lines[-1].count("#") == hashes
+
+
 # -- decrypt -------------------------------------------------------------------------------------------
 def test_decrypt_gives_back_the_encrypted_fields(policy_file, keyring_file, tmp_path, capsys):
     import yaml

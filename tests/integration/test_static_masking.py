@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -120,7 +121,18 @@ def test_bounded_run_finalizes_every_part_file(runs, label):
 def test_bounded_run_shows_progress_and_says_it_ran_in_batch_mode(runs, label):
     out, printed = runs[(label, "batch")]
     assert "protect_stream (batch mode) finished" in printed
-    assert "% " in printed and "/10,040 records" in printed  # the progress bar
+    # the progress display: "[#####...   ]  50.0% 5,020/10,040 records    3.2s" lines, the last at the end
+    total = count_records(SAMPLE)
+    progress = re.findall(r"^\[([# ]{30})\] +(\d{1,3}\.\d)% ([\d,]+)/([\d,]+) records +\d+\.\ds$",
+                          printed, flags=re.MULTILINE)
+    assert progress, f"no progress line in:\n{printed}"
+    assert all(int(t.replace(",", "")) == total == 10_040 for _, _, _, t in progress)
+    for bar, percent, seen, _ in progress:
+        filled = bar.count("#")
+        assert bar == "#" * filled + " " * (30 - filled)  # filled from the left
+        assert float(percent) == pytest.approx(min(100.0, 100 * int(seen.replace(",", "")) / total), abs=0.051)
+        assert abs(filled - float(percent) * 0.3) < 1.05  # one # per 3.33 %
+    assert progress[-1][1:3] == ("100.0", "10,040")  # the last line: every record read
     # what the progress display reads: the protect operator's final count
     stats = [json.loads(f.read_text()) for f in (out / "_stats").glob("subtask-*.json")]
     assert sum(s["records_in"] for s in stats) == count_records(SAMPLE)
