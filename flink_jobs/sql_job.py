@@ -202,8 +202,8 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
                 print_rows(result)  # until the query's job ends
                 continue
         except Exception as exc:  # Flink raises its own wrappers of Java exceptions
-            raise SqlFileError(f"statement {statement.number} (line {statement.line}"
-                               f"{_file_position(statement, exc)}): {reason(exc)}") from None
+            raise SqlFileError(hide_values(f"statement {statement.number} (line {statement.line}"
+                                           f"{_file_position(statement, exc)}): {reason(exc)}", values)) from None
         if result.get_job_client() is not None:
             jobs.append((statement, result))
     if wait:
@@ -211,9 +211,22 @@ def run_statements(t_env: Any, statements: list[Statement], values: Mapping[str,
             try:
                 result.wait()
             except Exception as exc:
-                raise SqlFileError(f"statement {statement.number} (line {statement.line}): its job failed: "
-                                   f"{reason(exc, running=True)}") from None
+                raise SqlFileError(hide_values(f"statement {statement.number} (line {statement.line}): its job "
+                                               f"failed: {reason(exc, running=True)}", values)) from None
     return [result for _, result in jobs]
+
+
+def hide_values(message: str, values: Mapping[str, str]) -> str:
+    """``message`` with every ``--set`` value of 4 characters or more shown as ``${name}``.
+
+    Flink's errors quote the statement it got, with the values in it: a password given with
+    ``--set`` would be printed. Shorter values (a parallelism, a flag) are left: they are not
+    secrets, and replacing every "1" would garble the message.
+    """
+    for name, value in sorted(values.items(), key=lambda item: -len(item[1])):
+        if len(value) >= 4:
+            message = message.replace(value, f"${{{name}}}")
+    return message
 
 
 def print_rows(result: Any, out: Any = None) -> int:

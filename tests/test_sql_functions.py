@@ -318,3 +318,22 @@ def test_a_running_jobs_java_cause_is_reported_without_what_it_quotes_from_a_rec
     traceback = ValueError("Traceback (most recent call last):\n  File x\nRuntimeError: mask.email failed: "
                            "KeyError (message withheld)")
     assert reason(traceback, running=True) == "RuntimeError: mask.email failed: KeyError (message withheld)"
+
+
+class _RefusingTableEnv(_FakeTableEnv):
+    """Refuses every statement, quoting it back as Flink's validation errors do."""
+
+    def execute_sql(self, text):
+        raise ValueError(f"org.apache.flink.table.api.ValidationException: Unable to create a source for: {text}")
+
+
+def test_a_refused_statement_error_never_prints_a_set_value():
+    from flink_jobs.sql_job import SqlFileError, run_statements
+
+    text = "CREATE TEMPORARY TABLE t (a STRING) WITH ('password' = '${password}', 'parallelism' = '${p}');"
+    with pytest.raises(SqlFileError) as caught:
+        run_statements(_RefusingTableEnv(), split_statements(text), {"password": "hunter2-S3cret", "p": "1"})
+    message = str(caught.value)
+    assert message.startswith("statement 1 (line 1")
+    assert "hunter2-S3cret" not in message and "'${password}'" in message
+    assert "'parallelism' = '1'" in message  # a short value is no secret, and stays readable
