@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["ALPHABETS", "DOMAIN_MIN", "FF1", "FF1_MAX_LEN", "Alphabet", "FPEError", "min_length"]
+__all__ = ["ALPHABETS", "DOMAIN_MIN", "FF1", "FF1_MAX_LEN", "Alphabet", "FPECipher", "FPEError", "min_length"]
 
 #: radix**length must reach this (SP 800-38G Rev. 1, section 5.2)
 DOMAIN_MIN = 1_000_000
@@ -157,13 +157,80 @@ class Alphabet:
         return f"Alphabet(radix={self.radix})"
 
 
+class FPECipher:
+    """What FF1 and FF3-1 share: the key and alphabet checks, the length domain and the plan cache.
+
+    A subclass sets :attr:`name` (as error messages spell the algorithm) and
+    implements ``_max_length(radix)`` and ``_make_plan(n, tweak)``; its
+    ``_crypt`` starts with :meth:`_plan`, which checks the value and returns the
+    cached (length, tweak) plan.
+    """
+
+    #: the algorithm as error messages spell it
+    name = ""
+    #: whether "too long" names the radix (FF3-1's longest value depends on it)
+    _long_names_radix = False
+
+    def __init__(self, key: bytes, alphabet: str | Alphabet = "digits", *, plan_cache: int = 1024) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) not in (16, 24, 32):
+            raise FPEError("an AES key must be 16, 24 or 32 bytes")
+        self.alphabet = Alphabet.of(alphabet)
+        self.radix = self.alphabet.radix
+        self.min_len = min_length(self.radix)
+        self.max_len = self._max_length(self.radix)
+        self._ecb = Cipher(algorithms.AES(self._aes_key(bytes(key))), modes.ECB()).encryptor().update
+        self._plans: dict[tuple[int, bytes], Any] = {}
+        self._plan_cache = max(1, plan_cache)
+
+    def check_length(self, n: int) -> None:
+        """Raise :class:`FPEError` when ``n`` symbols are outside this cipher's domain."""
+        if n < self.min_len:
+            raise FPEError(f"too short for {self.name}: {n} symbols of radix {self.radix}, at least {self.min_len} needed")
+        if n > self.max_len:
+            radix = f" of radix {self.radix}" if self._long_names_radix else ""
+            raise FPEError(f"too long for {self.name}: {n} symbols{radix}, at most {self.max_len}")
+
+    def _plan(self, text: str, tweak: bytes) -> Any:
+        """The plan for ``text``'s length and ``tweak``, after checking the length and the symbols."""
+        n = len(text)
+        plan = self._plans.get((n, tweak))
+        if plan is None:
+            self.check_length(n)
+            tweak = bytes(tweak)
+            plan = self._make_plan(n, tweak)
+            plans = self._plans
+            if len(plans) >= self._plan_cache:
+                # tweaks from a record field are unbounded: drop the oldest plan
+                del plans[next(iter(plans))]
+            plans[(n, tweak)] = plan
+        if not self.alphabet.valid(text):
+            raise FPEError("symbol outside the alphabet")
+        return plan
+
+    @staticmethod
+    def _aes_key(key: bytes) -> bytes:
+        return key
+
+    def _max_length(self, radix: int) -> int:
+        raise NotImplementedError
+
+    def _make_plan(self, n: int, tweak: bytes) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:  # never shows key material
+        return f"{type(self).__name__}(radix={self.radix})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{type(self).__name__} holds a key and is not picklable; build it in open()")
+
+
 class _Plan:
     """Everything about one (length, tweak) pair that does not depend on the value."""
 
     __slots__ = ("u", "v", "mod_u", "mod_v", "masks", "shift", "fast", "b", "d", "state", "tail_blocks", "tail_len")
 
 
-class FF1:
+class FF1(FPECipher):
     """FF1 under one AES key and one alphabet.
 
     Parameters
@@ -188,16 +255,10 @@ class FF1:
     '6124200773'
     """
 
-    def __init__(self, key: bytes, alphabet: str | Alphabet = "digits", *, plan_cache: int = 1024) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) not in (16, 24, 32):
-            raise FPEError("an AES key must be 16, 24 or 32 bytes")
-        self.alphabet = Alphabet.of(alphabet)
-        self.radix = self.alphabet.radix
-        self.min_len = min_length(self.radix)
-        self.max_len = FF1_MAX_LEN
-        self._ecb = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor().update
-        self._plans: dict[tuple[int, bytes], _Plan] = {}
-        self._plan_cache = max(1, plan_cache)
+    name = "ff1"
+
+    def _max_length(self, radix: int) -> int:
+        return FF1_MAX_LEN
 
     # -- public ----------------------------------------------------------------
     def encrypt(self, text: str, tweak: bytes = b"") -> str:
@@ -208,23 +269,10 @@ class FF1:
         """Decipher ``text`` produced by :meth:`encrypt` with the same tweak."""
         return self._crypt(text, tweak, True)
 
-    def check_length(self, n: int) -> None:
-        """Raise :class:`FPEError` when ``n`` symbols are outside this cipher's domain."""
-        if n < self.min_len:
-            raise FPEError(f"too short for ff1: {n} symbols of radix {self.radix}, at least {self.min_len} needed")
-        if n > self.max_len:
-            raise FPEError(f"too long for ff1: {n} symbols, at most {self.max_len}")
-
     # -- core ------------------------------------------------------------------
     def _crypt(self, text: str, tweak: bytes, decrypt: bool) -> str:
-        n = len(text)
-        plan = self._plans.get((n, tweak))
-        if plan is None:
-            self.check_length(n)
-            plan = self._make_plan(n, bytes(tweak))
+        plan = self._plan(text, tweak)
         alphabet = self.alphabet
-        if not alphabet.valid(text):
-            raise FPEError("symbol outside the alphabet")
         u = plan.u
         a = alphabet.num(text[:u])
         b = alphabet.num(text[u:])
@@ -305,15 +353,4 @@ class FF1:
             plan.masks = tuple(tail_const ^ (i << (8 * b)) for i in range(10))
         plan.fast = tail_blocks == 1 and d <= 16
         plan.shift = 128 - 8 * d
-        plans = self._plans
-        if len(plans) >= self._plan_cache:
-            # tweaks from a record field are unbounded: drop the oldest plan
-            del plans[next(iter(plans))]
-        plans[(n, tweak)] = plan
         return plan
-
-    def __repr__(self) -> str:  # never shows key material
-        return f"FF1(radix={self.radix})"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("FF1 holds a key and is not picklable; build it in open()")

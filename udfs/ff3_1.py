@@ -15,11 +15,7 @@ References
 
 from __future__ import annotations
 
-from typing import Any
-
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-from udfs.ff1 import Alphabet, FPEError, min_length
+from udfs.ff1 import Alphabet, FPECipher, FPEError
 
 __all__ = ["FF3_1", "max_length"]
 
@@ -33,7 +29,7 @@ def max_length(radix: int) -> int:
     return 2 * k
 
 
-class FF3_1:  # noqa: N801 - the algorithm's name
+class FF3_1(FPECipher):  # noqa: N801 - the algorithm's name
     """FF3-1 under one AES key and one alphabet.
 
     Parameters
@@ -51,18 +47,20 @@ class FF3_1:  # noqa: N801 - the algorithm's name
     (``radix**n >= 10**6``) to :attr:`max_len` (``2 * floor(log_radix(2**96))``).
     """
 
+    name = "ff3-1"
+    _long_names_radix = True
+
     def __init__(self, key: bytes, alphabet: str | Alphabet = "digits", *, plan_cache: int = 1024) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) not in (16, 24, 32):
-            raise FPEError("an AES key must be 16, 24 or 32 bytes")
-        self.alphabet = Alphabet.of(alphabet)
-        self.radix = self.alphabet.radix
-        self.min_len = min_length(self.radix)
-        self.max_len = max_length(self.radix)
+        super().__init__(key, alphabet, plan_cache=plan_cache)
         if self.max_len < self.min_len:
             raise FPEError(f"radix {self.radix} leaves no valid length for ff3-1")
-        self._ecb = Cipher(algorithms.AES(bytes(key)[::-1]), modes.ECB()).encryptor().update
-        self._plans: dict[tuple[int, bytes], tuple[int, int, int, int, tuple[int, ...]]] = {}
-        self._plan_cache = max(1, plan_cache)
+
+    @staticmethod
+    def _aes_key(key: bytes) -> bytes:
+        return key[::-1]
+
+    def _max_length(self, radix: int) -> int:
+        return max_length(radix)
 
     def encrypt(self, text: str, tweak: bytes) -> str:
         """Encipher ``text`` under a 7-byte tweak; the result has the same length and alphabet."""
@@ -72,23 +70,9 @@ class FF3_1:  # noqa: N801 - the algorithm's name
         """Decipher ``text`` produced by :meth:`encrypt` with the same tweak."""
         return self._crypt(text, tweak, True)
 
-    def check_length(self, n: int) -> None:
-        """Raise :class:`FPEError` when ``n`` symbols are outside this cipher's domain."""
-        if n < self.min_len:
-            raise FPEError(f"too short for ff3-1: {n} symbols of radix {self.radix}, at least {self.min_len} needed")
-        if n > self.max_len:
-            raise FPEError(f"too long for ff3-1: {n} symbols of radix {self.radix}, at most {self.max_len}")
-
     def _crypt(self, text: str, tweak: bytes, decrypt: bool) -> str:
-        n = len(text)
-        plan = self._plans.get((n, tweak))
-        if plan is None:
-            self.check_length(n)
-            plan = self._make_plan(n, bytes(tweak))
-        u, v, mod_u, mod_v, masks = plan
+        u, v, mod_u, mod_v, masks = self._plan(text, tweak)
         alphabet = self.alphabet
-        if not alphabet.valid(text):
-            raise FPEError("symbol outside the alphabet")
         # FF3-1 reads each half least significant symbol first: NUM_radix(REV(X))
         a = alphabet.num(text[u - 1 :: -1])
         b = alphabet.num(text[:u - 1 : -1])
@@ -118,15 +102,4 @@ class FF3_1:  # noqa: N801 - the algorithm's name
         v = n - u
         # even rounds use T_R, odd rounds T_L; the round number is xored into the last byte of W
         masks = tuple(((t_right if i % 2 == 0 else t_left) ^ i) << 96 for i in range(8))
-        plan = (u, v, self.radix**u, self.radix**v, masks)
-        plans = self._plans
-        if len(plans) >= self._plan_cache:
-            del plans[next(iter(plans))]
-        plans[(n, tweak)] = plan
-        return plan
-
-    def __repr__(self) -> str:  # never shows key material
-        return f"FF3_1(radix={self.radix})"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("FF3_1 holds a key and is not picklable; build it in open()")
+        return (u, v, self.radix**u, self.radix**v, masks)
