@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from flink_jobs.processes import free_port, signal_pid, terminate
+
 __all__ = [
     "Cluster",
     "ClusterError",
@@ -102,13 +104,6 @@ def flink_home() -> Path:
     if not (home / "bin" / "jobmanager.sh").exists():
         raise ClusterError(f"no Flink distribution under {home} (expected bin/jobmanager.sh); reinstall apache-flink")
     return home
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render_conf(state_dir: Path, *, rest_port: int, rpc_port: int, overrides: dict[str, Any] | None = None,
@@ -350,7 +345,7 @@ def kill_taskmanager(cluster: Cluster, pid: int | None = None, sig: int = signal
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     for worker in workers:
-        _signal(worker, signal.SIGKILL)
+        signal_pid(worker, signal.SIGKILL)
     return pid
 
 
@@ -386,29 +381,8 @@ def stop_cluster(cluster: Cluster | None = None, state_dir: Path | str = DEFAULT
             _script(cluster, script, "stop-all", timeout=timeout)
         except (ClusterError, subprocess.TimeoutExpired):
             pass  # the sweep below finishes the job
-    deadline = time.monotonic() + timeout
-    sent_term = False
-    while True:
-        pids = _jvm_pids(cluster, _TM_MAIN) + _jvm_pids(cluster, _JM_MAIN)
-        if not pids:
-            return running
-        if time.monotonic() > deadline:
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
-            time.sleep(0.5)
-            return running
-        if not sent_term:
-            for pid in pids:
-                _signal(pid, signal.SIGTERM)
-            sent_term = True
-        time.sleep(0.3)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+    terminate(lambda: _jvm_pids(cluster, _TM_MAIN) + _jvm_pids(cluster, _JM_MAIN), timeout, kill_wait=0.5, poll=0.3)
+    return running
 
 
 def _jvm_pids(cluster: Cluster, main_class: str) -> list[int]:

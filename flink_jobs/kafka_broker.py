@@ -40,6 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flink_jobs.processes import free_port, pid_alive, terminate
+
 __all__ = [
     "Broker",
     "BrokerError",
@@ -97,44 +99,17 @@ class Broker:
         """Whether the broker process is still running."""
         if self._process is not None:
             return self._process.poll() is None
-        return _pid_alive(self.pid)
+        return pid_alive(self.pid)
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the broker: SIGTERM for a controlled shutdown, SIGKILL if it has not exited in `timeout` s.
 
         Safe to call twice. Removes the pid file if there is one.
         """
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            if not self._wait_exit(timeout):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self._wait_exit(10)
+        terminate(lambda: [self.pid] if self.alive() else [], timeout, kill_wait=10)
         for name in (_PID_FILE, _STATE_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / name).unlink()
-
-    def _wait_exit(self, timeout: float) -> bool:
-        if self._process is not None:
-            try:
-                self._process.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _pid_alive(self.pid):
-                return True
-            time.sleep(0.1)
-        return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def start_broker(
@@ -242,7 +217,7 @@ def running_broker(data_dir: Path) -> Broker | None:
         state = json.loads((data_dir / _STATE_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if not _pid_alive(state["pid"]):
+    if not pid_alive(state["pid"]):
         return None
     return Broker(port=state["port"], controller_port=state["controller_port"], data_dir=data_dir, pid=state["pid"])
 
@@ -389,20 +364,6 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) still answers kill 0; /proc tells them apart.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
     running = running_broker(args.data_dir)
     if running is not None:
@@ -428,10 +389,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_down(args: argparse.Namespace) -> int:
-    running = running_broker(args.data_dir)
+def _running_or_say(data_dir: Path) -> Broker | None:
+    running = running_broker(data_dir)
     if running is None:
-        print(f"no Kafka broker running from {Path(args.data_dir).resolve()}")
+        print(f"no Kafka broker running from {Path(data_dir).resolve()}")
+    return running
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    running = _running_or_say(args.data_dir)
+    if running is None:
         return 0
     running.stop(timeout=args.timeout)
     if running.alive():
@@ -442,9 +409,8 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    running = running_broker(args.data_dir)
+    running = _running_or_say(args.data_dir)
     if running is None:
-        print(f"no Kafka broker running from {Path(args.data_dir).resolve()}")
         return 1
     print(f"Kafka running at {running.bootstrap} (pid {running.pid})")
     return 0
