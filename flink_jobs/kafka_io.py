@@ -163,32 +163,20 @@ def kafka_source(
     name = name or f"kafka-source-{topic}"
     table = _table_name(name)
     options = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": bootstrap,
         "properties.group.id": group_id,
         "properties.isolation.level": "read_committed" if read_committed else "read_uncommitted",
         "scan.startup.mode": _STARTS[start],
         # Only consulted for group-offsets on partitions without a committed offset.
         "properties.auto.offset.reset": "earliest",
-        "key.format": "raw",
-        "key.fields": "k",
-        "value.format": "raw",
-        # With key.fields set, the value format must not also claim the key column.
-        "value.fields-include": "EXCEPT_KEY",
     }
     if bounded:
         options["scan.bounded.mode"] = "latest-offset"
-    options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
-    t_env.execute_sql(
-        f"""CREATE TEMPORARY TABLE `{table}` (
-            `k` STRING,
-            `v` STRING,
-            `kafka_topic` STRING METADATA FROM 'topic' VIRTUAL,
+    _create_table(
+        t_env, table, topic, bootstrap, options, properties,
+        """`kafka_topic` STRING METADATA FROM 'topic' VIRTUAL,
             `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
             `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
-            `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
-        ) WITH ({_with(options)})"""
+            `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL""",
     )
     rows = t_env.to_data_stream(
         t_env.sql_query(
@@ -252,27 +240,11 @@ def kafka_sink(
     _add_jars(stream.get_execution_environment(), t_env)
     name = name or f"kafka-sink-{topic}"
     table = _table_name(name)
-    options = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": bootstrap,
-        "key.format": "raw",
-        "key.fields": "k",
-        "value.format": "raw",
-        "value.fields-include": "EXCEPT_KEY",
-        "sink.delivery-guarantee": delivery,
-    }
+    options = {"sink.delivery-guarantee": delivery}
     if delivery == "exactly-once":
         options["sink.transactional-id-prefix"] = transactional_id_prefix
         options["properties.transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
-    options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
-    t_env.execute_sql(
-        f"""CREATE TEMPORARY TABLE `{table}` (
-            `k` STRING,
-            `v` STRING,
-            `headers` MAP<STRING, BYTES> METADATA
-        ) WITH ({_with(options)})"""
-    )
+    _create_table(t_env, table, topic, bootstrap, options, properties, "`headers` MAP<STRING, BYTES> METADATA")
     rows = stream.map(_sink_tuple_to_row, output_type=_SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
     # Physical columns first, then the writable metadata column, as the sink table declares them.
     statement_set.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
@@ -326,6 +298,41 @@ def _table_name(base: str) -> str:
     global _seq
     _seq += 1
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', base)}_{_seq}"
+
+
+def _create_table(
+    t_env: StreamTableEnvironment,
+    table: str,
+    topic: str,
+    bootstrap: str,
+    options: dict[str, str],
+    properties: dict[str, str] | None,
+    metadata_columns: str,
+) -> None:
+    """``CREATE TEMPORARY TABLE`` of a Kafka topic: raw key ``k``, raw value ``v``, then `metadata_columns`.
+
+    `options` are the source's or sink's own; `properties` (without the ``properties.`` prefix)
+    come last, so the caller's Kafka client properties win.
+    """
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": bootstrap,
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        # With key.fields set, the value format must not also claim the key column.
+        "value.fields-include": "EXCEPT_KEY",
+        **options,
+    }
+    options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
+    t_env.execute_sql(
+        f"""CREATE TEMPORARY TABLE `{table}` (
+            `k` STRING,
+            `v` STRING,
+            {metadata_columns}
+        ) WITH ({_with(options)})"""
+    )
 
 
 def _with(options: dict[str, str]) -> str:
