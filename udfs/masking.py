@@ -177,6 +177,10 @@ class KeepLast(_StringMask):
         self.check_length(text)
         if not self.n:
             return self.mask(text)
+        return self.keep(text)
+
+    def keep(self, text: str) -> str:
+        """``text`` masked but for its ``n`` last significant characters (``n`` > 0)."""
         split = _split_before_last(text, self.n, _is_significant)
         return self.mask(text[:split]) + text[split:]
 
@@ -190,13 +194,8 @@ class KeepLast(_StringMask):
 class KeepFirst(KeepLast):
     """Mask all but the first ``n`` significant characters: ``4111-****-****-****``."""
 
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        text = self.text(value)
-        self.check_length(text)
-        if not self.n:
-            return self.mask(text)
+    def keep(self, text: str) -> str:
+        """``text`` masked but for its ``n`` first significant characters (``n`` > 0)."""
         # the first n significant characters end where the remaining ones start
         split = len(text) - _split_before_last(text[::-1], self.n, _is_significant)
         return text[:split] + self.mask(text[split:])
