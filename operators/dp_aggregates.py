@@ -1005,7 +1005,28 @@ def _flink_bases() -> type:
 _KeyedProcess = _flink_bases()
 
 
-class _BoundContributions(_KeyedProcess):
+class _SeededProcess(_KeyedProcess):
+    """A keyed stage that draws noise: not deterministic, seeded per subtask from ``random_state``.
+
+    With ``random_state`` None every subtask seeds from fresh entropy; otherwise the seed is
+    ``random_state * 1000 + seed_offset + subtask index``, so stages and subtasks draw apart.
+    """
+
+    #: keeps this stage's seeds apart from the other stage's for the same subtask
+    seed_offset = 0
+
+    def __init__(self, params: DpParams, random_state: int | None) -> None:
+        self.params = params
+        self.random_state = random_state
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def subtask_seed(self, ctx: Any) -> int | None:
+        return None if self.random_state is None else self.random_state * 1000 + self.seed_offset + _subtask_index(ctx)
+
+
+class _BoundContributions(_SeededProcess):
     r"""Stage 1: keyed by subject bucket; bounds each (subject, window) and sends per-group partial sums.
 
     Keying by a bucket of subjects (:data:`BUCKETS` of them), not by subject, gives one
@@ -1028,19 +1049,11 @@ class _BoundContributions(_KeyedProcess):
     (``dp_records_dropped_buffer_full``), never sent early.
     """
 
-    def __init__(self, params: DpParams, random_state: int | None) -> None:
-        self.params = params
-        self.random_state = random_state
-
-    def is_deterministic(self) -> bool:
-        return False
-
     def open(self, ctx: Any) -> None:
         from pyflink.common.typeinfo import Types
         from pyflink.datastream.state import MapStateDescriptor
 
-        seed = None if self.random_state is None else self.random_state * 1000 + _subtask_index(ctx)
-        self.rng = make_random(seed)
+        self.rng = make_random(self.subtask_seed(ctx))
         self.core = ContributionBounder(self.params)
         buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
         buffers.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
@@ -1153,26 +1166,20 @@ class _BoundContributions(_KeyedProcess):
                 yield group_json, start, zero
 
 
-class _NoisyAggregate(_KeyedProcess):
+class _NoisyAggregate(_SeededProcess):
     """Stage 2: keyed by group; sums contributions per window and releases them with noise.
 
     Window totals live in a ``MapState`` (window start -> comma-joined floats) behind
     a write-through cache, as in stage 1: one state write per contribution.
     """
 
-    def __init__(self, params: DpParams, random_state: int | None) -> None:
-        self.params = params
-        self.random_state = random_state
-
-    def is_deterministic(self) -> bool:
-        return False
+    seed_offset = 500
 
     def open(self, ctx: Any) -> None:
         from pyflink.common.typeinfo import Types
         from pyflink.datastream.state import MapStateDescriptor
 
-        seed = None if self.random_state is None else self.random_state * 1000 + 500 + _subtask_index(ctx)
-        self.core = GroupReleaser(self.params, seed)
+        self.core = GroupReleaser(self.params, self.subtask_seed(ctx))
         windows = MapStateDescriptor("group_windows", Types.LONG(), Types.STRING())
         windows.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
         self.windows = ctx.get_map_state(windows)
