@@ -12,13 +12,21 @@ prints, side by side in one run:
   also Mondrian run on each ``max_delay`` window of records alone ("window M."), and the
   "floor": the NCP if every record were released at level 0, the finest the hierarchies
   allow, which no cascade over these hierarchies can beat;
-- with ``--flink``, records/s of the Flink cascade in a MiniCluster (thread mode) next to
+- with ``--flink``, records/s of the Flink cascade in a MiniCluster (``--execution-mode``,
+  thread by default; ``--parallelism``) next to
   a no-op pipeline and an empty keyed Python stage on the same input.
 
 The policy's hierarchies (``--hierarchy``) start as issue 5's examples do (age exact,
-zip 5 digits, geohash 6) and, by default (``deep``), take two more steps each before
-``*``; the path (``--path data``, the default) is cheapest-first with each step priced
-on the data's spans, as a policy author would set it from a sample.
+zip 5 digits, geohash 6). ``deep`` takes two more steps each before ``*``; ``binary``, the
+default, does too and doubles the age range at each step (2, 4, ... 64), so a record that
+needs a coarser age pays less for it. The path (``--path data``, the default) is
+cheapest-first with each step priced on the data's spans, as a policy author would set it
+from a sample.
+
+The stream is simulated at each ``--rate`` (default 1,000 and 10,000 events/s). The rate
+times ``max_delay`` is how many records the cascade can ever see at once (30,000 or
+300,000 at 30 s), while offline Mondrian sees the whole stream: the NCP ratio depends on
+it, and the bench prints it for each rate.
 
 Both NCPs are measured the same way, as the width of the interval a published value
 covers over the data's span on each numeric attribute, as Mondrian's max - min (age
@@ -66,13 +74,19 @@ HIERARCHIES = {
         "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, {"truncate": 1}, "*"],
         "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, {"geohash": 2}, {"geohash": 1}, "*"],
     },
+    # as deep, but age ranges double at each step: finer steps, so fewer records pay for a coarse one
+    "binary": {
+        "age": ["exact", {"range": 2}, {"range": 4}, {"range": 8}, {"range": 16}, {"range": 32}, {"range": 64}, "*"],
+        "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, {"truncate": 1}, "*"],
+        "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, {"geohash": 2}, {"geohash": 1}, "*"],
+    },
     "coarse": {
         "age": [{"range": 5}, {"range": 10}, {"range": 20}, "*"],
         "zip": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
         "location": [{"geohash": 5}, {"geohash": 4}, {"geohash": 3}, "*"],
     },
 }
-HIERARCHY = "deep"
+HIERARCHY = "binary"
 
 
 def policy_block(k: int, max_delay: str) -> dict:
@@ -240,7 +254,8 @@ def _jvm_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tuple[float, float]]:
+def bench_flink(data, k: int, max_delay: str, parallelism: int,
+                execution_mode: str = "thread") -> dict[str, tuple[float, float]]:
     """Records/s, and records per CPU second, of three pipelines on the same source and MiniCluster settings.
 
     ``noop`` maps each row to an output tuple; ``keyed`` keys by subject into an empty
@@ -250,7 +265,9 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
     from the first record the source map sees, so the job start is left out, to the end of
     the job; checkpoints run every 2 s, as in the job. The CPU figure is the JVM's user +
     system time over the same span (in thread mode the Python functions run in it), so it
-    holds when other processes share the cores and the wall-clock rate does not.
+    holds when other processes share the cores and the wall-clock rate does not. In process
+    mode the Python functions run in worker processes the JVM's CPU time leaves out, so
+    only the wall-clock rate is given (the CPU figure is NaN).
     """
     import tempfile
 
@@ -265,7 +282,8 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
     params = KAnonymityParams.from_policy(policy_block(k, max_delay), FIELDS)
     n = len(data["age"])
     # event times 0..n: with processing timing they only ride along
-    rows = [staged(data, i)[:6] for i in range(n)]
+    # process mode cannot encode None in a STRING field: no key is "", as in the job
+    rows = [("", *staged(data, i)[1:6]) for i in range(n)]
     in_type = Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
     out_type = Types.TUPLE([Types.STRING()] * 3)
     marks = Path(tempfile.mkdtemp(prefix="kanon-bench-"))
@@ -277,7 +295,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
 
     def run(kind: str) -> tuple[float, float]:
         config = Configuration()
-        config.set_string("python.execution-mode", "thread")
+        config.set_string("python.execution-mode", execution_mode)
         config.set_string("python.executable", sys.executable)
         config.set_string("python.client.executable", sys.executable)
         config.set_string("python.pythonpath", f"{ROOT}:{sysconfig.get_paths()['purelib']}")
@@ -291,8 +309,9 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
         mark = marks / kind
 
         def row(i):
-            if i == 0:  # thread mode: this runs inside the JVM, so its pid is the JVM's
-                mark.write_text(f"{time.time()!r} {_jvm_cpu_seconds(os.getpid())!r}")
+            if i == 0 and not mark.exists():  # thread mode: this runs inside the JVM, so its pid is the JVM's
+                cpu = _jvm_cpu_seconds(pid) if execution_mode == "thread" else math.nan
+                mark.write_text(f"{time.time()!r} {cpu!r}")
             return rows[i]
 
         numbers = env.from_source(NumberSequenceSource(0, n - 1), WatermarkStrategy.no_watermarks(), "numbers")
@@ -309,7 +328,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int) -> dict[str, tup
             stream.map(lambda r: (r[0], r[1], r[2]), output_type=out_type).name("noop").sink_to(discard)
         env.execute(f"{kind}-bench")
         wall, cpu = (float(x) for x in mark.read_text().split())
-        return n / (time.time() - wall), n / (_jvm_cpu_seconds(pid) - cpu)
+        return n / (time.time() - wall), n / (_jvm_cpu_seconds(pid) - cpu) if execution_mode == "thread" else math.nan
 
     return {kind: run(kind) for kind in ("noop", "keyed", "cascade")}
 
@@ -320,45 +339,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200_000, help="records in the stream (default 200000)")
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="k values (default 5 10 20)")
     parser.add_argument("--subjects", type=int, default=50_000, help="distinct subjects (default 50000)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="simulated events per second (default 1000)")
+    parser.add_argument("--rate", type=float, nargs="+", default=[1000.0, 10000.0],
+                        help="simulated events per second; one table row per rate and k (default 1000 10000)")
     parser.add_argument("--max-delay", default="30s", help="max_delay of the policy (default 30s)")
     parser.add_argument("--flink", action="store_true", help="also time the Flink cascade in a MiniCluster")
     parser.add_argument("--flink-n", type=int, default=50_000, help="records for the Flink run (default 50000)")
     parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism (default 1)")
+    parser.add_argument("--execution-mode", choices=("thread", "process"), default="thread",
+                        help="PyFlink execution mode of the Flink runs (default thread)")
     parser.add_argument("--path", default=PATH, choices=("data", "cheapest_first", "lockstep"),
                         help="the cascade's route through the lattice (default data: cheapest first, priced on the data)")
     parser.add_argument("--hierarchy", default=HIERARCHY, choices=tuple(HIERARCHIES),
                         help="fine: issue 5's examples (age exact, zip 5, geohash 6 first); deep: fine and two steps more "
-                             "before *; coarse: one step coarser at the start")
+                             "before *; binary (default): deep with the age range doubling at each step; coarse: one step "
+                             "coarser at the start")
     parser.add_argument("--no-core", action="store_true", help="skip the core and Mondrian table")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     PATH, HIERARCHY = "lockstep", args.hierarchy
 
-    data = synthetic(args.n, args.seed, args.subjects, args.rate)
-    span = spans(data)
-    PATH = data_path(span) if args.path == "data" else args.path
-    print(f"{args.n} records, {args.subjects} subjects, {args.rate:.0f} events/s simulated, "
-          f"max_delay {args.max_delay}, path {args.path}, {args.hierarchy} hierarchies")
-    print(f"{'k':>3} {'core rec/s':>11} {'rec/CPU-s':>10} {'suppressed':>10} {'released per level':>26} {'NCP':>6} "
-          f"{'Mondrian':>8} {'ratio':>6} {'window M.':>9} {'floor':>6} {'metric NCP':>10} {'longest wait':>12}")
-    window = int(args.rate * KAnonymityParams.from_policy(policy_block(2, args.max_delay), FIELDS).max_delay_ms / 1000)
-    for k in [] if args.no_core else args.k:
-        core = bench_core(data, k, args.max_delay, span)
-        mondrian = mondrian_ncp(data, k, span)
-        windowed = windowed_mondrian_ncp(data, k, span, window)
-        # every record released at level 0, the finest the hierarchies allow: no grid cascade can do better
-        floor = level_ncp(KAnonymityParams.from_policy(policy_block(k, args.max_delay), FIELDS), 0, span)
-        per_level = " ".join(f"{share:.2f}" for share in core["levels"])
-        ratio = core["ncp"] / mondrian if mondrian else math.inf
-        print(f"{k:>3} {core['rate']:>11,.0f} {core['cpu_rate']:>10,.0f} {core['suppressed']:>10.3%} {per_level:>26} "
-              f"{core['ncp']:>6.3f} "
-              f"{mondrian:>8.3f} {ratio:>6.2f} {windowed:>9.3f} {floor:>6.3f} {core['metric_ncp']:>10.3f} "
-              f"{core['longest_wait']:>9} ms")
+    print(f"{args.n} records, {args.subjects} subjects, max_delay {args.max_delay}, path {args.path}, "
+          f"{args.hierarchy} hierarchies")
+    print(f"{'k':>3} {'events/s':>8} {'core rec/s':>11} {'rec/CPU-s':>10} {'suppressed':>10} {'NCP':>6} "
+          f"{'Mondrian':>8} {'ratio':>6} {'window M.':>9} {'floor':>6} {'metric NCP':>10} {'longest wait':>12}"
+          "  released per level")
+    data = None
+    mondrian: dict[int, float] = {}  # offline Mondrian ignores event times: one run per k serves every rate
+    for rate in [] if args.no_core else args.rate:
+        data = synthetic(args.n, args.seed, args.subjects, rate)
+        span = spans(data)
+        PATH = data_path(span) if args.path == "data" else args.path
+        max_delay_ms = KAnonymityParams.from_policy(policy_block(2, args.max_delay), FIELDS).max_delay_ms
+        window = int(rate * max_delay_ms / 1000)
+        for k in args.k:
+            core = bench_core(data, k, args.max_delay, span)
+            if k not in mondrian:
+                mondrian[k] = mondrian_ncp(data, k, span)
+            windowed = windowed_mondrian_ncp(data, k, span, window)
+            # every record released at level 0, the finest the hierarchies allow: no grid cascade can do better
+            floor = level_ncp(KAnonymityParams.from_policy(policy_block(k, args.max_delay), FIELDS), 0, span)
+            per_level = " ".join(f"{share:.2f}" for share in core["levels"])
+            ratio = core["ncp"] / mondrian[k] if mondrian[k] else math.inf
+            print(f"{k:>3} {rate:>8,.0f} {core['rate']:>11,.0f} {core['cpu_rate']:>10,.0f} {core['suppressed']:>10.3%} "
+                  f"{core['ncp']:>6.3f} {mondrian[k]:>8.3f} {ratio:>6.2f} {windowed:>9.3f} {floor:>6.3f} "
+                  f"{core['metric_ncp']:>10.3f} {core['longest_wait']:>9} ms  {per_level}", flush=True)
+    if data is None or args.flink:
+        data = synthetic(args.n, args.seed, args.subjects, args.rate[0])
+        PATH = data_path(spans(data)) if args.path == "data" else args.path
     if args.flink:
         small = {name: column[: args.flink_n] for name, column in data.items()}
-        rates = bench_flink(small, 10, args.max_delay, args.parallelism)
-        print(f"Flink MiniCluster, k=10, {args.flink_n} records, parallelism {args.parallelism}, thread mode "
+        rates = bench_flink(small, 10, args.max_delay, args.parallelism, args.execution_mode)
+        print(f"Flink MiniCluster, k=10, {args.flink_n} records, parallelism {args.parallelism}, {args.execution_mode} mode "
               "(wall: from the first record to the job's end; CPU: per JVM CPU second, Python included)")
         for kind, (wall, cpu) in rates.items():
             print(f"  {kind:<8} {wall:>9,.0f} rec/s wall {cpu:>9,.0f} rec/CPU-s   "
