@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
-import sys
-import sysconfig
 import threading
 import time
 import urllib.request
@@ -17,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from flink_jobs.processes import free_port
 from operators.dp_aggregates import DpParams, attach
-from tests.integration.restart import cancel_after_checkpoints, committed_lines, retained_checkpoint
+from tests.integration.restart import (
+    cancel_after_checkpoints,
+    checkpointing_env,
+    committed_lines,
+    file_sink,
+    paced_rows,
+    retained_checkpoint,
+    thread_mode_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,12 +65,6 @@ def synthetic() -> tuple[list[tuple[str, str, str, int]], dict[tuple[str, int], 
     return rows, truth
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def watch_checkpoints(port: int, stop: threading.Event, completed: dict[str, int]) -> None:
     """Poll the MiniCluster's REST API for the number of completed checkpoints of each job."""
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +87,7 @@ def run_job(params: DpParams, rows, random_state, tmp_path: Path) -> list[tuple[
     The REST API shows that checkpoints completed while the job ran, and any failed
     checkpoint fails the job (no tolerated failures, no restarts).
     """
-    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
     from pyflink.datastream import MapFunction, StreamExecutionEnvironment
 
@@ -110,12 +110,8 @@ def run_job(params: DpParams, rows, random_state, tmp_path: Path) -> list[tuple[
             return value
 
     port = free_port()
-    conf = Configuration()
+    conf = thread_mode_config()
     conf.set_string("rest.port", str(port))
-    conf.set_string("python.execution-mode", "thread")
-    conf.set_string("python.executable", sys.executable)
-    root = str(Path(__file__).resolve().parents[2])
-    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
     conf.set_string("execution.checkpointing.interval", "500ms")
     conf.set_string("execution.checkpointing.dir", (tmp_path / "checkpoints").as_uri())
     conf.set_string("execution.checkpointing.tolerable-failed-checkpoints", "0")
@@ -261,54 +257,23 @@ def restart_truth(rows) -> dict[tuple[str, int], tuple[int, float]]:
 
 def restart_env(rows, out_dir: Path, checkpoints: Path, *, pace_ms: float, restore: str | None):
     """The DP operators between a number sequence source (it checkpoints its position) and a FileSink."""
-    from pyflink.common import Configuration, Encoder, Types, WatermarkStrategy
+    from pyflink.common import Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.datastream.connectors.file_system import FileSink, RollingPolicy
-    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
     class EventTime(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
             return value[3]
 
-    conf = Configuration()
-    conf.set_string("python.execution-mode", "thread")
-    conf.set_string("python.executable", sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("python.fn-execution.bundle.size", "50")
-    conf.set_string("python.fn-execution.bundle.time", "20")
-    root = str(Path(__file__).resolve().parents[2])
-    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
-    conf.set_string("execution.checkpointing.dir", checkpoints.as_uri())
-    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    if restore is not None:
-        conf.set_string("execution.state-recovery.path", restore)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
-    env.set_parallelism(1)
-    env.enable_checkpointing(500)
+    env = checkpointing_env(checkpoints, restore, 500)
     row_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
-
-    def row(i):
-        time.sleep(pace_ms / 1000)
-        return rows[i]
-
-    numbers = env.from_source(NumberSequenceSource(0, len(rows) - 1), WatermarkStrategy.no_watermarks(), "numbers")
     stream = (
-        numbers.uid("numbers")
-        .map(row, output_type=row_type)
-        .name("rows")
-        .uid("rows")
+        paced_rows(env, rows, row_type, pace_ms)
         .assign_timestamps_and_watermarks(WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTime()))
         .uid("event-time")
     )
     params = DpParams.from_policy(RESTART_BLOCK)
     out = attach(stream, params, view_name="aggregated", policy_id="test-policy", policy_hash="abc123")
-    sink = (
-        FileSink.for_row_format(str(out_dir), Encoder.simple_string_encoder())
-        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
-        .build()
-    )
-    out.map(lambda r: json.dumps(list(r)), output_type=Types.STRING()).uid("lines").sink_to(sink).uid("files")
+    out.map(lambda r: json.dumps(list(r)), output_type=Types.STRING()).uid("lines").sink_to(file_sink(out_dir)).uid("files")
     return env
 
 
@@ -377,7 +342,7 @@ def watch_metric(port: int, suffix: str, stop: threading.Event, seen: list[float
 
 
 def test_late_records_are_dropped_counted_and_never_released():
-    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.datastream.connectors.number_seq import NumberSequenceSource
@@ -399,13 +364,9 @@ def test_late_records_are_dropped_counted_and_never_released():
         return rows[i]
 
     port = free_port()
-    conf = Configuration()
+    conf = thread_mode_config()
     conf.set_string("rest.port", str(port))
     conf.set_string("metrics.fetcher.update-interval", "100")
-    conf.set_string("python.execution-mode", "thread")
-    conf.set_string("python.executable", sys.executable)
-    root = str(Path(__file__).resolve().parents[2])
-    conf.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(1)
     row_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import json
 import random
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
 from operators.k_anonymity import KAnonymityParams, extract_quasi_identifiers
-from tests.integration.restart import cancel_after_checkpoints, committed_lines, retained_checkpoint
+from tests.integration.restart import (
+    cancel_after_checkpoints,
+    checkpointing_env,
+    committed_lines,
+    file_sink,
+    paced_rows,
+    retained_checkpoint,
+    thread_mode_config,
+)
 from tests.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
 
-VENV_PYTHON = str(Path(sys.executable))
 K = 4
 MAX_DELAY_MS = 1000
 SLACK_MS = 1000  # timer firing, bundle flushing and a shared 2-core machine
@@ -67,23 +72,14 @@ def synthetic(n: int, seed: int) -> list[tuple]:
 
 
 def run(records: list[tuple], block: dict, parallelism: int, pace_ms: float) -> list[tuple]:
-    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common import Duration, Types, WatermarkStrategy
     from pyflink.common.watermark_strategy import TimestampAssigner
     from pyflink.datastream import StreamExecutionEnvironment
 
     from operators.k_anonymity import attach
 
-    config = Configuration()
-    config.set_string("python.execution-mode", "thread")
-    config.set_string("python.executable", VENV_PYTHON)
-    config.set_string("python.client.executable", VENV_PYTHON)
     # latency tuning as in the job: small bundles, or a record waits for its bundle to fill
-    config.set_string("python.fn-execution.bundle.size", "50")
-    config.set_string("python.fn-execution.bundle.time", "20")
-    # the embedded interpreter needs the project and the venv's packages (pemja) on its path
-    root = str(Path(__file__).resolve().parents[2])
-    config.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
-    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env = StreamExecutionEnvironment.get_execution_environment(thread_mode_config(small_bundles=True))
     env.set_parallelism(parallelism)
     # as in the job: every state of the cascade must snapshot in thread mode
     env.enable_checkpointing(CHECKPOINT_MS)
@@ -175,37 +171,14 @@ def test_when_on_timeout_is_suppress_then_rare_records_reach_the_suppressed_outp
 
 def _restart_run(records: list[tuple], out_dir: Path, checkpoints: Path, *, pace_ms: float, restore: str | None):
     """One run of the cascade into a FileSink, from a number sequence source (it checkpoints its position)."""
-    from pyflink.common import Configuration, Encoder, Types, WatermarkStrategy
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.datastream.connectors.file_system import FileSink, RollingPolicy
-    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
+    from pyflink.common import Types
 
     from operators.k_anonymity import attach
 
-    config = Configuration()
-    config.set_string("python.execution-mode", "thread")
-    config.set_string("python.executable", VENV_PYTHON)
-    config.set_string("python.client.executable", VENV_PYTHON)
-    config.set_string("python.fn-execution.bundle.size", "50")
-    config.set_string("python.fn-execution.bundle.time", "20")
-    root = str(Path(__file__).resolve().parents[2])
-    config.set_string("python.pythonpath", f"{root}:{sysconfig.get_paths()['purelib']}")
-    config.set_string("execution.checkpointing.dir", checkpoints.as_uri())
-    config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    if restore is not None:
-        config.set_string("execution.state-recovery.path", restore)
-    env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_parallelism(1)
-    env.enable_checkpointing(CHECKPOINT_MS)
+    env = checkpointing_env(checkpoints, restore, CHECKPOINT_MS)
     params = KAnonymityParams.from_policy(BLOCK, FIELDS)
     in_type = Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
-
-    def row(i):
-        time.sleep(pace_ms / 1000)
-        return records[i]
-
-    numbers = env.from_source(NumberSequenceSource(0, len(records) - 1), WatermarkStrategy.no_watermarks(), "numbers")
-    stream = numbers.uid("numbers").map(row, output_type=in_type).name("rows").uid("rows")
+    stream = paced_rows(env, records, in_type, pace_ms)
     released, suppressed = attach(stream, params, view_name="anon")
 
     def line(kind):
@@ -213,9 +186,7 @@ def _restart_run(records: list[tuple], out_dir: Path, checkpoints: Path, *, pace
 
     both = (released.map(line("released"), output_type=Types.STRING()).uid("line-released")
             .union(suppressed.map(line("suppressed"), output_type=Types.STRING()).uid("line-suppressed")))
-    sink = (FileSink.for_row_format(str(out_dir), Encoder.simple_string_encoder())
-            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
-    both.sink_to(sink).name("files").uid("files")
+    both.sink_to(file_sink(out_dir)).name("files").uid("files")
     return env
 
 
