@@ -34,7 +34,6 @@ from flink_jobs.cli_cluster import (
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
 from tests.leak_scan import pii_values
-from udfs.keyring import Keyring
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +51,6 @@ def flink(tmp_path_factory):
     finally:
         flink_cluster.stop_cluster(cluster)
         assert not flink_cluster.taskmanager_pids(cluster), "a TaskManager outlived the cluster"
-
-
-@pytest.fixture(scope="module")
-def keyring_ref(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("keys") / "keyring.json"
-    Keyring.generate().save(path)
-    return f"file:{path}"
 
 
 def _policy_file(directory: Path, topic: str, views: tuple[str, ...] = ("masked",),

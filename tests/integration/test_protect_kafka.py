@@ -49,13 +49,6 @@ def _identities(records) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def keyring_ref(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("keys") / "keyring.json"
-    Keyring.generate().save(path)
-    return f"file:{path}"
-
-
-@pytest.fixture(scope="module")
 def bounded_run(kafka_broker, keyring_ref):
     topic = "raw-events-bounded"
     policy = _policy_on(topic)

@@ -29,7 +29,6 @@ from flink_jobs import cli
 from flink_jobs.cli import count_records, read_channel
 from operators.dp_aggregates import DpParams, laplace_threshold
 from tests.kanon_checker import assert_k_anonymous
-from udfs.keyring import Keyring
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
 LINE_CHANNELS = ("masked", "dlq")
-
-
-@pytest.fixture(scope="module")
-def keyring_ref(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("keys") / "keyring.json"
-    Keyring.generate().save(path)
-    return f"file:{path}"
 
 
 @pytest.fixture(scope="module")
