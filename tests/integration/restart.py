@@ -94,3 +94,20 @@ def file_sink(out_dir: Path) -> Any:
 
     return (FileSink.for_row_format(str(out_dir), Encoder.simple_string_encoder())
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
+
+
+def stop_then_restore(build_env: Any, out_dir: Path, checkpoints: Path, job_name: str, *, total: int) -> tuple[int, Path]:
+    """Run the job ``build_env(pace_ms, restore)`` paced, cancel it mid-stream, then run it again from its checkpoint.
+
+    The first run (15 ms a record) is cancelled once a few checkpoints hold state, before it has committed
+    ``total`` lines (asserted); the second (unpaced) restores the newest retained checkpoint and runs to
+    the end. Returns the count of lines the first run committed and the checkpoint restored.
+    """
+    client = build_env(15.0, None).execute_async(f"{job_name}-1")
+    cancel_after_checkpoints(client, checkpoints)
+    first = len(committed_lines(out_dir))
+    latest = retained_checkpoint(checkpoints)
+    assert latest is not None
+    assert first < total, "the first run was meant to stop mid-stream"
+    build_env(0.0, str(latest)).execute(f"{job_name}-2")
+    return first, latest

@@ -16,15 +16,7 @@ import pytest
 
 from flink_jobs.processes import free_port
 from operators.dp_aggregates import DpParams, attach
-from tests.integration.restart import (
-    cancel_after_checkpoints,
-    checkpointing_env,
-    committed_lines,
-    file_sink,
-    paced_rows,
-    retained_checkpoint,
-    thread_mode_config,
-)
+from tests.integration import restart
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +102,7 @@ def run_job(params: DpParams, rows, random_state, tmp_path: Path) -> list[tuple[
             return value
 
     port = free_port()
-    conf = thread_mode_config()
+    conf = restart.thread_mode_config()
     conf.set_string("rest.port", str(port))
     conf.set_string("execution.checkpointing.interval", "500ms")
     conf.set_string("execution.checkpointing.dir", (tmp_path / "checkpoints").as_uri())
@@ -264,37 +256,33 @@ def restart_env(rows, out_dir: Path, checkpoints: Path, *, pace_ms: float, resto
         def extract_timestamp(self, value, record_timestamp):
             return value[3]
 
-    env = checkpointing_env(checkpoints, restore, 500)
+    env = restart.checkpointing_env(checkpoints, restore, 500)
     row_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
     stream = (
-        paced_rows(env, rows, row_type, pace_ms)
+        restart.paced_rows(env, rows, row_type, pace_ms)
         .assign_timestamps_and_watermarks(WatermarkStrategy.for_monotonous_timestamps().with_timestamp_assigner(EventTime()))
         .uid("event-time")
     )
     params = DpParams.from_policy(RESTART_BLOCK)
     out = attach(stream, params, view_name="aggregated", policy_id="test-policy", policy_hash="abc123")
-    out.map(lambda r: json.dumps(list(r)), output_type=Types.STRING()).uid("lines").sink_to(file_sink(out_dir)).uid("files")
+    lines = out.map(lambda r: json.dumps(list(r)), output_type=Types.STRING()).uid("lines")
+    lines.sink_to(restart.file_sink(out_dir)).uid("files")
     return env
 
 
 def committed(out_dir: Path) -> list[tuple[str, dict, dict]]:
-    return [(key, json.loads(headers), json.loads(value)) for key, headers, value in committed_lines(out_dir)]
+    return [(key, json.loads(headers), json.loads(value)) for key, headers, value in restart.committed_lines(out_dir)]
 
 
 def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_the_spend(tmp_path):
     rows = restart_rows(600)  # 12 windows of 1 s, 25 subjects each
     truth = restart_truth(rows)
     out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
-    env = restart_env(rows, out_dir, checkpoints, pace_ms=15.0, restore=None)
-    client = env.execute_async("dp-restart-1")
     # stop mid-stream, once a few checkpoints hold open windows (600 records take 9 s to read)
-    cancel_after_checkpoints(client, checkpoints)
-    first = committed(out_dir)
-    latest = retained_checkpoint(checkpoints)
-    assert latest is not None
-    assert len(first) < len(truth), "the first run was meant to stop mid-stream"
-
-    restart_env(rows, out_dir, checkpoints, pace_ms=0.0, restore=str(latest)).execute("dp-restart-2")
+    first, latest = restart.stop_then_restore(
+        lambda pace_ms, restore: restart_env(rows, out_dir, checkpoints, pace_ms=pace_ms, restore=restore),
+        out_dir, checkpoints, "dp-restart", total=len(truth),
+    )
     released = committed(out_dir)
     by_window = {}
     for _key, headers, value in released:
@@ -309,7 +297,7 @@ def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_th
         assert abs(value["v_sum"]["value"] - total) < SUM_TOLERANCE, window
         # the spend went on from the checkpoint: window k (from 0) has spent (k + 1) x epsilon
         assert headers["epsilon_spent"] == pytest.approx(((window[1] - T0) // 1000 + 1) * 1000.0)
-    print(f"first run committed {len(first)} releases, restored from {latest.name}, total {len(released)}")
+    print(f"first run committed {first} releases, restored from {latest.name}, total {len(released)}")
 
 
 def window_ms(value: dict) -> int:
@@ -364,7 +352,7 @@ def test_late_records_are_dropped_counted_and_never_released():
         return rows[i]
 
     port = free_port()
-    conf = thread_mode_config()
+    conf = restart.thread_mode_config()
     conf.set_string("rest.port", str(port))
     conf.set_string("metrics.fetcher.update-interval", "100")
     env = StreamExecutionEnvironment.get_execution_environment(conf)

@@ -16,15 +16,7 @@ from pathlib import Path
 import pytest
 
 from operators.k_anonymity import KAnonymityParams, extract_quasi_identifiers
-from tests.integration.restart import (
-    cancel_after_checkpoints,
-    checkpointing_env,
-    committed_lines,
-    file_sink,
-    paced_rows,
-    retained_checkpoint,
-    thread_mode_config,
-)
+from tests.integration import restart
 from tests.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
@@ -79,7 +71,7 @@ def run(records: list[tuple], block: dict, parallelism: int, pace_ms: float) -> 
     from operators.k_anonymity import attach
 
     # latency tuning as in the job: small bundles, or a record waits for its bundle to fill
-    env = StreamExecutionEnvironment.get_execution_environment(thread_mode_config(small_bundles=True))
+    env = StreamExecutionEnvironment.get_execution_environment(restart.thread_mode_config(small_bundles=True))
     env.set_parallelism(parallelism)
     # as in the job: every state of the cascade must snapshot in thread mode
     env.enable_checkpointing(CHECKPOINT_MS)
@@ -175,10 +167,10 @@ def _restart_run(records: list[tuple], out_dir: Path, checkpoints: Path, *, pace
 
     from operators.k_anonymity import attach
 
-    env = checkpointing_env(checkpoints, restore, CHECKPOINT_MS)
+    env = restart.checkpointing_env(checkpoints, restore, CHECKPOINT_MS)
     params = KAnonymityParams.from_policy(BLOCK, FIELDS)
     in_type = Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
-    stream = paced_rows(env, records, in_type, pace_ms)
+    stream = restart.paced_rows(env, records, in_type, pace_ms)
     released, suppressed = attach(stream, params, view_name="anon")
 
     def line(kind):
@@ -186,28 +178,22 @@ def _restart_run(records: list[tuple], out_dir: Path, checkpoints: Path, *, pace
 
     both = (released.map(line("released"), output_type=Types.STRING()).uid("line-released")
             .union(suppressed.map(line("suppressed"), output_type=Types.STRING()).uid("line-suppressed")))
-    both.sink_to(file_sink(out_dir)).name("files").uid("files")
+    both.sink_to(restart.file_sink(out_dir)).name("files").uid("files")
     return env
 
 
 def test_a_restart_from_a_retained_checkpoint_loses_and_duplicates_no_buffered_record(tmp_path):
     records = synthetic(400, seed=14)
     out_dir, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
-    env = _restart_run(records, out_dir, checkpoints, pace_ms=15.0, restore=None)
-    client = env.execute_async("k-anonymity-restart-1")
     # stop mid-stream, once a few checkpoints hold buffered records (400 records take 6 s to read)
-    cancel_after_checkpoints(client, checkpoints)
-    first = committed_lines(out_dir)
-    latest = retained_checkpoint(checkpoints)
-    assert latest is not None
-    assert len(first) < len(records), "the first run was meant to stop mid-stream"
-
-    env = _restart_run(records, out_dir, checkpoints, pace_ms=0.0, restore=str(latest))
-    env.execute("k-anonymity-restart-2")
-    lines = committed_lines(out_dir)
+    first, latest = restart.stop_then_restore(
+        lambda pace_ms, restore: _restart_run(records, out_dir, checkpoints, pace_ms=pace_ms, restore=restore),
+        out_dir, checkpoints, "k-anonymity-restart", total=len(records),
+    )
+    lines = restart.committed_lines(out_dir)
     released = [json.loads(value) for kind, _headers, value in lines if kind == "released"]
     suppressed = [json.loads(value) for kind, _headers, value in lines if kind == "suppressed"]
     # every input exactly once across both runs: released or suppressed, none lost, none twice
     assert_accounted([json.loads(r[2])["id"] for r in records], [v["id"] for v in released], [v["id"] for v in suppressed])
     assert_k_anonymous(released, ["age", "zip", "location"], "customerId", K)
-    print(f"first run committed {len(first)}, restored from {latest.name}, total {len(lines)}")
+    print(f"first run committed {first}, restored from {latest.name}, total {len(lines)}")
