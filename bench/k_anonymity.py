@@ -80,6 +80,12 @@ HIERARCHIES = {
         "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, {"truncate": 1}, "*"],
         "location": [{"geohash": 6}, {"geohash": 5}, {"geohash": 4}, {"geohash": 3}, {"geohash": 2}, {"geohash": 1}, "*"],
     },
+    # as binary, with location on a lat/lon grid whose cell doubles at each step
+    "grid": {
+        "age": ["exact", {"range": 2}, {"range": 4}, {"range": 8}, {"range": 16}, {"range": 32}, {"range": 64}, "*"],
+        "zip": [{"truncate": 5}, {"truncate": 4}, {"truncate": 3}, {"truncate": 2}, {"truncate": 1}, "*"],
+        "location": [*({"grid": round(0.01 * 2**i, 2)} for i in range(11)), "*"],
+    },
     "coarse": {
         "age": [{"range": 5}, {"range": 10}, {"range": 20}, "*"],
         "zip": [{"truncate": 4}, {"truncate": 3}, {"truncate": 2}, "*"],
@@ -158,8 +164,11 @@ def step_ncp(lv, span: dict[str, float]) -> float:
         return min(1.0, (lv.arg - 1) / span["age"])
     if lv.kind == "truncate":
         return min(1.0, (10 ** (5 - lv.arg) - 1) / span["zip"])
-    bits = 5 * lv.arg
-    lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
+    if lv.kind == "grid":
+        lon_w = lat_w = lv.arg
+    else:
+        bits = 5 * lv.arg
+        lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
     return (min(1.0, lat_w / span["lat"]) + min(1.0, lon_w / span["lon"])) / 2
 
 
@@ -351,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cascade's route through the lattice (default data: cheapest first, priced on the data)")
     parser.add_argument("--hierarchy", default=HIERARCHY, choices=tuple(HIERARCHIES),
                         help="fine: issue 5's examples (age exact, zip 5, geohash 6 first); deep: fine and two steps more "
-                             "before *; binary (default): deep with the age range doubling at each step; coarse: one step "
+                             "before *; binary (default): deep with the age range doubling at each step; grid: binary with "
+                             "location on a lat/lon grid doubling from 0.01 degrees; coarse: one step "
                              "coarser at the start")
     parser.add_argument("--no-core", action="store_true", help="skip the core and Mondrian table")
     parser.add_argument("--seed", type=int, default=7)

@@ -21,6 +21,8 @@ The policy block, checked by :meth:`KAnonymityParams.from_policy`::
         age: {hierarchy: [{range: 5}, {range: 10}, {range: 20}, "*"], domain: [0, 120]}
         zip: {paths: [zip, address.zip], hierarchy: [{truncate: 4}, {truncate: 3}, {truncate: 2}, "*"]}
         location: {lat_field: lat, lon_field: lon, hierarchy: [{geohash: 5}, {geohash: 4}, {geohash: 3}, "*"]}
+        # or square cells of a lat/lon grid, each a whole multiple of the one before:
+        #   hierarchy: [{grid: 0.02}, {grid: 0.04}, {grid: 0.08}, {grid: 0.16}, "*"]
         signup: {hierarchy: [{date: day}, {date: month}, {date: year}, "*"]}
         occupation: {hierarchy_file: conf/hierarchies/occupation.csv, hierarchy: [exact, {group: 1}, "*"]}
       max_delay: 30s           # total wait bound, split over the stages by their number of levels
@@ -93,7 +95,8 @@ TIMINGS = ("processing", "event")
 ON_TIMEOUT = ("generalize", "suppress")
 DATE_UNITS = ("hour", "day", "month", "year")
 _DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
-_LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "date": "date", "group": "category"}
+_LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "grid": "geo", "date": "date",
+                "group": "category"}
 _PATH = re.compile(r"^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$")
 #: timestamp of the event-time timer that flushes a buffer when a bounded input ends
 FLUSH_TIMER = 2**63 - 2
@@ -106,7 +109,7 @@ FLUSH_TIMER = 2**63 - 2
 class Level:
     """One step of a hierarchy: ``exact``, ``*``, or a kind with its argument (``range`` 10)."""
 
-    kind: str  # exact, star, range, truncate, geohash, date, group
+    kind: str  # exact, star, range, truncate, geohash, grid, date, group
     arg: Any = None
 
     def __post_init__(self) -> None:
@@ -367,7 +370,7 @@ def _step_cost(qi: QuasiIdentifier, index: int) -> float:
     if level.kind == "truncate":
         finest = max(lv.arg for lv in qi.levels if lv.kind == "truncate")
         return _qi_ncp(qi, level, "0" * (finest + 1), {})
-    if level.kind == "geohash":
+    if level.kind in ("geohash", "grid"):
         return _qi_ncp(qi, level, None, {})
     return _qi_ncp(qi, level, next(iter(qi.groups)), {})
 
@@ -456,7 +459,8 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
         _check_coarser(levels[i - 1], levels[i], f"{where}.hierarchy[{i}]")
     kinds = {_LEVEL_KINDS[lv.kind] for lv in levels if lv.kind in _LEVEL_KINDS}
     if len(kinds) > 1:
-        raise ParamError(f"{where}.hierarchy", "mixes kinds of level", "one of range, truncate, geohash, date, group")
+        raise ParamError(f"{where}.hierarchy", "mixes kinds of level",
+                         "one of range, truncate, geohash or grid, date, group")
     if not kinds:
         raise ParamError(f"{where}.hierarchy", "needs at least one generalizing level",
                          "{range: n}, {truncate: n}, {geohash: n}, {date: unit} or {group: n}")
@@ -480,7 +484,7 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
     if bool(lat_paths) != bool(lon_paths):
         raise ParamError(f"{where}.lat_field", "lat_field and lon_field go together", "both or neither")
     if lat_paths and kind != "geo":
-        raise ParamError(f"{where}.lat_field", "only for geohash hierarchies", "drop it")
+        raise ParamError(f"{where}.lat_field", "only for geohash or grid hierarchies", "drop it")
     paths = _paths(spec["paths"], f"{where}.paths") if "paths" in spec else (() if lat_paths else (name,))
     if lat_paths and "paths" in spec:
         raise ParamError(f"{where}.paths", "give either paths (to a {lat, lon} object) or lat_field/lon_field",
@@ -493,7 +497,7 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
 
 
 def _parse_level(item: Any, where: str) -> Level:
-    allowed = "exact, '*', {range: 10}, {truncate: 3}, {geohash: 5}, {date: day|month|year|hour}, {group: 1}"
+    allowed = "exact, '*', {range: 10}, {truncate: 3}, {geohash: 5}, {grid: 0.05}, {date: day|month|year|hour}, {group: 1}"
     if item in ("exact", "keep"):
         return Level("exact")
     if item == STAR:
@@ -504,6 +508,12 @@ def _parse_level(item: Any, where: str) -> Level:
     if kind == "range":
         if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) or arg <= 0:
             raise ParamError(where, "a range width must be a positive number", "such as {range: 10}")
+    elif kind == "grid":
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg) or not 0 < arg <= 180:
+            raise ParamError(where, "a grid cell must be a positive number of degrees, at most 180",
+                             "such as {grid: 0.05}")
+        if abs(arg * MICRO - round(arg * MICRO)) > 1e-6:
+            raise ParamError(where, "a grid cell is counted in millionths of a degree", "such as {grid: 0.05}")
     elif kind in ("truncate", "geohash", "group"):
         low = 0 if kind == "truncate" else 1
         if isinstance(arg, bool) or not isinstance(arg, int) or arg < low or (kind == "geohash" and arg > 12):
@@ -530,11 +540,11 @@ def _check_coarser(finer: Level, coarser: Level, where: str) -> None:
         raise ParamError(where, f"a {coarser.kind} level after a {finer.kind} level mixes kinds",
                          f"another {finer.kind} level, or '*'")
     a, b = finer.arg, coarser.arg
-    if finer.kind == "range":
+    if finer.kind in ("range", "grid"):
         # a coarse bucket must hold whole fine buckets, or one record would straddle two classes
         ratio = b / a
         if b <= a or abs(ratio - round(ratio)) > 1e-9:
-            raise ParamError(where, f"range {b} is not a larger multiple of the range {a} before it",
+            raise ParamError(where, f"{finer.kind} {b} is not a larger multiple of the {finer.kind} {a} before it",
                              f"a multiple of {a} above {a}, such as {a * 2}")
     elif finer.kind in ("truncate", "geohash"):
         if b >= a:
@@ -723,6 +733,9 @@ def generalize(qi: QuasiIdentifier, level: Level, value: Any) -> Any:
         return truncate(value, level.arg)
     if kind == "geohash":
         return fast_geohash(value["lat"], value["lon"], level.arg)
+    if kind == "grid":
+        size = round(level.arg * MICRO)
+        return grid_cell(_micro(value["lat"]) // size, _micro(value["lon"]) // size, size)
     if kind == "date":
         return cut_datetime(value, level.arg)
     return qi.groups[value][level.arg - 1]
@@ -750,6 +763,28 @@ def fast_geohash(lat: float, lon: float, precision: int) -> str:
     # longitude takes the first bit: the even positions when the bit count is odd
     word = lon_s | lat_s << 1 if bits % 2 else lon_s << 1 | lat_s
     return "".join(_GEOHASH_ALPHABET[(word >> shift) & 31] for shift in range(bits - 5, -1, -5))
+
+
+MICRO = 1_000_000  # grid cells are whole millionths of a degree, so every level's cell is exact integer arithmetic
+
+
+def _micro(degrees: float) -> int:
+    """A coordinate in whole millionths of a degree, rounded down: the one quantization every grid level shares."""
+    return math.floor(degrees * MICRO)
+
+
+def _degrees(micro: int) -> str:
+    text = f"{abs(micro) // MICRO}.{abs(micro) % MICRO:06d}".rstrip("0").rstrip(".")
+    return "-" + text if micro < 0 else text
+
+
+def grid_cell(row: int, column: int, size: int) -> str:
+    """The published form of grid cell (``row``, ``column``) of ``size`` millionths of a degree.
+
+    ``"[37.75, 37.8) x [-122.45, -122.4)"``: latitude, then longitude, each half-open.
+    """
+    lat, lon = row * size, column * size
+    return f"[{_degrees(lat)}, {_degrees(lat + size)}) x [{_degrees(lon)}, {_degrees(lon + size)})"
 
 
 def class_key(params: KAnonymityParams, level: int, qis: Mapping[str, Any]) -> str:
@@ -793,9 +828,12 @@ def _qi_ncp(qi: QuasiIdentifier, level: Level, value: Any, spans: Mapping[str, t
             return 0.0
         base = 10 if value.isdigit() else 36
         return 0.0 if not value else (base**masked - 1) / (base ** len(value) - 1)
-    if kind == "geohash":
-        bits = 5 * level.arg
-        lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
+    if kind in ("geohash", "grid"):
+        if kind == "grid":
+            lon_w = lat_w = level.arg
+        else:
+            bits = 5 * level.arg
+            lon_w, lat_w = 360.0 / 2 ** ((bits + 1) // 2), 180.0 / 2 ** (bits // 2)
         lat_low, lat_high = spans.get(qi.name + ".lat", (-90.0, 90.0))
         lon_low, lon_high = spans.get(qi.name + ".lon", (-180.0, 180.0))
         lat_part = 1.0 if lat_high <= lat_low else min(1.0, lat_w / (lat_high - lat_low))
@@ -870,12 +908,15 @@ class _KeyPlan:
         self.used = [sorted({row[q] for row in self.rows}) for q in range(len(self.qis))]
         self.geo_top = [max((qi.levels[i].arg for i in used if qi.levels[i].kind == "geohash"), default=0)
                         for qi, used in zip(self.qis, self.used, strict=True)]
+        # grid levels: cell sizes in millionths of a degree; each is a whole multiple of the finest used
+        self.grid = [{i: round(qi.levels[i].arg * MICRO) for i in used if qi.levels[i].kind == "grid"}
+                     for qi, used in zip(self.qis, self.used, strict=True)]
         self.memo: list[dict[Any, dict[int, str]] | None] = [
             None if qi.kind == "geo" else {} for qi in self.qis]  # raw value -> its row of JSON steps
 
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         pieces: list[dict[int, str]] = []
-        for qi, used, top, memo in zip(self.qis, self.used, self.geo_top, self.memo, strict=True):
+        for qi, used, top, grid, memo in zip(self.qis, self.used, self.geo_top, self.grid, self.memo, strict=True):
             value = qis[qi.name]
             if memo is not None:
                 # bool is an int to a dict: 1 and True would share a row, so the type is in the key
@@ -884,11 +925,16 @@ class _KeyPlan:
                     pieces.append(known)
                     continue
             full = fast_geohash(value["lat"], value["lon"], top) if top else ""
+            if grid:
+                lat, lon = _micro(value["lat"]), _micro(value["lon"])
             row = {}
             for i in used:
                 level = qi.levels[i]
                 if level.kind == "geohash":
                     row[i] = '"' + full[:level.arg] + '"'
+                elif level.kind == "grid":
+                    size = grid[i]
+                    row[i] = '"' + grid_cell(lat // size, lon // size, size) + '"'
                 elif level.kind == "star":
                     row[i] = '"*"'
                 else:

@@ -120,6 +120,12 @@ def test_when_path_is_explicit_then_it_may_stop_short_of_all_stars():
         ({"hierarchy": [{"group": 1}, "*"]}, "quasi_identifiers.q"),  # group levels need a table
         ({"hierarchy": [{"range": 5}, "*"], "domain": [10, 0]}, "quasi_identifiers.q.domain"),  # low above high
         ({"hierarchy": [{"range": 5}, "*"], "lat_field": "lat"}, "quasi_identifiers.q.lat_field"),  # lat alone
+        ({"hierarchy": [{"grid": 0.02}, {"grid": 0.03}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # no multiple
+        ({"hierarchy": [{"grid": 0.1}, {"grid": 0.05}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # finer after coarser
+        ({"hierarchy": [{"grid": 0}, "*"]}, "quasi_identifiers.q.hierarchy[0]"),  # no cell
+        ({"hierarchy": [{"grid": 200}, "*"]}, "quasi_identifiers.q.hierarchy[0]"),  # wider than the globe's latitudes
+        ({"hierarchy": [{"grid": 0.0000005}, "*"]}, "quasi_identifiers.q.hierarchy[0]"),  # under a millionth of a degree
+        ({"hierarchy": [{"geohash": 5}, {"grid": 1}, "*"]}, "quasi_identifiers.q.hierarchy[1]"),  # two kinds of cell
     ],
 )
 def test_when_a_hierarchy_is_wrong_then_the_level_is_named(spec, path):
@@ -208,6 +214,61 @@ def test_class_keys_of_a_stage_agree_with_class_key_at_each_level(age, zip_code,
     p = params(path="cheapest_first")
     qis = {"age": age, "zip": zip_code, "location": {"lat": lat, "lon": lon}}
     assert list(class_keys(p, 0, p.levels - 1, qis)) == [class_key(p, level, qis) for level in range(p.levels)]
+
+
+GRID = {"lat_field": "lat", "lon_field": "lon", "hierarchy": [{"grid": 0.02}, {"grid": 0.1}, {"grid": 0.5}, "*"]}
+
+
+def _cell(text: str) -> tuple[float, float, float, float]:
+    """``"[37.7, 37.8) x [-122.5, -122.4)"`` -> (lat low, lat high, lon low, lon high)."""
+    lat, lon = text.split(" x ")
+    return (*(float(x) for x in lat[1:-1].split(", ")), *(float(x) for x in lon[1:-1].split(", ")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lat=st.floats(-90, 90), lon=st.floats(-180, 180))
+def test_grid_cells_hold_the_point_nest_level_by_level_and_agree_with_class_key(lat, lon):
+    p = params(quasi_identifiers={"location": GRID}, path="lockstep")
+    qis = {"location": {"lat": lat, "lon": lon}}
+    keys = class_keys(p, 0, p.levels - 1, qis)
+    assert list(keys) == [class_key(p, level, qis) for level in range(p.levels)]
+    cells = [_cell(json.loads(key)[0]) for key in keys[:-1]]
+    for (lat_lo, lat_hi, lon_lo, lon_hi), size in zip(cells, (0.02, 0.1, 0.5), strict=True):
+        assert lat_hi - lat_lo == pytest.approx(size) and lon_hi - lon_lo == pytest.approx(size)
+        # the point is inside, up to the millionth of a degree every level rounds down to
+        assert lat_lo - 1e-6 <= lat < lat_hi + 1e-6 and lon_lo - 1e-6 <= lon < lon_hi + 1e-6
+    for fine, coarse in zip(cells, cells[1:], strict=False):
+        assert coarse[0] <= fine[0] and fine[1] <= coarse[1] and coarse[2] <= fine[2] and fine[3] <= coarse[3]
+    assert json.loads(keys[-1]) == ["*"]
+
+
+def test_a_grid_cell_is_published_as_its_latitude_and_longitude_intervals():
+    p = params(quasi_identifiers={"location": GRID}, path="lockstep")
+    qis = {"location": {"lat": 37.7749, "lon": -122.4194}}
+    assert [json.loads(class_key(p, level, qis))[0] for level in range(3)] == [
+        "[37.76, 37.78) x [-122.42, -122.4)", "[37.7, 37.8) x [-122.5, -122.4)", "[37.5, 38) x [-122.5, -122)"]
+    spans = {"location.lat": (25.0, 49.0), "location.lon": (-125.0, -67.0)}
+    assert ncp(p, 0, qis, spans) == pytest.approx((0.02 / 24 + 0.02 / 58) / 2)
+
+
+def test_a_cascade_over_grid_cells_publishes_only_k_anonymous_classes():
+    p = params(k=4, quasi_identifiers={"age": QIS["age"], "location": GRID})
+    cascade = LocalCascade(p)
+    rng = random.Random(11)
+    ids = []
+    for now in range(400):
+        subject = f"s{rng.randrange(60)}"
+        record = (None, "{}", json.dumps({"id": now, "customerId": subject}), subject,
+                  json.dumps({"age": rng.randrange(20, 60),
+                              "location": {"lat": 37.7 + rng.random() * 0.3, "lon": -122.5 + rng.random() * 0.3}}),
+                  now * 5, now * 5)
+        ids.append(now)
+        cascade.push(record, now * 5)
+    cascade.flush()
+    released = [json.loads(r[3]) for r in cascade.released]
+    assert released and any(r["location"] != "*" for r in released)
+    assert_k_anonymous(released, ["age", "location"], "customerId", 4)
+    assert_accounted(ids, [r["id"] for r in released], [json.loads(r[2])["id"] for r in cascade.suppressed])
 
 
 def test_when_values_come_back_then_the_remembered_keys_still_agree_with_class_key():
