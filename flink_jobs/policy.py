@@ -262,21 +262,10 @@ def compile_transform(spec: Any, where: str, path: str, problems: list[Problem],
     except PathError as exc:
         problems.append(Problem(where, str(exc), "dotted names with optional [*], e.g. address.zip, items[*].card"))
         return None
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, dict) and spec:
-        # the family is the first key naming one ({n: 4, mask: keep_last} works too)
-        known = set(registry.names())
-        family = next((k for k, v in spec.items() if isinstance(v, str) and f"{k}.{v}" in known), next(iter(spec)))
-        variant = spec[family]
-        params = {k: v for k, v in spec.items() if k != family}
-        if not isinstance(variant, str):
-            problems.append(Problem(where, f"'{family}' needs a variant name, got {type(variant).__name__}",
-                                    _variants(str(family)) or "a registered transform"))
-            return None
-        name = f"{family}.{variant}"
-    else:
-        problems.append(Problem(where, "a transform is a name or a mapping", "keep, drop, null, {mask: email}, ..."))
+    try:
+        name, params = registry.split_spec(spec)
+    except ParamError as exc:
+        problems.append(Problem(where, exc.problem, exc.allowed))
         return None
     try:
         cls = registry.get(name)
@@ -312,10 +301,6 @@ def view_key_ids(view: View, keyring: Keyring) -> tuple[str, ...]:
         if leaf.transform.key_purpose:
             ids.append(keyring.resolve(leaf.transform.key_purpose, leaf.transform.key_id).id)
     return tuple(sorted(set(ids)))
-
-
-def _variants(family: str) -> str:
-    return ", ".join(n for n in registry.names() if n.startswith(family + "."))
 
 
 def _suggest(name: str) -> str:

@@ -130,6 +130,8 @@ def test_protect_json_keeps_a_bounded_number_of_compiled_rules_texts():
     '{"items[*].sku": keep, "address.zip": keep}',  # two fields
     '{}',  # no rule
     '{"items[*].card": {fpe: ff9}}',  # unknown transform
+    # reads two other fields of the record, which protect_json does not have
+    '{"address.geo": {generalize: geohash, precision: 5, lat_field: lat, lon_field: lon}}',
 ])
 def test_protect_json_rules_that_do_not_fit_are_refused(rules):
     with pytest.raises((ParamError, KeyError)):
@@ -337,3 +339,33 @@ def test_a_refused_statement_error_never_prints_a_set_value():
     assert message.startswith("statement 1 (line 1")
     assert "hunter2-S3cret" not in message and "'${password}'" in message
     assert "'parallelism' = '1'" in message  # a short value is no secret, and stays readable
+
+
+@pytest.mark.parametrize("spec", [
+    "keep", "mask.email", {"mask": "keep_last", "n": 4}, {"n": 4, "mask": "keep_last"},
+    {"fpe": "ff1", "format": "card", "domain": "card_number"}, {"generalize": "date", "to": "hour"},
+])
+def test_the_policy_loader_and_sql_read_a_spec_the_same_way(spec):
+    from flink_jobs.policy import compile_transform
+
+    problems: list = []
+    transform = compile_transform(spec, "views.v.fields.f", "f", problems)
+    assert problems == [] and transform is not None
+    name, params = parse_spec(spec)
+    assert type(transform).name == name
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    (12, "a transform is a name or a mapping"),
+    ({"mask": 4}, "'mask' needs a variant name, got int"),
+    ({"mask": "emial"}, "unknown transform 'mask.emial'"),
+])
+def test_a_bad_spec_is_refused_with_the_same_words_by_the_policy_loader_and_sql(spec, problem):
+    from flink_jobs.policy import compile_transform
+
+    problems: list = []
+    assert compile_transform(spec, "views.v.fields.f", "f", problems) is None
+    assert problems[0].problem == problem
+    with pytest.raises(ParamError) as caught:
+        parse_spec(spec)
+    assert caught.value.problem == problem

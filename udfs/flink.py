@@ -81,18 +81,14 @@ def sql_transforms(prefix: str = "") -> dict[str, str]:
 def parse_spec(spec: Any) -> tuple[str, dict[str, Any]]:
     """A policy's field spec as (transform name, params): ``{mask: keep_last, n: 4}`` -> ("mask.keep_last", {"n": 4}).
 
-    The family is the first key whose value names a registered variant, as in a policy.
+    Read as the policy loader reads it (:func:`udfs.registry.split_spec`); the name must be registered.
     """
-    if isinstance(spec, str):
-        registry.get(spec)
-        return spec, {}
-    if not isinstance(spec, Mapping) or not spec:
-        raise ParamError("", "a transform is a name or a mapping", "keep, {mask: email}, {mask: keep_last, n: 4}, ...")
-    known = set(registry.names())
-    family = next((k for k, v in spec.items() if isinstance(v, str) and f"{k}.{v}" in known), None)
-    if family is None:
-        raise ParamError("", "no key names a registered transform", "a mapping such as {mask: keep_last, n: 4}")
-    return f"{family}.{spec[family]}", {k: v for k, v in spec.items() if k != family}
+    name, params = registry.split_spec(spec)
+    try:
+        registry.get(name)
+    except KeyError:
+        raise ParamError("", f"unknown transform {name!r}", "a registered transform: flink-anonymizer transforms") from None
+    return name, params
 
 
 def parse_params(text: str) -> dict[str, Any]:
@@ -237,7 +233,11 @@ class JsonRulesFunction(_Keyed):
                 raise ParamError("rules", f"protect_json: {exc}", "paths such as items[*].card") from None
             name, params = parse_spec(spec)
             leaf = str(path).split(".")[-1].replace("[*]", "")  # the policy's default domain
-            compiled.append((str(path), self._open_transform(registry.get(name), params, leaf)))
+            transform = self._open_transform(registry.get(name), params, leaf)
+            if transform.needs_record:  # the record here is the field alone: a tweak or subject field is not in it
+                raise ParamError("rules", f"protect_json: {path}: {name} with these parameters reads other fields "
+                                          "of the record", "a transform of the value alone, or the policy job")
+            compiled.append((str(path), transform))
         if len(names) != 1:
             raise ParamError("rules", "protect_json rules must all start with the same field",
                              "paths under one field, such as items[*].sku and items[*].card")

@@ -262,6 +262,38 @@ def families() -> set[str]:
     return {n.split(".", 1)[0] for n in names()}
 
 
+#: what a field spec may look like, for error messages
+SPEC_FORMS = "keep, drop, null, {mask: email}, ..."
+
+
+def split_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    """A policy field spec as (transform name, params): ``{mask: keep_last, n: 4}`` -> ``("mask.keep_last", {"n": 4})``.
+
+    A string is a name alone. In a mapping the family is the first key whose value names a
+    registered variant (``{n: 4, mask: keep_last}`` works too), else the first key. The
+    name is not looked up: :func:`get` says whether it exists. The one reading of a spec,
+    for the policy loader and the SQL functions alike.
+
+    Raises
+    ------
+    ParamError
+        With an empty ``param``: the spec is neither a name nor a mapping, or its family's
+        value is not a variant name.
+    """
+    if isinstance(spec, str):
+        return spec, {}
+    if not isinstance(spec, Mapping) or not spec:
+        raise ParamError("", "a transform is a name or a mapping", SPEC_FORMS)
+    known = set(names())
+    family = next((k for k, v in spec.items() if isinstance(v, str) and f"{k}.{v}" in known), next(iter(spec)))
+    variant = spec[family]
+    if not isinstance(variant, str):
+        variants = ", ".join(n for n in names() if n.startswith(f"{family}."))
+        raise ParamError("", f"'{family}' needs a variant name, got {type(variant).__name__}",
+                         variants or "a registered transform")
+    return f"{family}.{variant}", {k: v for k, v in spec.items() if k != family}
+
+
 _BUILTIN_MODULES = (
     "udfs.masking",
     "udfs.substitute",
