@@ -41,7 +41,7 @@ from operators.flink_compat import state_ttl
 from udfs.durations import parse_duration
 from udfs.registry import ParamError
 
-__all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach"]
+__all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach", "partition_key"]
 
 BLOCK_KEYS = ("columns", "window", "timeout", "min_size", "small_window", "max_hold", "partition_by", "state_ttl")
 SMALL_WINDOW = ("suppress", "hold")
@@ -151,6 +151,13 @@ class ShuffleParams:
                    max_hold_ms=max_hold_ms, partition_by=partition_by, state_ttl_ms=state_ttl_ms)
 
 
+def partition_key(params: ShuffleParams, value_json: str) -> str:
+    """The window key of a record: its ``partition_by`` value as JSON, or ``""``."""
+    if params.partition_by is None:
+        return ""
+    return json.dumps(json.loads(value_json).get(params.partition_by), sort_keys=True)
+
+
 class Shuffler:
     """The plain core: close a window of buffered records into shuffled, suppressed and held ones.
 
@@ -168,9 +175,7 @@ class Shuffler:
 
     def partition(self, value_json: str) -> str:
         """The window key of a record: its ``partition_by`` value as JSON, or ``""``."""
-        if self.params.partition_by is None:
-            return ""
-        return json.dumps(json.loads(value_json).get(self.params.partition_by), sort_keys=True)
+        return partition_key(self.params, value_json)
 
     def shuffle(self, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Permute each column across ``values`` (in place, and returned)."""
@@ -257,16 +262,11 @@ def attach(stream, params: ShuffleParams, *, view_name: str):  # noqa: ANN001, A
     out_type = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
     suppress_tag = OutputTag(f"shuffle-{view_name}-suppressed", Types.TUPLE([Types.STRING()] * 3))
     function = _shuffle_function(params, suppress_tag)
-    partition = Shuffler(params, random=_NoRandom()).partition
-    keyed = stream.key_by(lambda record: partition(record[2]), key_type=Types.STRING())
+    keyed = stream.key_by(lambda record: partition_key(params, record[2]), key_type=Types.STRING())
     # (partition JSON) -> buffered (record, entered ms) in list state, closed by count or timer
     shuffled = (keyed.process(function, output_type=out_type)
                 .name(f"shuffle {view_name}").uid(f"shuffle-{view_name}"))
     return shuffled, shuffled.get_side_output(suppress_tag)
-
-
-class _NoRandom:
-    """Stands in for a random source where only :meth:`Shuffler.partition` is used (picklable)."""
 
 
 def _now_ms() -> int:
