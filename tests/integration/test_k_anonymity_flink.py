@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from operators import risk
 from operators.k_anonymity import KAnonymityParams, extract_quasi_identifiers
 from tests.integration import restart
 from tests.kanon_checker import assert_accounted, assert_k_anonymous
@@ -116,10 +117,23 @@ def run(records: list[tuple], block: dict, parallelism: int, pace_ms: float) -> 
         return [tuple(r) for r in results]
 
 
+def risk_report(results, sensitive: str | None = None):
+    """The risk report (``flink-anonymizer risk``) of both outputs, read as a recipient reads them: headers and value."""
+    pairs = [(json.loads(r[2]), json.loads(r[3])) for r in results]
+    return risk.assess(pairs, ["age", "zip", "location"], "customerId", sensitive=sensitive)
+
+
 def check(records, results, block, *, wait_bound: bool):
     released = [json.loads(r[3]) for r in results if r[0] == "released"]
     suppressed = [json.loads(r[3]) for r in results if r[0] == "suppressed"]
     report = assert_k_anonymous(released, ["age", "zip", "location"], "customerId", block["k"])
+    # the product's risk report agrees: k reached, suppressed records counted apart
+    sensitive = block.get("l_diversity", {}).get("attribute")
+    assessed = risk_report(results, sensitive)
+    assert assessed.k >= block["k"] and assessed.records == len(released) and assessed.suppressed == len(suppressed)
+    assert assessed.unique_share == 0.0 and assessed.highest_risk <= 1 / block["k"]
+    if sensitive is not None:
+        assert assessed.l_value >= block["l_diversity"]["l"]
     assert_accounted([json.loads(r[2])["id"] for r in records], [v["id"] for v in released], [v["id"] for v in suppressed])
     headers = [json.loads(r[2]) for r in results if r[0] == "released"]
     levels = sorted({h["k_level"] for h in headers})
