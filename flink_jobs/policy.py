@@ -322,7 +322,3 @@ def _duration_ms(raw: Any, where: str, problems: list[Problem]) -> int:
         problems.append(Problem(where, exc.problem, "a duration such as 500ms, 30s, 5m, 1h"))
         return 0
 
-
-def parse_duration_ms(raw: Any) -> int:
-    """``"30s"`` -> 30000. Plain numbers are seconds. Raises :class:`ParamError` (a ValueError)."""
-    return parse_duration(raw, "duration")

@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.flink_compat import state_ttl
+from operators.flink_compat import state_ttl, subtask_index
 from udfs.durations import parse_duration
 from udfs.registry import MISSING, ParamError, TransformError
 
@@ -988,14 +988,6 @@ def subject_bucket(record: tuple[Any, ...]) -> int:
     return zlib.crc32(record[0].encode()) % BUCKETS
 
 
-def _subtask_index(ctx: Any) -> int:
-    try:
-        return ctx.get_index_of_this_subtask()
-    except AttributeError:
-        # thread mode in PyFlink 2.2 calls a method Flink 2 moved to TaskInfo
-        return ctx._runtime_context.getTaskInfo().getIndexOfThisSubtask()
-
-
 def _flink_bases() -> type:
     from pyflink.datastream.functions import KeyedProcessFunction
 
@@ -1023,7 +1015,7 @@ class _SeededProcess(_KeyedProcess):
         return False
 
     def subtask_seed(self, ctx: Any) -> int | None:
-        return None if self.random_state is None else self.random_state * 1000 + self.seed_offset + _subtask_index(ctx)
+        return None if self.random_state is None else self.random_state * 1000 + self.seed_offset + subtask_index(ctx)
 
 
 class _BoundContributions(_SeededProcess):

@@ -173,10 +173,6 @@ class Shuffler:
         self.params = params
         self.random = random if random is not None else secrets.SystemRandom()
 
-    def partition(self, value_json: str) -> str:
-        """The window key of a record: its ``partition_by`` value as JSON, or ``""``."""
-        return partition_key(self.params, value_json)
-
     def shuffle(self, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Permute each column across ``values`` (in place, and returned)."""
         for column in self.params.columns:

@@ -78,13 +78,14 @@ def test_when_numbers_are_off_then_a_bare_number_is_refused(raw):
 
 
 def test_every_caller_reads_durations_the_same_way():
-    from flink_jobs.policy import parse_duration_ms
+    from flink_jobs.policy import _duration_ms
     from operators import shuffle
     from operators.dp_aggregates import DpParams
     from operators.k_anonymity import KAnonymityParams
 
     assert shuffle.parse_duration is parse_duration
-    assert parse_duration_ms("1.5d") == 129_600_000
+    problems: list = []
+    assert _duration_ms("1.5d", "source.watermark_delay", problems) == 129_600_000 and problems == []
     # shuffle and DP once refused fractions; k-anonymity once refused days
     assert shuffle.ShuffleParams.from_policy({"columns": ["zip"], "window": "1.5m"}).window_ms == 90_000
     dp = DpParams.from_policy({"window": "1.5m", "group_by": ["region"], "epsilon": 1.0, "metrics": ["count"]})

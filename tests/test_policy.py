@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from flink_jobs.policy import PolicyError, Problem, compile_policy, load_policy, parse_duration_ms
+from flink_jobs.policy import PolicyError, Problem, compile_policy, load_policy
+from udfs.durations import parse_duration
 from udfs.keyring import Keyring
 
 BASE = {
@@ -402,5 +403,5 @@ def test_the_example_masked_policy_in_conf_is_valid():
         (2, 2_000),  # a plain number is seconds
     ],
 )
-def test_parse_duration_ms(raw, ms):
-    assert parse_duration_ms(raw) == ms
+def test_policy_durations_parse(raw, ms):
+    assert parse_duration(raw, "duration") == ms

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.shuffle import SUPPRESSED_HEADER, ShuffleParams, Shuffler
+from operators.shuffle import SUPPRESSED_HEADER, ShuffleParams, Shuffler, partition_key
 from udfs.registry import ParamError
 
 
@@ -88,9 +88,9 @@ def test_when_hold_is_chosen_then_a_small_window_joins_the_next_and_expires_past
 
 def test_partition_by_keys_windows_by_the_field_value():
     params = ShuffleParams.from_policy({"columns": ["zip"], "window": "30s", "partition_by": "region"})
-    core = Shuffler(params)
-    assert core.partition('{"region": "eu", "zip": "1"}') == core.partition('{"zip": "2", "region": "eu"}')
-    assert core.partition('{"region": "us"}') != core.partition('{"region": "eu"}')
+    key = partition_key
+    assert key(params, '{"region": "eu", "zip": "1"}') == key(params, '{"zip": "2", "region": "eu"}')
+    assert key(params, '{"region": "us"}') != key(params, '{"region": "eu"}')
     assert params.window_ms == 30_000 and params.count is None
 
 

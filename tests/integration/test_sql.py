@@ -195,6 +195,19 @@ def test_a_statement_flink_refuses_is_named_by_number_and_line_in_the_file(tmp_p
     assert "statement 3 (line 4; error at line 5, column " in err and "nmae" in err
 
 
+def test_a_set_value_that_flinks_refusal_quotes_is_shown_by_its_placeholder(tmp_path, keyring_ref, capsys):
+    # Flink names an unknown connector identifier in its error: the --set value would be printed
+    script = tmp_path / "secret.sql"
+    script.write_text("CREATE TEMPORARY TABLE t (a STRING) WITH ('connector' = '${connector}');\n"
+                      "INSERT INTO t SELECT 'x';\n")
+    status = cli.main(["sql", str(script), "--keyring", keyring_ref, "--checkpoint-interval", "0",
+                       "--set", "connector=hunter2-S3cret"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "statement 2 (line 2" in err and "'${connector}'" in err
+    assert "hunter2-S3cret" not in err
+
+
 def test_bad_parameters_in_the_sql_text_fail_the_job_naming_the_transform_not_a_value(tmp_path, keyring_ref, capsys):
     script = tmp_path / "params.sql"
     script.write_text(
