@@ -27,14 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.dp_aggregates import (
-    ContributionBounder,
-    DpParams,
-    GroupReleaser,
-    make_random,
-    merge,
-    window_starts,
-)
+from operators.dp.core import ContributionBounder, GroupReleaser, merge, window_starts
+from operators.dp.mechanisms import make_random
+from operators.dp.params import DpParams
 
 BLOCK = {
     "window": "1m",
@@ -118,7 +113,7 @@ def _flink_job(path: str, params: DpParams | None, keyed: bool = False) -> tuple
     from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
     from pyflink.java_gateway import get_gateway
 
-    from operators.dp_aggregates import attach
+    from operators.dp.flink import attach
 
     class Parse(MapFunction):
         def map(self, line):

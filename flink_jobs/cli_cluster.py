@@ -303,7 +303,7 @@ def stop_with_savepoint(base: str, job_id: str, target: str | None = None, *, dr
 
 # --- status -------------------------------------------------------------------------------------
 
-#: user metrics worth a row, by a part of their id (see protect_stream, k_anonymity, dp_aggregates)
+#: user metrics worth a row, by a part of their id (see protect_stream, k_anonymity, operators.dp.flink)
 _USER_METRICS = (".protect.", ".k_anonymity.", ".dp_", "cache")
 # metric ids carry the operator name, which Flink may prefix ("Map__sink-masked-to-row.numRecordsIn")
 _SINK_IN = re.compile(r"sink-(.+?)-to-row\.numRecordsIn$")

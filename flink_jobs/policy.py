@@ -218,7 +218,7 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
         if not isinstance(dp, dict):
             problems.append(Problem(f"{where}.differential_privacy", "must be a mapping", "see DESIGN.md"))
             return None
-        from operators.dp_aggregates import DpParams  # imported late: only aggregate views need it
+        from operators.dp.params import DpParams  # imported late: only aggregate views need it
 
         try:
             view.differential_privacy = DpParams.from_policy(dp)

@@ -18,8 +18,6 @@ from typing import Any
 import orjson
 
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
-from operators.dp_aggregates import extract_contribution
-from operators.k_anonymity import extract_quasi_identifiers
 from udfs.keyring import Keyring
 from udfs.record import apply_view
 from udfs.registry import TransformError
@@ -72,6 +70,15 @@ class Protector:
             for name, v in self._kanon_views
         }
         self._dp_views = [(n, v) for n, v in policy.views.items() if v.differential_privacy]
+        # a worker imports only the operators its views use (see operators/dp/mechanisms.py for why)
+        if self._kanon_views:
+            from operators.k_anonymity import extract_quasi_identifiers
+
+            self._extract_quasi_identifiers = extract_quasi_identifiers
+        if self._dp_views:
+            from operators.dp.core import extract_contribution
+
+            self._extract_contribution = extract_contribution
         self._required = policy.required_fields
         self._timestamp_field = policy.timestamp_field
         self._subject_field = policy.subject_field
@@ -125,7 +132,7 @@ class Protector:
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
         params = view.k_anonymity
-        quasi = extract_quasi_identifiers(params, record)
+        quasi = self._extract_quasi_identifiers(params, record)
         protected = apply_view(view.tree, record, dropped)
         # the raw subject only lives in keyed state (as sensitive as the raw topic); it is never published
         subject = str(record[self._subject_field])
@@ -133,7 +140,7 @@ class Protector:
                 orjson.dumps(quasi).decode(), event_ms)
 
     def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
-        group_json, values_json = extract_contribution(view.differential_privacy, record)
+        group_json, values_json = self._extract_contribution(view.differential_privacy, record)
         return (str(record[self._subject_field]), group_json, values_json, event_ms)
 
     def _view_key(self, protected: dict) -> str:

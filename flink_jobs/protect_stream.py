@@ -387,7 +387,7 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             sinks.write(released, name, view.topic)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
         elif view.differential_privacy:
-            from operators import dp_aggregates
+            from operators.dp import flink as dp_flink
 
             delay = Duration.of_millis(policy.watermark_delay_ms)
             strategy = (
@@ -397,7 +397,7 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             )
             # shape: (subject, group JSON, metric values JSON, event ms) with event-time timestamps
             timed = stream.assign_timestamps_and_watermarks(strategy).name(f"event-time-{name}").uid(f"event-time-{name}")
-            releases = dp_aggregates.attach(timed, view.differential_privacy, view_name=name,
+            releases = dp_flink.attach(timed, view.differential_privacy, view_name=name,
                                             policy_id=policy.id, policy_hash=policy.hash)
             sinks.write(releases, name, view.topic)
         else:

@@ -80,7 +80,7 @@ def test_when_numbers_are_off_then_a_bare_number_is_refused(raw):
 def test_every_caller_reads_durations_the_same_way():
     from flink_jobs.policy import _duration_ms
     from operators import shuffle
-    from operators.dp_aggregates import DpParams
+    from operators.dp.params import DpParams
     from operators.k_anonymity import KAnonymityParams
 
     assert shuffle.parse_duration is parse_duration

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from flink_jobs.processes import free_port
-from operators.dp_aggregates import DpParams, attach
+from operators.dp.flink import attach
+from operators.dp.params import DpParams
 from tests.integration import restart
 
 pytestmark = pytest.mark.integration

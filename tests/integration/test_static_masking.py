@@ -27,7 +27,8 @@ import yaml
 
 from flink_jobs import cli
 from flink_jobs.cli import count_records, read_channel
-from operators.dp_aggregates import DpParams, laplace_threshold
+from operators.dp.core import laplace_threshold
+from operators.dp.params import DpParams
 from tests.kanon_checker import assert_k_anonymous
 
 pytestmark = pytest.mark.integration

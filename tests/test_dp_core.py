@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from operators.dp_aggregates import (
+from operators.dp.core import (
     BudgetLedger,
     ContributionBounder,
-    DpParams,
     GroupReleaser,
     SubjectWindow,
     decode_vector,
@@ -18,9 +17,10 @@ from operators.dp_aggregates import (
     encode_window,
     extract_contribution,
     laplace_threshold,
-    make_random,
     window_starts,
 )
+from operators.dp.mechanisms import make_random
+from operators.dp.params import DpParams
 from udfs.registry import ParamError, TransformError
 
 DESIGN_BLOCK = {

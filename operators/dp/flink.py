@@ -1,0 +1,439 @@
+"""The DP view's Flink stages: thin keyed wrappers of :mod:`operators.dp.core`.
+
+This is the only module of the package that imports PyFlink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import operator
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from operators.dp.core import (
+    BudgetLedger,
+    ContributionBounder,
+    GroupReleaser,
+    SubjectWindow,
+    decode_vector,
+    decode_window,
+    encode_vector,
+    encode_window,
+    window_starts,
+)
+from operators.dp.mechanisms import make_random
+from operators.dp.params import DpParams
+from operators.flink_compat import state_ttl, subtask_index
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Flink wrappers
+# ---------------------------------------------------------------------------
+def attach(
+    stream: Any,
+    params: DpParams,
+    *,
+    view_name: str,
+    policy_id: str,
+    policy_hash: str,
+    random_state: int | None = None,
+) -> Any:
+    """Add the DP aggregation of one view to a stream of contributions.
+
+    Parameters
+    ----------
+    stream : DataStream
+        ``(subject, group_json, values_json, event_time_ms)`` with event-time
+        timestamps and watermarks already assigned.
+    params : DpParams
+    view_name, policy_id, policy_hash : str
+        Name operators and uids; go into the headers of every release.
+    random_state : int or None
+        Tests only: seeds the noise (per subtask). ``None`` uses the secure generator.
+
+    Returns
+    -------
+    DataStream
+        ``(group_json, headers_json, value_json)``; headers hold ``policy_id``,
+        ``policy_hash``, ``view``, ``epsilon_spent`` and ``delta_spent``.
+
+    Notes
+    -----
+    Stage 1 is keyed by ``subject_bucket`` (CRC-32 of the subject modulo ``BUCKETS``), so
+    one subject's records meet in one place and each bucket and window has one timer.
+    Vectors travel and rest as ``STRING`` (comma-joined floats), never as
+    ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
+    serializer on the Java side but stores the ``java.util.ArrayList`` its converter
+    makes, so the first checkpoint fails (``ArrayList cannot be cast to [B``).
+    """
+    from pyflink.common.typeinfo import Types
+
+    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
+    uid = f"dp/{view_name}"
+    bounded = (
+        stream.key_by(subject_bucket, key_type=Types.INT())
+        .process(_BoundContributions(params, random_state), output_type=contribution_type)
+        .name(f"dp-bound-contributions[{view_name}]")
+        .uid(f"{uid}/bound-contributions")
+    )
+    # (group_json, window_start, summed contribution vectors) one per bucket, window and group
+    released = (
+        bounded.key_by(_first, key_type=Types.STRING())
+        .process(
+            _NoisyAggregate(params, random_state),
+            output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()]),
+        )
+        .name(f"dp-noisy-aggregate[{view_name}]")
+        .uid(f"{uid}/noisy-aggregate")
+    )
+    # (group_json, window_start, release_json) one per released group and window
+    gated = (
+        released.key_by(lambda r: view_name, key_type=Types.STRING())
+        .process(
+            _BudgetGate(params, view_name, policy_id, policy_hash),
+            output_type=Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()]),
+        )
+        .name(f"dp-budget-gate[{view_name}]")
+        .uid(f"{uid}/budget-gate")
+    )
+    # (group_json, headers_json, value_json)
+    return gated
+
+
+_first = operator.itemgetter(0)  # group of a contribution
+
+#: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)
+BUCKETS = 64
+#: entries kept in stage 2's write-through cache before it is emptied (state still holds them)
+CACHE_LIMIT = 200_000
+#: (subject, window) buffers one stage-1 subtask holds at most (a few hundred bytes each)
+BUFFER_LIMIT = 2_000_000
+
+
+def subject_bucket(record: tuple[Any, ...]) -> int:
+    """Stage 1's key: the subject's bucket, from CRC-32 (stable across processes, unlike ``hash``).
+
+    ``_BoundContributions.process_element`` computes the same expression inline.
+    """
+    return zlib.crc32(record[0].encode()) % BUCKETS
+
+
+def _flink_bases() -> type:
+    from pyflink.datastream.functions import KeyedProcessFunction
+
+    return KeyedProcessFunction
+
+
+_KeyedProcess = _flink_bases()
+
+
+class _SeededProcess(_KeyedProcess):
+    """A keyed stage that draws noise: not deterministic, seeded per subtask from ``random_state``.
+
+    With ``random_state`` None every subtask seeds from fresh entropy; otherwise the seed is
+    ``random_state * 1000 + seed_offset + subtask index``, so stages and subtasks draw apart.
+    """
+
+    #: keeps this stage's seeds apart from the other stage's for the same subtask
+    seed_offset = 0
+
+    def __init__(self, params: DpParams, random_state: int | None) -> None:
+        self.params = params
+        self.random_state = random_state
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def subtask_seed(self, ctx: Any) -> int | None:
+        return None if self.random_state is None else self.random_state * 1000 + self.seed_offset + subtask_index(ctx)
+
+
+class _BoundContributions(_SeededProcess):
+    r"""Stage 1: keyed by subject bucket; bounds each (subject, window) and sends per-group partial sums.
+
+    Keying by a bucket of subjects (:data:`BUCKETS` of them), not by subject, gives one
+    event-time timer per bucket and window instead of one per subject, and one
+    stage-2 record per bucket, window and group instead of one per subject.
+
+    State: ``buffers``, a ``MapState`` of the bucket from ``"<window start>\x1f<subject>"``
+    to the encoded :class:`SubjectWindow`, written through on every record that
+    changes a buffer, so a checkpoint holds every open window's contributions. A
+    copy of the bucket's buffers lives in ``self.buckets`` (``{bucket: {window start:
+    {subject: SubjectWindow}}}``), so records never read state; a bucket's copy is
+    loaded from state the first time this subtask sees the bucket, which after a
+    restore brings back what the checkpoint held. When a bucket's window timer
+    fires, its buffers are bounded, summed per group and sent to stage 2, and their
+    entries removed.
+
+    A record for a window whose release time the watermark has passed is late:
+    dropped and counted. At most ``BUFFER_LIMIT`` (subject, window) buffers are held
+    per subtask; a new one beyond that is dropped and counted
+    (``dp_records_dropped_buffer_full``), never sent early.
+    """
+
+    def open(self, ctx: Any) -> None:
+        from pyflink.common.typeinfo import Types
+        from pyflink.datastream.state import MapStateDescriptor
+
+        self.rng = make_random(self.subtask_seed(ctx))
+        self.core = ContributionBounder(self.params)
+        buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
+        buffers.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+        self.state = ctx.get_map_state(buffers)
+        self.buckets: dict[int, dict[int, dict[str, SubjectWindow]]] = {}
+        self.held = 0  # (subject, window) buffers in self.buckets
+        metrics = ctx.get_metrics_group()
+        self.late = metrics.counter("dp_late_records_dropped")
+        self.full = metrics.counter("dp_records_dropped_buffer_full")
+        self.records = metrics.counter("dp_records_in")
+        self.uncounted = 0  # records not yet added to the counter: one JVM call per 1024 records
+        # public-group markers already sent per window; duplicates after a restore are harmless
+        self.announced: set[int] = set()
+        self.tumbling = self.params.slide_ms is None
+        self.window_ms = self.params.window_ms
+
+    def _windows(self, bucket: int, ctx: Any) -> dict[int, dict[str, SubjectWindow]]:
+        """The bucket's open windows; the first call per bucket loads them from state (after a restore)."""
+        windows = self.buckets.get(bucket)
+        if windows is None:
+            windows = self.buckets[bucket] = {}
+            for key, text in self.state.items():
+                start, subject = key.split("\x1f", 1)
+                start = int(start)
+                subjects = windows.get(start)
+                if subjects is None:
+                    subjects = windows[start] = {}
+                    # restored with the state; registering it again is harmless
+                    ctx.timer_service().register_event_time_timer(self.params.release_time(start))
+                subjects[subject] = decode_window(text)
+                self.held += 1
+        return windows
+
+    def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
+        subject, group_json, values_json, ts = value
+        self.uncounted += 1
+        if self.uncounted >= 1024:
+            self.records.inc(self.uncounted)
+            self.uncounted = 0
+        bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key, without a call into the JVM
+        windows = self.buckets.get(bucket)
+        if windows is None:
+            windows = self._windows(bucket, ctx)
+        starts = (ts - ts % self.window_ms,) if self.tumbling else window_starts(self.params, ts)
+        vector = None
+        for start in starts:
+            subjects = windows.get(start)
+            if subjects is None:
+                subjects = self._open_window(windows, start, ctx)
+                if subjects is None:
+                    continue  # later than the allowed lateness
+            window = subjects.get(subject)
+            if window is None:
+                if self.held >= BUFFER_LIMIT:
+                    self.full.inc()
+                    continue
+                window = subjects[subject] = self.core.new_window(self.rng)
+                self.held += 1
+            if vector is None:
+                vector = self.core.vector(values_json)
+            if self.core.offer(window, group_json, vector):
+                self.state.put(f"{start}\x1f{subject}", encode_window(window))
+        return
+        yield  # a generator, as PyFlink expects
+
+    def _open_window(self, windows: dict[int, Any], start: int, ctx: Any) -> dict[str, SubjectWindow] | None:
+        """A window this bucket has no buffers for yet; None when the window is closed."""
+        release = self.params.release_time(start)
+        # an open window's timer has not fired, so only a new one asks the JVM for the watermark. The
+        # watermark alone decides: a released window's timer fired, so the watermark is past it; and
+        # BATCH mode, which fires a key's timers when its records end, starts each key at the lowest one
+        if release <= ctx.timer_service().current_watermark():
+            self.late.inc()
+            return None
+        ctx.timer_service().register_event_time_timer(release)
+        subjects = windows[start] = {}
+        return subjects
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
+        p = self.params
+        if self.uncounted:
+            self.records.inc(self.uncounted)
+            self.uncounted = 0
+        start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
+        windows = self._windows(ctx.get_current_key(), ctx)
+        subjects = windows.pop(start, None)
+        if subjects:
+            self.held -= len(subjects)
+            if windows:
+                for subject in subjects:
+                    self.state.remove(f"{start}\x1f{subject}")
+            else:
+                self.state.clear()  # the bucket's only open window: one call
+            totals: dict[str, list[float]] = {}
+            for window in subjects.values():
+                for group_json, vector in self.core.finish(window):
+                    acc = totals.get(group_json)
+                    if acc is None:
+                        totals[group_json] = vector
+                    else:
+                        for i, v in enumerate(vector):
+                            acc[i] += v
+            for group_json, acc in totals.items():
+                yield group_json, start, encode_vector(acc)
+        if p.public_groups and start not in self.announced:
+            self.announced.add(start)
+            self.announced = {s for s in self.announced if s >= start - p.window_ms}
+            zero = encode_vector(self.core.zero())
+            for group_json in p.public_groups:
+                yield group_json, start, zero
+
+
+class _NoisyAggregate(_SeededProcess):
+    """Stage 2: keyed by group; sums contributions per window and releases them with noise.
+
+    Window totals live in a ``MapState`` (window start -> comma-joined floats) behind
+    a write-through cache, as in stage 1: one state write per contribution.
+    """
+
+    seed_offset = 500
+
+    def open(self, ctx: Any) -> None:
+        from pyflink.common.typeinfo import Types
+        from pyflink.datastream.state import MapStateDescriptor
+
+        self.core = GroupReleaser(self.params, self.subtask_seed(ctx))
+        windows = MapStateDescriptor("group_windows", Types.LONG(), Types.STRING())
+        windows.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+        self.windows = ctx.get_map_state(windows)
+        self.cache: dict[tuple[str, int], list[float]] = {}
+        self.zero = ContributionBounder(self.params).zero()
+        metrics = ctx.get_metrics_group()
+        self.late = metrics.counter("dp_late_contributions_dropped")
+        self.released = metrics.counter("dp_groups_released")
+        self.suppressed = metrics.counter("dp_groups_suppressed")
+        self.not_public = metrics.counter("dp_groups_not_public_dropped")
+
+    def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
+        group_json, start, vector = value
+        if self.params.public_groups is not None and group_json not in self.core.public:
+            self.not_public.inc()  # with public groups, other groups are never released
+            return
+        acc = self.cache.get((group_json, start))
+        if acc is None:
+            text = self.windows.get(start)
+            if text is not None:
+                acc = decode_vector(text)  # restored, or evicted from the cache
+            else:
+                release = self.params.release_time(start)
+                if release <= ctx.timer_service().current_watermark():
+                    self.late.inc()
+                    return
+                ctx.timer_service().register_event_time_timer(release)
+                acc = list(self.zero)
+            self._cache(group_json, start, acc)
+        for i, v in enumerate(decode_vector(vector)):
+            acc[i] += v
+        self.windows.put(start, encode_vector(acc))
+        return
+        yield
+
+    def _cache(self, group_json: str, start: int, acc: list[float]) -> None:
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[(group_json, start)] = acc
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
+        p = self.params
+        start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
+        group_json = ctx.get_current_key()
+        acc = self.cache.pop((group_json, start), None)
+        if acc is None:
+            text = self.windows.get(start)
+            if text is None:
+                return
+            acc = decode_vector(text)
+        self.windows.remove(start)
+        out = self.core.release(group_json, start, acc)
+        if out is None:
+            self.suppressed.inc()
+            # the gate must still charge this window: suppressing spent budget too
+            yield group_json, start, ""
+        else:
+            self.released.inc()
+            yield group_json, start, json.dumps(out)
+        # a public group is released for every window after its first, busy or not
+        if p.public_groups is not None and ctx.timer_service().current_watermark() < _MAX_WATERMARK:
+            nxt = start + p.slide
+            if (group_json, nxt) not in self.cache and self.windows.get(nxt) is None:
+                acc = list(self.zero)
+                self.windows.put(nxt, encode_vector(acc))
+                self._cache(group_json, nxt, acc)
+                ctx.timer_service().register_event_time_timer(p.release_time(nxt))
+
+
+_MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
+
+
+class _BudgetGate(_KeyedProcess):
+    """Keyed by view; charges each window to the view's budget and stops at ``total_epsilon``."""
+
+    def __init__(self, params: DpParams, view_name: str, policy_id: str, policy_hash: str) -> None:
+        self.params = params
+        self.view_name = view_name
+        self.policy_id = policy_id
+        self.policy_hash = policy_hash
+
+    def open(self, ctx: Any) -> None:
+        from pyflink.common.typeinfo import Types
+        from pyflink.datastream.state import ValueStateDescriptor
+
+        self.ledger = BudgetLedger(self.params)
+        # no TTL: forgetting the spend would let the view spend its budget again
+        self.first = ctx.get_state(ValueStateDescriptor("first_window", Types.LONG()))
+        self.last = ctx.get_state(ValueStateDescriptor("last_window", Types.LONG()))
+        metrics = ctx.get_metrics_group()
+        self.refused = metrics.counter("dp_releases_refused_budget")
+        # a counter raised to the spend, not a gauge: in thread mode Flink's metric thread calls a
+        # Python gauge into the embedded interpreter, and a REST metrics query crashed the JVM so
+        # (SIGSEGV in take_gil). It starts at 0 in a restored job and catches up at its first release.
+        self.spent_counter = metrics.counter("dp_epsilon_spent_micro")
+        self.spent_micro = 0
+        self.warned = False
+
+    def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
+        group_json, start, value_json = value
+        first, last = self.first.value(), self.last.value()
+        # charge every window between the earliest and the latest one computed
+        first = start if first is None else min(first, start)
+        last = start if last is None else max(last, start)
+        if not self.ledger.allows(first, last):
+            self.refused.inc()
+            if not self.warned:
+                self.warned = True
+                log.warning(
+                    "dp view %s: total_epsilon %.6g reached; releases stopped (policy %s)",
+                    self.view_name,
+                    self.params.total_epsilon,
+                    self.policy_id,
+                )
+            return
+        self.first.update(first)
+        self.last.update(last)
+        eps, delta = self.ledger.spent(first, last)
+        micro = int(eps * 1e6)
+        if micro > self.spent_micro:
+            self.spent_counter.inc(micro - self.spent_micro)
+            self.spent_micro = micro
+        if not value_json:
+            return  # a suppressed group: charged, not released
+        headers = {
+            "policy_id": self.policy_id,
+            "policy_hash": self.policy_hash,
+            "view": self.view_name,
+            "epsilon_spent": eps,
+            "delta_spent": delta,
+        }
+        yield group_json, json.dumps(headers), value_json
