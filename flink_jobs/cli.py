@@ -15,6 +15,7 @@ from typing import Any
 
 from flink_jobs.policy import PolicyError, load_policy
 from flink_jobs.protect import BLANK
+from flink_jobs.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, StartupWatch, local_rest_config, wait_watched
 from udfs.keyring import PURPOSES, Keyring, KeyringError, load_keyring
 
 DEV_KEYRING = Path(".local/dev-keyring.json")
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--execution-mode", choices=("thread", "process"), default="thread",
                      help="PyFlink Python execution mode (default thread)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="SECONDS",
+                     help="cancel the job and fail when an operator has not opened (or, on a bounded input, no "
+                     f"record has moved) within SECONDS (default {DEFAULT_STARTUP_TIMEOUT_S:g})")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a policy", description="Check a policy and say exactly "
@@ -214,11 +218,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.input or not args.output:
         raise CliError("pass --input FILE and --output DIR for a file run, or --bootstrap-servers HOST:PORT for Kafka")
     return run_files(policy, reference, Path(args.input), Path(args.output), parallelism=args.parallelism,
-                     execution_mode=args.execution_mode, quiet=args.quiet, batch=args.bounded)
+                     execution_mode=args.execution_mode, quiet=args.quiet, batch=args.bounded,
+                     startup_timeout_s=args.startup_timeout)
 
 
 def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, parallelism: int = 1,
-              execution_mode: str = "thread", quiet: bool = False, batch: bool = False) -> int:
+              execution_mode: str = "thread", quiet: bool = False, batch: bool = False,
+              startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> int:
     """Run the job on a JSON Lines file or folder; ``batch`` runs it in Flink's BATCH mode (static masking)."""
     from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env
 
@@ -230,8 +236,9 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
     for channel in [*channels, "_stats"]:
         # each run replaces the previous one's results, so the counts below are this run's
         shutil.rmtree(output / channel, ignore_errors=True)
+    rest_base, rest_config = local_rest_config()
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
-                         stats_dir=str((output / "_stats").resolve()), batch=batch)
+                         stats_dir=str((output / "_stats").resolve()), batch=batch, extra_config=rest_config)
     env = make_env(options)
     build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
     started = time.monotonic()
@@ -241,7 +248,7 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
         progress = threading.Thread(target=_show_progress, args=(output / "_stats", total, done, started), daemon=True)
         progress.start()
     try:
-        env.execute(f"protect_stream[{policy.id}]")
+        run_watched(env, f"protect_stream[{policy.id}]", rest_base, startup_timeout_s, expect_records=total > 0)
     finally:
         done.set()
         if progress is not None:
@@ -373,6 +380,19 @@ def _input_lines(source: str):
     for file in files:
         with open(file) as fh:
             yield from (line for line in fh if line.strip())
+
+
+def run_watched(env: Any, job_name: str, rest_base: str, startup_timeout_s: float, *, expect_records: bool) -> None:
+    """Execute a local job; cancel it and fail with a clear message if it does not start in time."""
+    job = env.execute_async(job_name)
+    watch = StartupWatch(rest_base, str(job.get_job_id()), timeout_s=startup_timeout_s, expect_records=expect_records)
+    watch.start()
+    try:
+        wait_watched(job, watch)
+    except RuntimeError as exc:
+        if watch.failure is None:
+            raise
+        raise CliError(watch.failure) from exc
 
 
 if __name__ == "__main__":

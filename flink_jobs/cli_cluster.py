@@ -52,7 +52,7 @@ SCRIPT = PROJECT_ROOT / "flink_jobs" / "protect_stream.py"
 #: the project's packages, shipped to the workers with -pyfs (as one zip)
 PACKAGES = ("udfs", "operators", "flink_jobs")
 _JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
-_TERMINAL = {"FINISHED", "FAILED", "CANCELED", "SUSPENDED"}
+TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED", "SUSPENDED"}
 
 
 class SubmitError(RuntimeError):
@@ -201,7 +201,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(line for line in text.strip().splitlines()[-lines:])
 
 
-def _request(base: str, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
+def rest_request(base: str, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"} if data else {})
@@ -218,11 +218,11 @@ def _request(base: str, path: str, method: str = "GET", body: Any = None, timeou
 
 def list_jobs(base: str) -> list[dict]:
     """``/jobs/overview``: id, name, state, start time, duration of every job."""
-    return _request(base, "/jobs/overview")["jobs"]
+    return rest_request(base, "/jobs/overview")["jobs"]
 
 
 def job_state(base: str, job_id: str) -> str:
-    return _request(base, f"/jobs/{job_id}")["state"]
+    return rest_request(base, f"/jobs/{job_id}")["state"]
 
 
 def wait_for_job(base: str, job_id: str, states: set[str] | str, timeout: float = 120) -> str:
@@ -241,7 +241,7 @@ def wait_for_job(base: str, job_id: str, states: set[str] | str, timeout: float 
         state = job_state(base, job_id)
         if state in wanted:
             return state
-        if state in _TERMINAL:
+        if state in TERMINAL_STATES:
             break
         time.sleep(0.5)
     raise SubmitError(f"job {job_id} is {state}, not {'/'.join(sorted(wanted))}: {_root_cause(base, job_id)}")
@@ -249,7 +249,7 @@ def wait_for_job(base: str, job_id: str, states: set[str] | str, timeout: float 
 
 def _root_cause(base: str, job_id: str) -> str:
     try:
-        info = _request(base, f"/jobs/{job_id}/exceptions?maxExceptions=1")
+        info = rest_request(base, f"/jobs/{job_id}/exceptions?maxExceptions=1")
     except SubmitError:
         return "no exception reported"
     history = info.get("exceptionHistory", {}).get("entries") or []
@@ -261,8 +261,8 @@ def _root_cause(base: str, job_id: str) -> str:
 
 def cancel_job(base: str, job_id: str, timeout: float = 60) -> None:
     """Cancel a job and wait until it is cancelled (or already over)."""
-    _request(base, f"/jobs/{job_id}?mode=cancel", method="PATCH")
-    wait_for_job(base, job_id, _TERMINAL, timeout=timeout)
+    rest_request(base, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+    wait_for_job(base, job_id, TERMINAL_STATES, timeout=timeout)
 
 
 def stop_with_savepoint(base: str, job_id: str, target: str | None = None, *, drain: bool = False,
@@ -286,14 +286,14 @@ def stop_with_savepoint(base: str, job_id: str, target: str | None = None, *, dr
     body: dict[str, Any] = {"drain": drain}
     if target:
         body["targetDirectory"] = target
-    trigger = _request(base, f"/jobs/{job_id}/stop", method="POST", body=body)["request-id"]
+    trigger = rest_request(base, f"/jobs/{job_id}/stop", method="POST", body=body)["request-id"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = _request(base, f"/jobs/{job_id}/savepoints/{trigger}")
+        info = rest_request(base, f"/jobs/{job_id}/savepoints/{trigger}")
         if info["status"]["id"] == "COMPLETED":
             operation = info.get("operation", {})
             if "location" in operation:
-                wait_for_job(base, job_id, _TERMINAL, timeout=max(5.0, deadline - time.monotonic()))
+                wait_for_job(base, job_id, TERMINAL_STATES, timeout=max(5.0, deadline - time.monotonic()))
                 return operation["location"]
             cause = operation.get("failure-cause", {}).get("stack-trace", "unknown cause")
             raise SubmitError(f"stop-with-savepoint of job {job_id} failed: {_tail(cause, 8)}")
@@ -319,20 +319,20 @@ def job_status(base: str, job_id: str) -> dict:
         "metrics": {metric id: sum}}``. ``views`` counts the records that reached each channel's
         sink (``numRecordsIn`` of the ``sink-<channel>-to-row`` operator).
     """
-    job = _request(base, f"/jobs/{job_id}")
+    job = rest_request(base, f"/jobs/{job_id}")
     views: dict[str, int] = {}
     metrics: dict[str, float] = {}
     source = 0
     for vertex in job.get("vertices", []):
         vid = vertex["id"]
         try:
-            available = [m["id"] for m in _request(base, f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")]
+            available = [m["id"] for m in rest_request(base, f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")]
         except SubmitError:
             continue  # a finished vertex may have no metrics left
         wanted = [m for m in available if _wanted_metric(m)]
         for chunk in (wanted[i:i + 40] for i in range(0, len(wanted), 40)):
             query = urllib.parse.quote(",".join(chunk), safe=",")
-            for item in _request(base, f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={query}&agg=sum"):
+            for item in rest_request(base, f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={query}&agg=sum"):
                 value = float(item.get("sum", 0) or 0)
                 name = item["id"]
                 sink = _SINK_IN.search(name)
@@ -343,7 +343,7 @@ def job_status(base: str, job_id: str) -> dict:
                 else:
                     metrics[name] = metrics.get(name, 0) + value
     try:
-        checkpoints = _request(base, f"/jobs/{job_id}/checkpoints")
+        checkpoints = rest_request(base, f"/jobs/{job_id}/checkpoints")
     except SubmitError:
         checkpoints = {}
     return {"job": {k: job.get(k) for k in ("jid", "name", "state", "duration")}, "checkpoints": checkpoints,
@@ -452,6 +452,9 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", dest="config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Flink setting for the job (repeatable)")
     p.add_argument("--attached", action="store_true", help="wait for the job to end (default: detached)")
+    p.add_argument("--startup-timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="a detached submit waits until every operator has opened; past SECONDS it cancels the job "
+                   "and fails, naming the operators that did not open (default 90)")
     p.add_argument("--dry-run", action="store_true", help="print the flink run command and do nothing")
     _cluster_args(p)
 
@@ -477,7 +480,7 @@ def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOp
         pyexec=args.pyexec, config=config)
 
 
-def _run_submit(options: SubmitOptions, dry_run: bool) -> int:
+def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float = 90.0) -> int:
     from flink_jobs.cli import CliError
 
     if dry_run:
@@ -489,15 +492,24 @@ def _run_submit(options: SubmitOptions, dry_run: bool) -> int:
         raise CliError(str(exc)) from None
     base = _rest_base(options.jobmanager, options.state_dir)
     print(f"submitted job {job_id} to {base}" + (f" from savepoint {options.savepoint}" if options.savepoint else ""))
+    if options.detached:
+        from flink_jobs.startup_watch import StartupWatch
+
+        watch = StartupWatch(base, job_id, timeout_s=startup_timeout_s)
+        watch.run()  # in this thread: the command's answer is whether the job started
+        if watch.failure is not None:
+            raise CliError(watch.failure)
+        if watch.started.is_set():
+            print(f"job {job_id} is running: every operator has opened")
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    return _run_submit(_options(args), args.dry_run)
+    return _run_submit(_options(args), args.dry_run, args.startup_timeout)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _run_submit(_options(args, savepoint=args.savepoint_path), args.dry_run)
+    return _run_submit(_options(args, savepoint=args.savepoint_path), args.dry_run, args.startup_timeout)
 
 
 def _single_running(base: str) -> str:

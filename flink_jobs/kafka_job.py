@@ -8,6 +8,7 @@ reads offsets and writes record headers from PyFlink. The graph itself is the sa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from flink_jobs.kafka_tools import KafkaToolsError, TopicsMissingError, check_re
 from flink_jobs.policy import Policy
 from flink_jobs.protect import DLQ
 from flink_jobs.protect_stream import JobOptions, build, make_env
+from flink_jobs.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, local_rest_config
 
 
 class KafkaInput:
@@ -105,11 +107,21 @@ def run(args: argparse.Namespace, policy: Policy, keyring_ref: str) -> int:
         raise CliError(str(exc)) from None
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    bounded = getattr(args, "bounded", False)
+    # under `flink run` the cluster runs the job and `submit` watches its start; locally, this does
+    local = "PYFLINK_GATEWAY_PORT" not in os.environ
+    rest_base, rest_config = local_rest_config() if local else ("", {})
     env = build_kafka_job(policy, keyring_ref, bootstrap=args.bootstrap_servers, delivery=delivery,
-                          start=args.start, bounded=getattr(args, "bounded", False),
+                          start=args.start, bounded=bounded, config=rest_config,
                           parallelism=args.parallelism, execution_mode=args.execution_mode)
     views = ", ".join(f"{name} -> {view.topic}" for name, view in policy.views.items())
     print(f"protect_stream[{policy.id}] on {args.bootstrap_servers}: {policy.source_topic} -> {views}, "
           f"{DLQ} -> {policy.dlq_topic} ({delivery})", file=sys.stderr)
-    env.execute(f"protect_stream[{policy.id}]")
+    if local:
+        from flink_jobs.cli import run_watched
+
+        run_watched(env, f"protect_stream[{policy.id}]", rest_base,
+                    getattr(args, "startup_timeout", DEFAULT_STARTUP_TIMEOUT_S), expect_records=False)
+    else:
+        env.execute(f"protect_stream[{policy.id}]")
     return 0
