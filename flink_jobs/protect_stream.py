@@ -315,6 +315,7 @@ class ProtectFunction(ProcessFunction):
         self.metric_in = group.counter("records_in")
         self.metric_dlq = group.counter("dead_letters")
         self.seen = 0
+        self.reported = 0  # records added to metric_in so far
         self.dead = 0
         self.next_progress = time.monotonic() + 1.0
 
@@ -331,16 +332,18 @@ class ProtectFunction(ProcessFunction):
                 yield self.tags[channel], routed.value
             else:
                 yield self.tags[channel], envelope_line(*routed.value, value_is_json)
-        if not self.seen & 1023:
-            # metrics in batches: a counter call per record costs more than the record's masking
-            self.metric_in.inc(1024)
+        if not self.seen & 1023 or self.seen == 1:
+            # metrics in batches: a counter call per record costs more than the record's masking. The
+            # first record is reported at once: the start-up watchdog waits for it
+            self.metric_in.inc(self.seen - self.reported)
+            self.reported = self.seen
             if self.stats_dir and time.monotonic() > self.next_progress:
                 self.next_progress = time.monotonic() + 1.0
                 self._write_stats("progress")
 
     def close(self) -> None:
         if hasattr(self, "metric_in"):
-            self.metric_in.inc(self.seen & 1023)
+            self.metric_in.inc(self.seen - self.reported)
             if self.stats_dir:
                 self._write_stats("final")
 

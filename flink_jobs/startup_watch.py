@@ -19,8 +19,9 @@ from flink_jobs.cli_cluster import TERMINAL_STATES, SubmitError, rest_request
 #: seconds a job may take to open every operator (and, when bounded, to move a first record)
 DEFAULT_STARTUP_TIMEOUT_S = 90.0
 _STARTED = {"RUNNING", "FINISHED"}
-#: the metric that shows records moving: what left the protect operator (chained names end so)
-PROGRESS_METRIC = "protect.numRecordsOut"
+#: the metric that shows records moving: the protect operator's input count, raised at its first record
+#: (its own output count misses side outputs, which is all it emits)
+PROGRESS_METRIC = "protect.records_in"
 
 
 class StartupWatch(threading.Thread):
@@ -71,7 +72,7 @@ class StartupWatch(threading.Thread):
             self._ended.wait(self.poll_s)
 
     def _records_moved(self, vertices: list[dict]) -> bool:
-        # a record out of the protect operator: in process mode a task is RUNNING before its Python
+        # a record through the protect operator: in process mode a task is RUNNING before its Python
         # worker has opened, and the source emits into it regardless
         for vertex in vertices:
             path = f"/jobs/{self.job_id}/vertices/{vertex['id']}/subtasks/metrics"
@@ -119,6 +120,9 @@ def wait_watched(job_client: Any, watch: StartupWatch) -> None:
         if watch.failure is not None:
             raise RuntimeError(watch.failure)
         if not watch.is_alive():
+            break
+        if result.done():
+            watch.stop()  # the job ended before the watcher saw it start (a short job)
             break
     try:
         result.result()
