@@ -393,15 +393,16 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             from operators.dp import flink as dp_flink
 
             delay = Duration.of_millis(policy.watermark_delay_ms)
+            # no with_idleness: on an unbounded source the idle mark it sets kept every watermark from
+            # leaving this chain (issue 19); a quiet input is the DP stages' idle_timeout instead
             strategy = (
                 WatermarkStrategy.for_bounded_out_of_orderness(delay)
                 .with_timestamp_assigner(EventTime(3))
-                .with_idleness(Duration.of_seconds(5))
             )
             # shape: (subject, group JSON, metric values JSON, event ms) with event-time timestamps
             timed = stream.assign_timestamps_and_watermarks(strategy).name(f"event-time-{name}").uid(f"event-time-{name}")
-            releases = dp_flink.attach(timed, view.differential_privacy, view_name=name,
-                                            policy_id=policy.id, policy_hash=policy.hash)
+            releases = dp_flink.attach(timed, view.differential_privacy, view_name=name, policy_id=policy.id,
+                                       policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
             sinks.write(releases, name, view.topic)
         else:
             # shape: (key, headers, protected value), or its JSON line

@@ -39,6 +39,8 @@ Policy syntax (defaults in brackets)::
       public_groups: [[us-west], [us-east]]   # [none: private group selection]
       total_epsilon: 100               # [none: unlimited]; the view stops when it would exceed it
       state_ttl: 1h                    # [max(1h, 4 x (window + allowed_lateness))]
+      idle_timeout: 10s                # [10s]; after this long with no record, event time follows the
+                                       # wall clock, so a quiet input still closes its windows; none: off
 
 Metric names in the output are ``count``, ``<field>_sum`` and ``<field>_mean``
 unless a metric sets ``name``.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import time
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -40,6 +41,7 @@ def attach(
     policy_id: str,
     policy_hash: str,
     random_state: int | None = None,
+    watermark_delay_ms: int = 0,
 ) -> Any:
     """Add the DP aggregation of one view to a stream of contributions.
 
@@ -53,6 +55,9 @@ def attach(
         Name operators and uids; go into the headers of every release.
     random_state : int or None
         Tests only: seeds the noise (per subtask). ``None`` uses the secure generator.
+    watermark_delay_ms : int
+        The out-of-orderness the watermark allows: the quiet-input fallback
+        (``params.idle_timeout_ms``) starts its clock from the last event time minus this.
 
     Returns
     -------
@@ -75,7 +80,7 @@ def attach(
     uid = f"dp/{view_name}"
     bounded = (
         stream.key_by(subject_bucket, key_type=Types.INT())
-        .process(_BoundContributions(params, random_state), output_type=contribution_type)
+        .process(_BoundContributions(params, random_state, watermark_delay_ms), output_type=contribution_type)
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
@@ -83,7 +88,7 @@ def attach(
     released = (
         bounded.key_by(_first, key_type=Types.STRING())
         .process(
-            _NoisyAggregate(params, random_state),
+            _NoisyAggregate(params, random_state, watermark_delay_ms),
             output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()]),
         )
         .name(f"dp-noisy-aggregate[{view_name}]")
@@ -104,6 +109,44 @@ def attach(
 
 
 _first = operator.itemgetter(0)  # group of a contribution
+_MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
+#: marks a contribution that stage 1 sent because its input went quiet, not because the watermark passed
+QUIET = "~"
+#: the state key under which stage 1 keeps the last window start it closed on a quiet input
+_CLOSED_KEY = "\x1fclosed"
+
+
+class QuietClock:
+    """Event time on a quiet input, for the DP stages' fallback when the watermark stands still.
+
+    Once no record has arrived for ``idle_timeout_ms``, event time is the last event time seen,
+    minus the watermark delay, plus the wall-clock time since the last record. Flink's watermark
+    needs records to advance (and with ``with_idleness`` PyFlink 2.2's watermark never left the
+    source chain on an unbounded Kafka source: issue 19), so the DP stages keep this clock
+    themselves. It lives per subtask, not in state: after a restore it starts at the first record.
+    """
+
+    def __init__(self, idle_timeout_ms: int | None, delay_ms: int) -> None:
+        self.idle_ms = idle_timeout_ms
+        self.delay_ms = delay_ms
+        self.last_arrival = 0
+        self.max_event = None
+
+    @property
+    def tick_ms(self) -> int:
+        return max(1000, min(10_000, (self.idle_ms or 0) // 2))
+
+    def saw(self, event_ms: int | None, now_ms: int) -> None:
+        self.last_arrival = now_ms
+        if event_ms is not None and (self.max_event is None or event_ms > self.max_event):
+            self.max_event = event_ms
+
+    def event_time(self, now_ms: int) -> int | None:
+        """The quiet-input event time, or None while records still arrive (or nothing was seen)."""
+        quiet = now_ms - self.last_arrival
+        if self.idle_ms is None or self.max_event is None or quiet < self.idle_ms:
+            return None
+        return self.max_event - self.delay_ms + quiet
 
 #: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)
 BUCKETS = 64
@@ -140,9 +183,10 @@ class _SeededProcess(_KeyedProcess):
     #: keeps this stage's seeds apart from the other stage's for the same subtask
     seed_offset = 0
 
-    def __init__(self, params: DpParams, random_state: int | None) -> None:
+    def __init__(self, params: DpParams, random_state: int | None, watermark_delay_ms: int = 0) -> None:
         self.params = params
         self.random_state = random_state
+        self.watermark_delay_ms = watermark_delay_ms
 
     def is_deterministic(self) -> bool:
         return False
@@ -194,6 +238,9 @@ class _BoundContributions(_SeededProcess):
         self.announced: set[int] = set()
         self.tumbling = self.params.slide_ms is None
         self.window_ms = self.params.window_ms
+        self.clock = QuietClock(self.params.idle_timeout_ms, self.watermark_delay_ms)
+        self.closed: dict[int, int] = {}  # bucket -> last window start closed on a quiet input
+        self.ticking: set[int] = set()  # buckets with a quiet-input timer pending
 
     def _windows(self, bucket: int, ctx: Any) -> dict[int, dict[str, SubjectWindow]]:
         """The bucket's open windows; the first call per bucket loads them from state (after a restore)."""
@@ -201,6 +248,9 @@ class _BoundContributions(_SeededProcess):
         if windows is None:
             windows = self.buckets[bucket] = {}
             for key, text in self.state.items():
+                if key == _CLOSED_KEY:
+                    self.closed[bucket] = int(text)
+                    continue
                 start, subject = key.split("\x1f", 1)
                 start = int(start)
                 subjects = windows.get(start)
@@ -222,12 +272,17 @@ class _BoundContributions(_SeededProcess):
         windows = self.buckets.get(bucket)
         if windows is None:
             windows = self._windows(bucket, ctx)
+        if self.clock.idle_ms is not None:
+            now = int(time.time() * 1000)  # the wall clock without a call into the JVM
+            self.clock.saw(ts, now)
+            if bucket not in self.ticking:
+                self._tick(bucket, now, ctx)
         starts = (ts - ts % self.window_ms,) if self.tumbling else window_starts(self.params, ts)
         vector = None
         for start in starts:
             subjects = windows.get(start)
             if subjects is None:
-                subjects = self._open_window(windows, start, ctx)
+                subjects = self._open_window(windows, start, bucket, ctx)
                 if subjects is None:
                     continue  # later than the allowed lateness
             window = subjects.get(subject)
@@ -244,8 +299,12 @@ class _BoundContributions(_SeededProcess):
         return
         yield  # a generator, as PyFlink expects
 
-    def _open_window(self, windows: dict[int, Any], start: int, ctx: Any) -> dict[str, SubjectWindow] | None:
+    def _open_window(self, windows: dict[int, Any], start: int, bucket: int,
+                     ctx: Any) -> dict[str, SubjectWindow] | None:
         """A window this bucket has no buffers for yet; None when the window is closed."""
+        if start <= self.closed.get(bucket, -(2**63)):
+            self.late.inc()  # closed on a quiet input
+            return None
         release = self.params.release_time(start)
         # an open window's timer has not fired, so only a new one asks the JVM for the watermark. The
         # watermark alone decides: a released window's timer fired, so the watermark is past it; and
@@ -257,17 +316,50 @@ class _BoundContributions(_SeededProcess):
         subjects = windows[start] = {}
         return subjects
 
+    def _tick(self, bucket: int, now: int, ctx: Any) -> None:
+        # aligned to the tick, so every bucket checks at the same instant and stage 2 sees them together
+        tick = self.clock.tick_ms
+        ctx.timer_service().register_processing_time_timer((now // tick + 1) * tick)
+        self.ticking.add(bucket)
+
     def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
+        from pyflink.datastream import TimeDomain
+
         p = self.params
         if self.uncounted:
             self.records.inc(self.uncounted)
             self.uncounted = 0
+        bucket = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            yield from self._on_quiet(bucket, timestamp, ctx)
+            return
         start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
-        windows = self._windows(ctx.get_current_key(), ctx)
+        yield from self._flush(bucket, start, ctx)
+
+    def _on_quiet(self, bucket: int, now: int, ctx: Any) -> Iterable[Any]:
+        """A quiet-input check: close the bucket's windows that the wall clock has carried past."""
+        self.ticking.discard(bucket)
+        windows = self._windows(bucket, ctx)
+        event_time = self.clock.event_time(now)
+        if event_time is not None:
+            watermark = ctx.timer_service().current_watermark()
+            for start in sorted(windows):
+                release = self.params.release_time(start)
+                if watermark < release <= event_time:
+                    self.closed[bucket] = max(start, self.closed.get(bucket, start))
+                    self.state.put(_CLOSED_KEY, str(self.closed[bucket]))
+                    yield from self._flush(bucket, start, ctx, marker=QUIET)
+        if windows:
+            self._tick(bucket, now, ctx)
+
+    def _flush(self, bucket: int, start: int, ctx: Any, marker: str = "") -> Iterable[Any]:
+        """Bound, sum per group and send one window of the bucket; ``marker`` flags a quiet-input close."""
+        p = self.params
+        windows = self._windows(bucket, ctx)
         subjects = windows.pop(start, None)
         if subjects:
             self.held -= len(subjects)
-            if windows:
+            if windows or bucket in self.closed:
                 for subject in subjects:
                     self.state.remove(f"{start}\x1f{subject}")
             else:
@@ -282,11 +374,11 @@ class _BoundContributions(_SeededProcess):
                         for i, v in enumerate(vector):
                             acc[i] += v
             for group_json, acc in totals.items():
-                yield group_json, start, encode_vector(acc)
+                yield group_json, start, marker + encode_vector(acc)
         if p.public_groups and start not in self.announced:
             self.announced.add(start)
             self.announced = {s for s in self.announced if s >= start - p.window_ms}
-            zero = encode_vector(self.core.zero())
+            zero = marker + encode_vector(self.core.zero())
             for group_json in p.public_groups:
                 yield group_json, start, zero
 
@@ -302,7 +394,7 @@ class _NoisyAggregate(_SeededProcess):
 
     def open(self, ctx: Any) -> None:
         from pyflink.common.typeinfo import Types
-        from pyflink.datastream.state import MapStateDescriptor
+        from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
         self.core = GroupReleaser(self.params, self.subtask_seed(ctx))
         windows = MapStateDescriptor("group_windows", Types.LONG(), Types.STRING())
@@ -315,9 +407,18 @@ class _NoisyAggregate(_SeededProcess):
         self.released = metrics.counter("dp_groups_released")
         self.suppressed = metrics.counter("dp_groups_suppressed")
         self.not_public = metrics.counter("dp_groups_not_public_dropped")
+        # the last window start released on a quiet input, per group: later contributions to it are late
+        closed = ValueStateDescriptor("quiet_closed", Types.LONG())
+        closed.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+        self.closed = ctx.get_state(closed)
+        self.quiet_seen: dict[tuple[str, int], int] = {}  # (group, start) -> wall ms of its last quiet contribution
+        self.settle_ms = 2 * QuietClock(self.params.idle_timeout_ms, 0).tick_ms
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
         group_json, start, vector = value
+        quiet = vector.startswith(QUIET)
+        if quiet:
+            vector = vector[1:]
         if self.params.public_groups is not None and group_json not in self.core.public:
             self.not_public.inc()  # with public groups, other groups are never released
             return
@@ -328,7 +429,8 @@ class _NoisyAggregate(_SeededProcess):
                 acc = decode_vector(text)  # restored, or evicted from the cache
             else:
                 release = self.params.release_time(start)
-                if release <= ctx.timer_service().current_watermark():
+                closed = self.closed.value()
+                if release <= ctx.timer_service().current_watermark() or (closed is not None and start <= closed):
                     self.late.inc()
                     return
                 ctx.timer_service().register_event_time_timer(release)
@@ -337,6 +439,12 @@ class _NoisyAggregate(_SeededProcess):
         for i, v in enumerate(decode_vector(vector)):
             acc[i] += v
         self.windows.put(start, encode_vector(acc))
+        if quiet:
+            # stage 1 closed this window on a quiet input: release it once every bucket has sent its part
+            now = int(time.time() * 1000)
+            if (group_json, start) not in self.quiet_seen:
+                ctx.timer_service().register_processing_time_timer(now + self.settle_ms)
+            self.quiet_seen[(group_json, start)] = now
         return
         yield
 
@@ -346,9 +454,39 @@ class _NoisyAggregate(_SeededProcess):
         self.cache[(group_json, start)] = acc
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterable[Any]:
+        from pyflink.datastream import TimeDomain
+
         p = self.params
-        start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
         group_json = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            for key in [k for k in self.quiet_seen if k[0] == group_json]:
+                last = self.quiet_seen[key]
+                if timestamp - last < self.settle_ms:
+                    ctx.timer_service().register_processing_time_timer(last + self.settle_ms)
+                    continue
+                del self.quiet_seen[key]
+                closed = self.closed.value()
+                self.closed.update(key[1] if closed is None else max(closed, key[1]))
+                yield from self._release(group_json, key[1])
+            return
+        start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
+        released = False
+        for out in self._release(group_json, start):
+            released = True
+            yield out
+        if not released:
+            return
+        # a public group is released for every window after its first, busy or not
+        if p.public_groups is not None and ctx.timer_service().current_watermark() < _MAX_WATERMARK:
+            nxt = start + p.slide
+            if (group_json, nxt) not in self.cache and self.windows.get(nxt) is None:
+                acc = list(self.zero)
+                self.windows.put(nxt, encode_vector(acc))
+                self._cache(group_json, nxt, acc)
+                ctx.timer_service().register_event_time_timer(p.release_time(nxt))
+
+    def _release(self, group_json: str, start: int) -> Iterable[Any]:
+        """Noise and release one open window of the group (nothing when it is already released)."""
         acc = self.cache.pop((group_json, start), None)
         if acc is None:
             text = self.windows.get(start)
@@ -364,17 +502,6 @@ class _NoisyAggregate(_SeededProcess):
         else:
             self.released.inc()
             yield group_json, start, json.dumps(out)
-        # a public group is released for every window after its first, busy or not
-        if p.public_groups is not None and ctx.timer_service().current_watermark() < _MAX_WATERMARK:
-            nxt = start + p.slide
-            if (group_json, nxt) not in self.cache and self.windows.get(nxt) is None:
-                acc = list(self.zero)
-                self.windows.put(nxt, encode_vector(acc))
-                self._cache(group_json, nxt, acc)
-                ctx.timer_service().register_event_time_timer(p.release_time(nxt))
-
-
-_MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
 
 
 class _BudgetGate(_KeyedProcess):

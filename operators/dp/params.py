@@ -32,7 +32,10 @@ POLICY_KEYS = (
     "public_groups",
     "total_epsilon",
     "state_ttl",
+    "idle_timeout",
 )
+#: quiet time after which event time follows the wall clock, so a silent input still closes its windows
+DEFAULT_IDLE_TIMEOUT_MS = 10_000
 
 
 
@@ -116,6 +119,11 @@ class DpParams:
         Budget for the whole life of the view.
     state_ttl_ms : int
         Processing-time TTL of the per-window buffers.
+    idle_timeout_ms : int or None
+        When no record has arrived for this long, event time is taken to follow the wall clock
+        from the last event time seen (minus the watermark delay), so open windows still close on
+        a quiet input; a record for a window closed so is late. ``None`` (``idle_timeout: none``)
+        waits for the watermark alone.
 
     References
     ----------
@@ -136,6 +144,7 @@ class DpParams:
     public_groups: tuple[str, ...] | None = None
     total_epsilon: float | None = None
     state_ttl_ms: int = 0
+    idle_timeout_ms: int | None = DEFAULT_IDLE_TIMEOUT_MS
     _plan: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -217,6 +226,10 @@ class DpParams:
             kwargs["allowed_lateness_ms"] = parse_duration(block["allowed_lateness"], "allowed_lateness")
         if "state_ttl" in block:
             kwargs["state_ttl_ms"] = parse_duration(block["state_ttl"], "state_ttl", minimum_ms=1)
+        if "idle_timeout" in block:
+            raw = block["idle_timeout"]
+            none = raw is None or (isinstance(raw, str) and raw.strip().lower() == "none")
+            kwargs["idle_timeout_ms"] = None if none else parse_duration(raw, "idle_timeout", minimum_ms=1)
         if block.get("total_epsilon") is not None:
             kwargs["total_epsilon"] = _number(block["total_epsilon"], "total_epsilon")
         if block.get("public_groups") is not None:
