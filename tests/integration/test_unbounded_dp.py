@@ -1,0 +1,107 @@
+"""The DP view on a live Kafka stream: a job left running, never told the input has ended, then cancelled.
+
+Bounded runs flush every window at the end of input, which once hid that no watermark reached
+the DP operators on an unbounded source (issue 19). Here the sample is produced once and the job
+keeps running: every window of the sample must still be released, the last ones by the quiet-input
+fallback (``idle_timeout``), each exactly once, and the watermark Flink's REST API reports for the
+DP operators must move.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flink_jobs.kafka_job import build_kafka_job, prepare_topics
+from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
+from flink_jobs.policy import compile_policy
+from flink_jobs.startup_watch import local_rest_config
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
+POLICY = ROOT / "conf/policies/customer-events.yaml"
+WINDOW_S, DELAY_S, IDLE_S = 60, 5, 10
+#: window + watermark delay + allowed lateness (0) + the idle timeout, and room for a loaded machine
+RELEASE_BOUND_S = WINDOW_S + DELAY_S + IDLE_S + 60
+
+
+def _sample_windows() -> set[int]:
+    """Window starts (epoch ms) of the sample's well-formed events, computed here from the raw lines."""
+    starts = set()
+    for line in SAMPLE.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            ts = datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        ms = int(ts.timestamp() * 1000)
+        starts.add(ms - ms % (WINDOW_S * 1000))
+    return starts
+
+
+def _window_ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _dp_watermarks(base: str, job_id: str) -> dict[str, int]:
+    job = json.load(urllib.request.urlopen(f"{base}/jobs/{job_id}", timeout=10))
+    marks = {}
+    for vertex in job["vertices"]:
+        if vertex["name"].startswith("dp-"):
+            values = json.load(urllib.request.urlopen(f"{base}/jobs/{job_id}/vertices/{vertex['id']}/watermarks",
+                                                      timeout=10))
+            marks[vertex["name"].split("[")[0]] = min(int(v["value"]) for v in values)
+    return marks
+
+
+@pytest.mark.timeout(RELEASE_BOUND_S + 300)
+@pytest.mark.parametrize("mode", ["thread", "process"])  # the embedded interpreter (default); a process per task
+def test_a_running_job_releases_every_window_once_and_its_watermark_moves(kafka_broker, keyring_ref, mode):
+    topic = f"live-dp-{mode}"
+    document = yaml.safe_load(POLICY.read_text())
+    document["source"]["topic"] = topic
+    document["views"] = {"aggregated": document["views"]["aggregated"]}
+    document["views"]["aggregated"]["sink"]["topic"] = f"{topic}.aggregated"
+    document["views"]["aggregated"]["differential_privacy"]["idle_timeout"] = f"{IDLE_S}s"
+    policy = compile_policy(document, file=f"{topic}.yaml")
+    ensure_topics(kafka_broker.bootstrap, [topic])
+    produce_file(kafka_broker.bootstrap, topic, SAMPLE)
+    prepare_topics(kafka_broker.bootstrap, policy, create=True)
+    base, rest = local_rest_config()
+    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="exactly-once",
+                          execution_mode=mode, checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
+                          group_id=f"live-dp-{mode}-{time.time_ns()}")
+    job = env.execute_async(f"live-dp-{mode}")
+    job_id = str(job.get_job_id())
+    wanted = _sample_windows()
+    try:
+        deadline = time.monotonic() + RELEASE_BOUND_S + 120  # the job start, and a loaded machine, come on top
+        released: list = []
+        watermarks: list[dict[str, int]] = []
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            try:
+                watermarks.append(_dp_watermarks(base, job_id))
+            except OSError:
+                pass
+            released = consume(kafka_broker.bootstrap, f"{topic}.aggregated", timeout=5)
+            if {_window_ms(r.json()["window_start"]) for r in released} >= wanted:
+                break
+        assert job.get_job_status().result().name == "RUNNING"  # never told the input ended
+    finally:
+        job.cancel().result()
+    windows = Counter((r.json()["window_start"], r.json()["region"]) for r in released)
+    assert {_window_ms(w) for w, _ in windows} == wanted, "a window of the sample was not released"
+    assert max(windows.values()) == 1, "a window and group was released twice"
+    moved = [w["dp-bound-contributions"] for w in watermarks if "dp-bound-contributions" in w]
+    assert moved and max(moved) > -(2**63), "no watermark reached the DP operators"
+    assert all(m >= min(wanted) for m in moved if m > -(2**63))
