@@ -412,3 +412,23 @@ def test_release_carries_epsilon_delta_mechanism_and_error_bars():
     assert (out["epsilon"], out["delta"], out["mechanism"]) == (1.0, 1e-6, "laplace")
     for name in ("count", "purchaseAmount_mean"):
         assert out[name]["std"] > 0 and out[name]["ci95"][0] <= out[name]["value"] <= out[name]["ci95"][1]
+
+
+def test_local_aggregator_releases_each_window_once_when_the_watermark_passes_it_and_drops_late_records():
+    from operators.dp.core import LocalAggregator
+
+    params = DpParams.from_policy(block(public_groups=[["a"]]))
+    local = LocalAggregator(params, watermark_delay_ms=5_000, random_state=7)
+    out = []
+    for i in range(200):  # window [0, 60 s): 200 subjects in group "a"
+        out += local.add(f"s{i}", '["a"]', '{"purchaseAmount": 10}', 1_000 + i)
+    assert out == []  # the watermark (max - 5 s) has not passed the window's end
+    out += local.add("late-mover", '["a"]', '{"purchaseAmount": 10}', 70_000)  # watermark 65 s
+    assert [(g, start) for g, start, _, _ in out] == [('["a"]', 0)]
+    release, spent = out[0][2], out[0][3]
+    assert abs(release["count"]["value"] - 200) < 50 and spent[0] == params.window_epsilon
+    assert local.add("too-late", '["a"]', '{"purchaseAmount": 10}', 30_000) == []
+    assert local.late == 1
+    rest = local.finish()
+    assert [(g, start) for g, start, _, _ in rest] == [('["a"]', 60_000)]
+    assert local.finish() == []  # nothing is released twice
