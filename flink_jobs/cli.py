@@ -329,15 +329,23 @@ def summarize(output: Path, channels: list[str], total: int, elapsed: float, pol
               mode: str = "streaming") -> dict:
     counts = {channel: _count_lines(output / channel) for channel in channels}
     dropped: dict[str, int] = {}
+    routed: dict[str, int] = {}  # records the protect operator handed to each view
     for file in (output / "_stats").glob("subtask-*.json"):
-        for name, count in json.loads(file.read_text()).get("dropped_fields", {}).items():
+        stats = json.loads(file.read_text())
+        for name, count in stats.get("dropped_fields", {}).items():
             dropped[name] = dropped.get(name, 0) + count
+        for name, count in stats.get("routed", {}).items():
+            routed[name] = routed.get(name, 0) + count
     label = "protect_stream" if mode == "streaming" else f"protect_stream ({mode} mode)"
     lines = [f"{label} finished in {elapsed:.1f}s: {total:,} records in", f"results in {output}/"]
     balanced = True
     for name, view in policy.views.items():
         if view.differential_privacy:
-            lines.append(f"  {name:<12} {counts[name]:>8,} DP releases    -> {output / name}/")
+            # a DP view publishes aggregates: its balance is the records it took in
+            ok = routed.get(name, 0) + counts["dlq"] == total
+            balanced &= ok
+            lines.append(f"  {name:<12} {counts[name]:>8,} DP releases from {routed.get(name, 0):,} records  "
+                         f"-> {output / name}/  [{'balanced' if ok else 'NOT BALANCED'}: view input + dead letters = in]")
             continue
         out = counts[name] + counts.get(f"{name}.suppressed", 0)
         ok = out + counts["dlq"] == total

@@ -317,6 +317,7 @@ class ProtectFunction(ProcessFunction):
         self.seen = 0
         self.reported = 0  # records added to metric_in so far
         self.dead = 0
+        self.routed = dict.fromkeys(self.kinds, 0)  # records per channel, for the run's accounting
         self.next_progress = time.monotonic() + 1.0
 
     def process_element(self, value: tuple, ctx: Any):
@@ -324,6 +325,7 @@ class ProtectFunction(ProcessFunction):
         self.seen += 1
         for routed in self.protector.process(position, key, raw):
             channel = routed.channel
+            self.routed[channel] += 1
             if channel == DLQ:
                 self.dead += 1
                 self.metric_dlq.inc()
@@ -350,7 +352,7 @@ class ProtectFunction(ProcessFunction):
     def _write_stats(self, kind: str) -> None:
         # names and counts only: never a value
         stats = {"subtask": self.subtask, "kind": kind, "records_in": self.seen, "dead_letters": self.dead,
-                 "dropped_fields": dict(self.protector.dropped)}
+                 "routed": self.routed, "dropped_fields": dict(self.protector.dropped)}
         os.makedirs(self.stats_dir, exist_ok=True)
         path = os.path.join(self.stats_dir, f"subtask-{self.subtask}.json")
         with open(path + ".tmp", "w") as fh:

@@ -59,7 +59,8 @@ def _dp_watermarks(base: str, job_id: str) -> dict[str, int]:
         if vertex["name"].startswith("dp-"):
             values = json.load(urllib.request.urlopen(f"{base}/jobs/{job_id}/vertices/{vertex['id']}/watermarks",
                                                       timeout=10))
-            marks[vertex["name"].split("[")[0]] = min(int(v["value"]) for v in values)
+            if values:  # empty until the vertex's subtasks run
+                marks[vertex["name"].split("[")[0]] = min(int(v["value"]) for v in values)
     return marks
 
 
