@@ -449,6 +449,7 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
     hierarchy = spec.get("hierarchy")
     if hierarchy is None and groups:
         depth = len(next(iter(groups.values())))
+        # rows of "value;*" only: a category that goes straight to '*' (a two-valued attribute, say)
         hierarchy = ["exact", *({"group": c} for c in range(1, depth + 1)), STAR]
     if not isinstance(hierarchy, list) or not hierarchy:
         raise ParamError(f"{where}.hierarchy", "missing or not a list", "finest first, ending in '*'")
@@ -461,10 +462,12 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
     if len(kinds) > 1:
         raise ParamError(f"{where}.hierarchy", "mixes kinds of level",
                          "one of range, truncate, geohash or grid, date, group")
-    if not kinds:
+    if not kinds and not (len(levels) == 2 and levels[0].kind == "exact"):
         raise ParamError(f"{where}.hierarchy", "needs at least one generalizing level",
-                         "{range: n}, {truncate: n}, {geohash: n}, {date: unit} or {group: n}")
-    kind = kinds.pop()
+                         "[exact, '*'], {range: n}, {truncate: n}, {geohash: n}, {date: unit} or {group: n}")
+    # [exact, '*']: the value or nothing, as for a two-valued attribute; a hierarchy_file's values
+    # make it a category (values outside the file are refused), else its values are strings
+    kind = kinds.pop() if kinds else "category" if groups else "string"
     if levels.index(levels[-1]) != len(levels) - 1:
         raise ParamError(f"{where}.hierarchy", "'*' may only be the last level", "finest first, ending in '*'")
     for i, lv in enumerate(levels):
@@ -476,7 +479,8 @@ def _parse_quasi_identifier(name: str, spec: Any, where: str) -> QuasiIdentifier
         depth = len(next(iter(groups.values())))
         for i, lv in enumerate(levels):
             if lv.kind == "group" and lv.arg > depth:
-                raise ParamError(f"{where}.hierarchy[{i}]", f"the hierarchy has {depth} group columns", f"1 to {depth}")
+                raise ParamError(f"{where}.hierarchy[{i}]", f"the hierarchy has {depth} group columns",
+                                 f"1 to {depth}" if depth else "[exact, '*']: its rows are value;* only")
     elif groups:
         raise ParamError(where, "hierarchy_file and groups are for {group: n} levels", "drop them, or use group levels")
     lat_paths = _paths(spec["lat_field"], f"{where}.lat_field") if "lat_field" in spec else ()
@@ -579,9 +583,10 @@ def _parse_groups(spec: Mapping[str, Any], where: str) -> dict[str, tuple[str, .
         if not isinstance(raw, Mapping) or not all(isinstance(v, list) for v in raw.values()):
             raise ParamError(param, "must map each value to its list of groups", "{nurse: [health], surgeon: [health]}")
         rows = [[str(k), *(str(g) for g in v)] for k, v in raw.items()]
-    rows = [r[:-1] if r and r[-1] == STAR else r for r in rows]
-    if not rows or len(rows[0]) < 2:
-        raise ParamError(param, "needs at least one value and one group per row", "value;group;...;*")
+    # the '*' column is implied; what is left may be the value alone ("value;*": straight to '*')
+    rows = [r[:-1] if len(r) > 1 and r[-1] == STAR else r for r in rows]
+    if not rows or not rows[0] or not rows[0][0]:
+        raise ParamError(param, "needs at least one row, each starting with a value", "value;group;...;* or value;*")
     width = len(rows[0])
     table: dict[str, tuple[str, ...]] = {}
     for number, row in enumerate(rows, 1):

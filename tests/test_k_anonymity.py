@@ -163,6 +163,53 @@ def test_when_a_group_has_two_parents_then_the_table_is_refused():
     assert error.param == "quasi_identifiers.job.groups" and "two parents" in error.problem
 
 
+BINARY_FILE_ROWS = "F;*\nM;*\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind"),
+    [
+        ({"hierarchy": ["exact", "*"]}, "string"),  # a two-valued string straight to '*'
+        ({"hierarchy_file": "FILE"}, "category"),  # ARX rows of value;* only: the file lists the values
+        ({"hierarchy_file": "FILE", "hierarchy": ["exact", "*"]}, "category"),  # the same, with the levels written out
+        ({"groups": {"F": ["*"], "M": ["*"]}}, "category"),  # the inline table, value -> ['*']
+    ],
+)
+def test_when_a_binary_category_goes_straight_to_star_then_it_is_accepted(tmp_path, spec, kind):
+    table = tmp_path / "sex.csv"
+    table.write_text(BINARY_FILE_ROWS)
+    spec = {k: str(table) if v == "FILE" else v for k, v in spec.items()}
+    qi = params(quasi_identifiers={"sex": spec}).quasi_identifiers[0]
+    assert qi.kind == kind and [lv.describe() for lv in qi.levels] == ["exact", "*"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"hierarchy": ["*"]}, "quasi_identifiers.sex.hierarchy"),  # nothing but '*' publishes nothing
+        ({"hierarchy": ["exact"]}, "quasi_identifiers.sex.hierarchy[0]"),  # no '*' at the end
+        ({"hierarchy_file": "FILE", "hierarchy": ["exact", {"group": 1}, "*"]},
+         "quasi_identifiers.sex.hierarchy[1]"),  # value;* rows have no group column
+        ({"hierarchy_file": "EMPTY"}, "quasi_identifiers.sex.hierarchy_file"),  # no rows at all
+    ],
+)
+def test_when_a_binary_hierarchy_is_wrong_then_the_level_is_named(tmp_path, spec, path):
+    (tmp_path / "sex.csv").write_text(BINARY_FILE_ROWS)
+    (tmp_path / "empty.csv").write_text("\n")
+    files = {"FILE": str(tmp_path / "sex.csv"), "EMPTY": str(tmp_path / "empty.csv")}
+    spec = {k: files.get(v, v) if isinstance(v, str) else v for k, v in spec.items()}
+    assert refused(block(quasi_identifiers={"sex": spec})).param == path
+
+
+def test_when_a_value_is_outside_a_binary_hierarchy_file_then_the_reason_names_the_field(tmp_path):
+    table = tmp_path / "sex.csv"
+    table.write_text(BINARY_FILE_ROWS)
+    p = params(quasi_identifiers={"sex": {"hierarchy_file": str(table)}})
+    with pytest.raises(TransformError, match="^field sex: not a value of its hierarchy$"):
+        extract_quasi_identifiers(p, {"sex": "X"})
+    assert extract_quasi_identifiers(p, {"sex": "F"}) == {"sex": "F"}
+
+
 # -- extraction and generalization --------------------------------------------------------
 
 
@@ -474,6 +521,34 @@ def test_when_two_subjects_meet_only_at_a_coarser_level_then_they_are_released_t
     published = json.loads(cascade.released[0][3])
     assert (published["age"], published["zip"]) == ("30-39", "941**")
     assert json.loads(cascade.released[0][2]) == {"k_level": "1"}
+
+
+@pytest.mark.parametrize("source", ["inline", "file"])  # [exact, '*'] written out, and ARX rows of value;*
+def test_a_cascade_with_a_binary_quasi_identifier_publishes_only_k_anonymous_classes(tmp_path, source):
+    table = tmp_path / "sex.csv"
+    table.write_text(BINARY_FILE_ROWS)
+    sex = {"hierarchy": ["exact", "*"]} if source == "inline" else {"hierarchy_file": str(table)}
+    quasi = {"sex": sex, "age": {"hierarchy": [{"range": 10}, {"range": 20}, "*"], "domain": [0, 100]}}
+    p = params(k=3, quasi_identifiers=quasi, path="lockstep")
+    assert p.path == ((0, 0), (1, 1), (1, 2))  # sex reaches '*' at level 1, age one level later
+    cascade = LocalCascade(p)
+    rng = random.Random(7)
+    ids = []
+    for i in range(400):
+        subject = f"s{rng.randrange(60)}"
+        qis = {"sex": rng.choice("FM"), "age": rng.choice([23, 27, 34, 45, 61, 88])}
+        if i % 50 == 0:  # three rare nonagenarians, F, M, F: fewer than k of each sex, k of them together
+            subject = f"r{i // 50 % 3}"
+            qis = {"sex": "FMF"[i // 50 % 3], "age": 95}
+        ids.append(str(i))
+        cascade.push((None, "{}", json.dumps({"id": str(i), "customerId": subject}), subject, json.dumps(qis),
+                      i * 5, i * 5), i * 5)
+    cascade.flush()
+    released = [json.loads(r[3]) for r in cascade.released]
+    assert_k_anonymous(released, ["sex", "age"], "customerId", 3)
+    assert_accounted(ids, [r["id"] for r in released], [json.loads(r[2])["id"] for r in cascade.suppressed])
+    assert {r["sex"] for r in released} <= {"F", "M", "*"} and any(r["sex"] == "*" for r in released)
+    assert {r["sex"] for r in released if r["sex"] != "*"} == {"F", "M"}  # exact where the class is big enough
 
 
 def test_when_on_timeout_is_suppress_then_there_is_no_cascade():
