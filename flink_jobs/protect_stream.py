@@ -42,7 +42,7 @@ from pyflink.datastream.connectors.file_system import (
 )
 
 from flink_jobs.policy import Policy
-from flink_jobs.protect import DLQ, Protector
+from flink_jobs.protect import BLANK, DLQ, Protector
 from operators.flink_compat import subtask_index
 from udfs.keyring import load_keyring
 
@@ -322,6 +322,8 @@ class ProtectFunction(ProcessFunction):
 
     def process_element(self, value: tuple, ctx: Any):
         position, key, raw, _ = value
+        if not raw.strip(BLANK):
+            return  # a blank line is not a record: records_in counts what the CLI's count_records counts
         self.seen += 1
         for routed in self.protector.process(position, key, raw):
             channel = routed.channel

@@ -299,6 +299,33 @@ def test_when_the_job_ends_the_progress_display_prints_a_last_line_with_the_fina
     assert lines[-1].count("#") == hashes
 
 
+@pytest.mark.parametrize(("content", "records"), [
+    (b'{"a":1}\n{"a":2}\n\n', 2),  # the last line is blank: 219/218 once
+    (b'{"a":1}\n{"a":2}\n \t', 2),  # the last line is whitespace, with no newline after it
+    (b'{"a":1}\r\n\r\n{"a":2}\r\n', 2),  # CRLF, a blank line between
+    (b'{"a":1}\r{"a":2}\r\r', 2),  # lone CRs: Flink's reader splits there too
+    (b'\n \n\r\n', 0),  # nothing but blank lines
+    (b'{"a":1}', 1),  # one line, no newline
+])
+def test_count_records_counts_the_lines_flink_reads_that_are_not_blank(tmp_path, content, records):
+    from flink_jobs.protect import BLANK
+    from flink_jobs.protect_stream import line_count
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    assert cli.count_records(path) == records
+    # the job reads line_count lines and counts in only those that are not blank
+    lines = content.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")[:line_count(path)]
+    assert records == sum(1 for line in lines if line.strip(BLANK))
+
+
+def test_count_records_is_not_fooled_by_a_crlf_cut_between_two_read_chunks(tmp_path):
+    path = tmp_path / "in.jsonl"
+    head = b"x" * ((1 << 20) - 1)  # its \r is the chunk's last byte, its \n the next chunk's first
+    path.write_bytes(head + b"\r\n" + b'{"a":1}\r\n')
+    assert cli.count_records(path) == 2
+
+
 # -- decrypt -------------------------------------------------------------------------------------------
 def test_decrypt_gives_back_the_encrypted_fields(policy_file, keyring_file, tmp_path, capsys):
     import yaml
