@@ -19,6 +19,7 @@ The functions behind them (:func:`submit_job`, :func:`stop_with_savepoint`, :fun
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -303,25 +304,34 @@ def stop_with_savepoint(base: str, job_id: str, target: str | None = None, *, dr
 
 # --- status -------------------------------------------------------------------------------------
 
-#: user metrics worth a row, by a part of their id (see protect_stream, k_anonymity, operators.dp.flink)
-_USER_METRICS = (".protect.", ".k_anonymity.", ".dp_", "cache")
-# metric ids carry the operator name, which Flink may prefix ("Map__sink-masked-to-row.numRecordsIn")
-_SINK_IN = re.compile(r"sink-(.+?)-to-row\.numRecordsIn$")
+#: user metrics worth a row, by a part of their id (see protect_stream, flink_jobs.metrics, k_anonymity,
+#: operators.dp.flink)
+_USER_METRICS = (".protect.", ".k_anonymity.", ".dp_", "cache", ".transform_refused")
+# a metric id is "<operator>.<groups...>.<name>"; Flink writes "." and " " in the operator's name as "_",
+# and joins Python operators fused into one as "a__b" ("dp-budget-gate[aggregated]__sink-aggregated-to-row")
+_SOURCE_OUT = re.compile(r"^Source__.*\.numRecordsOut$")
+_SINK_OUT = re.compile(r"sink-(.+?)-to-row\.numRecordsOut$")
+#: the operators that run on event time, as they appear in a vertex's name
+_EVENT_TIME_OPERATOR = re.compile(r"dp-[a-z-]+\[[^\]]*\]|k-anon \S+ stage \d+")
+#: what the REST API reports for a watermark that has not arrived (and for the end of input)
+NO_WATERMARK, END_OF_INPUT = -(2**63), 2**63 - 1
 
 
 def job_status(base: str, job_id: str) -> dict:
-    """A job's vertices, checkpoints and metrics, summed over subtasks.
+    """A job's checkpoints, source and view counts, operators' metrics and event-time watermarks.
 
     Returns
     -------
     dict
-        ``{"job": {...}, "checkpoints": {...}, "views": {channel: records}, "source": records,
-        "metrics": {metric id: sum}}``. ``views`` counts the records that reached each channel's
-        sink (``numRecordsIn`` of the ``sink-<channel>-to-row`` operator).
+        ``{"job": {...}, "checkpoints": {...}, "source": records read by the source operators
+        (their ``numRecordsOut``), "views": {channel: records that reached its sink},
+        "operators": {operator: {label: value}}, "watermarks": {operator: epoch ms | None},
+        "metrics": {metric id: sum over subtasks}}``. A watermark is None until one arrives.
     """
     job = rest_request(base, f"/jobs/{job_id}")
     views: dict[str, int] = {}
     metrics: dict[str, float] = {}
+    watermarks: dict[str, int | None] = {}
     source = 0
     for vertex in job.get("vertices", []):
         vid = vertex["id"]
@@ -335,29 +345,117 @@ def job_status(base: str, job_id: str) -> dict:
             for item in rest_request(base, f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={query}&agg=sum"):
                 value = float(item.get("sum", 0) or 0)
                 name = item["id"]
-                sink = _SINK_IN.search(name)
+                sink = _SINK_OUT.search(name)
                 if sink:
-                    views[sink.group(1)] = views.get(sink.group(1), 0) + int(value)
-                elif name.endswith("-to-tuple.numRecordsIn"):
+                    channel = _channel(sink.group(1))
+                    views[channel] = views.get(channel, 0) + int(value)
+                elif _SOURCE_OUT.search(name):
                     source += int(value)
                 else:
                     metrics[name] = metrics.get(name, 0) + value
+        operators = _EVENT_TIME_OPERATOR.findall(vertex.get("name", ""))
+        if operators:
+            mark = _vertex_watermark(base, job_id, vid)
+            for operator in operators:
+                watermarks[operator] = mark
     try:
         checkpoints = rest_request(base, f"/jobs/{job_id}/checkpoints")
     except SubmitError:
         checkpoints = {}
     return {"job": {k: job.get(k) for k in ("jid", "name", "state", "duration")}, "checkpoints": checkpoints,
-            "views": views, "source": source, "metrics": metrics}
+            "source": source, "views": views, "operators": operator_metrics(metrics), "watermarks": watermarks,
+            "metrics": metrics}
 
 
 def _wanted_metric(name: str) -> bool:
-    if _SINK_IN.search(name) or name.endswith("-to-tuple.numRecordsIn"):
+    if _SINK_OUT.search(name) or _SOURCE_OUT.search(name):
         return True
     return any(part in name for part in _USER_METRICS)
 
 
+def _channel(mangled: str) -> str:
+    # "anonymized_suppressed" in a metric id is the channel "anonymized.suppressed"
+    return re.sub(r"_suppressed$", ".suppressed", mangled)
+
+
+def _vertex_watermark(base: str, job_id: str, vertex_id: str) -> int | None:
+    """The vertex's current input watermark, the least over its subtasks; None when none has arrived."""
+    try:
+        values = [int(item["value"]) for item in rest_request(base, f"/jobs/{job_id}/vertices/{vertex_id}/watermarks")]
+    except (SubmitError, KeyError, ValueError):
+        return None
+    # a subtask without a watermark holds back the operator: its least is the operator's event time
+    return None if not values or min(values) == NO_WATERMARK else min(values)
+
+
+def operator_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Group metric ids by the operator they describe, each under a short label a person can read.
+
+    ``k-anon_anonymized_stage_0.k_anonymity.view.anonymized.stage.0.level.3.released`` becomes
+    ``{"k-anon anonymized stage 0": {"released (level 3)": ...}}``;
+    ``dp-bound-contributions[aggregated]___stream_key_by_map_operator.dp_late_records_dropped`` becomes
+    ``{"dp-bound-contributions[aggregated]": {"late records dropped": ...}}``. A k-anonymity stage's
+    ``ncp_micro`` and ``ncp_records`` become one ``mean NCP``; ``dp_epsilon_spent_micro`` becomes
+    ``epsilon spent``.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        operator, label = _describe(name)
+        out.setdefault(operator, {})
+        out[operator][label] = out[operator].get(label, 0) + value
+    for rows in out.values():
+        if "ncp micro" in rows:
+            micro, records = rows.pop("ncp micro"), rows.pop("ncp records", 0)
+            if records:
+                rows["mean NCP"] = micro / 1e6 / records
+    return out
+
+
+def _describe(metric_id: str) -> tuple[str, str]:
+    """(operator, label) of one metric id."""
+    op, _, rest = metric_id.partition(".")
+    parts = rest.split(".")
+    if parts[0] == "k_anonymity":
+        # k_anonymity.view.<view>.stage.<n>[.level.<level>].<metric>
+        pairs = _groups(parts[1:-1])
+        operator = f"k-anon {pairs.pop('view', '?')} stage {pairs.pop('stage', '?')}"
+        return operator, _label(parts[-1], pairs)
+    if parts[0] == "protect":
+        return "protect", _label(parts[-1], _groups(parts[1:-1]))
+    if parts[-1].startswith("dp_"):
+        match = re.search(r"dp-[a-z-]+\[[^\]]*\]", op)
+        operator = match.group(0) if match else op
+        if parts[-1] == "dp_epsilon_spent_micro":
+            return operator, "epsilon spent"  # value divided by 1e6 when shown
+        return operator, _label(parts[-1].removeprefix("dp_"), {})
+    # any other operator: its name as Flink wrote it, without the fused Python operators after it
+    return op.split("__")[0].replace("_", " "), _label(parts[-1], _groups(parts[:-1]))
+
+
+def _groups(path: list[str]) -> dict[str, str]:
+    # add_group(key, value) pairs: ["view", "masked", "field", "card"] -> {"view": "masked", "field": "card"}
+    return dict(zip(path[::2], path[1::2], strict=False))
+
+
+def _label(metric: str, groups: dict[str, str]) -> str:
+    text = metric.replace("_", " ")
+    if text.endswith(" ms"):
+        text = text[:-3] + " (ms)"
+    return text + (" (" + ", ".join(f"{k} {v}" for k, v in groups.items()) + ")" if groups else "")
+
+
+def iso_time(ms: int | None) -> str:
+    """An event time as ISO 8601 UTC, ``none yet`` for no watermark, ``end of input`` for the last one."""
+    if ms is None or ms <= NO_WATERMARK:
+        return "none yet"
+    if ms >= END_OF_INPUT:
+        return "end of input"
+    moment = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def format_status(status: dict) -> str:
-    """A short text table of :func:`job_status` (names and counts only)."""
+    """A text table of :func:`job_status`: one section per operator, full labels, watermarks as times."""
     job = status["job"]
     lines = [f"{job['name']}  {job['jid']}  {job['state']}  {int(job.get('duration') or 0) / 1000:.0f}s"]
     counts = status["checkpoints"].get("counts", {})
@@ -367,16 +465,45 @@ def format_status(status: dict) -> str:
         lines.append(f"  checkpoints: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed"
                      + (f", latest #{latest['id']}" if latest else "")
                      + (f", restored from #{restored['id']}" if restored else ""))
-    lines.append(f"  {'source records':<40} {status['source']:>12,}")
-    for channel, count in sorted(status["views"].items()):
-        lines.append(f"  {'view ' + channel:<40} {count:>12,}")
-    for name, value in sorted(status["metrics"].items()):
-        short = re.sub(r"^.*?\.(protect|k_anonymity|dp_)", r"\1", name)
-        if short.startswith("dp_epsilon_spent_micro"):
-            lines.append(f"  {'dp epsilon spent':<40} {value / 1e6:>12,.3f}")
-        else:
-            lines.append(f"  {short[:40]:<40} {value:>12,.0f}")
+    rows: list[tuple[str, str]] = [("source records read", f"{status['source']:,}")]
+    rows += [(f"view {channel}", f"{count:,}") for channel, count in sorted(status["views"].items())]
+    sections: list[tuple[str, list[tuple[str, str]]]] = [("", rows)]
+    watermarks = status.get("watermarks", {})
+    operators = status.get("operators", {})
+    for operator in sorted(set(operators) | set(watermarks), key=_operator_order):
+        section = [("watermark", iso_time(watermarks[operator]))] if operator in watermarks else []
+        for label, value in sorted(operators.get(operator, {}).items(), key=lambda item: _label_order(item[0])):
+            section.append((label, _number(label, value)))
+        sections.append((operator, section))
+    width = max(len(label) for _, section in sections for label, _ in section) + 2
+    for title, section in sections:
+        indent = "  "
+        if title:
+            lines.append(f"  {title}")
+            indent = "    "
+        lines += [f"{indent}{label:<{width}} {value:>24}" for label, value in section]
     return "\n".join(lines)
+
+
+def _operator_order(name: str) -> tuple:
+    # the job's order: protect, then each view's operators in the order records pass them
+    kind = 0 if name == "protect" else 1 if name.startswith("k-anon") else 2 if name.startswith("dp-") else 3
+    stage = re.search(r"stage (\d+)$", name)
+    dp_step = next((i for i, step in enumerate(("bound", "noisy", "budget")) if name.startswith(f"dp-{step}")), 0)
+    return kind, re.sub(r" stage \d+$|^dp-[a-z-]+", "", name), int(stage.group(1)) if stage else dp_step
+
+
+def _label_order(label: str) -> tuple:
+    level = re.search(r"\(level (\d+)\)", label)
+    return (re.sub(r" \(level \d+\)", "", label), int(level.group(1)) if level else -1)
+
+
+def _number(label: str, value: float) -> str:
+    if label == "epsilon spent":
+        return f"{value / 1e6:,.3f}"
+    if label == "mean NCP":
+        return f"{value:.3f}"
+    return f"{value:,.0f}"
 
 
 # --- CLI ------------------------------------------------------------------------------------------
