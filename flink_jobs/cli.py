@@ -191,6 +191,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             detail = "differential privacy"
         else:
             detail = f"{len(view.fields)} fields" + (", k-anonymity" if view.k_anonymity else "")
+            detail += ", shuffled" if view.shuffle else ""
         print(f"  view {name} -> {view.topic}: {detail}")
     if keyring is None:
         print("  (keys not checked: pass --keyring to check them)")
@@ -264,7 +265,7 @@ def _channels(policy: Any) -> list[str]:
     channels = ["dlq"]
     for name, view in policy.views.items():
         channels.append(name)
-        if view.k_anonymity:
+        if view.k_anonymity or view.shuffle:
             channels.append(f"{name}.suppressed")
     return channels
 
@@ -364,7 +365,7 @@ def summarize(output: Path, channels: list[str], total: int, elapsed: float, pol
         out = counts[name] + counts.get(f"{name}.suppressed", 0)
         ok = out + counts["dlq"] == total
         balanced &= ok
-        extra = f" (+{counts[f'{name}.suppressed']:,} suppressed)" if view.k_anonymity else ""
+        extra = f" (+{counts[f'{name}.suppressed']:,} suppressed)" if f"{name}.suppressed" in counts else ""
         lines.append(f"  {name:<12} {counts[name]:>8,} records{extra}  -> {output / name}/  "
                      f"[{'balanced' if ok else 'NOT BALANCED'}: view + dead letters = in]")
     lines.append(f"  {'dlq':<12} {counts['dlq']:>8,} dead letters -> {output / 'dlq'}/ (as sensitive as the input)")

@@ -60,7 +60,7 @@ def output_topics(policy: Policy) -> list[str]:
     topics = [policy.dlq_topic]
     for view in policy.views.values():
         topics.append(view.topic)
-        if view.k_anonymity:
+        if view.k_anonymity or view.shuffle:
             topics.append(f"{view.topic}.suppressed")
     return topics
 

@@ -26,7 +26,7 @@ from udfs.registry import ParamError, Transform
 
 TOP_LEVEL_KEYS = ("version", "id", "description", "source", "subject_field", "views", "plugins", "delivery")
 SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay")
-VIEW_KEYS = ("description", "sink", "fields", "k_anonymity", "differential_privacy")
+VIEW_KEYS = ("description", "sink", "fields", "k_anonymity", "differential_privacy", "shuffle")
 SINK_KEYS = ("topic", "compacted")
 DELIVERY_MODES = ("exactly-once", "at-least-once")
 
@@ -59,6 +59,8 @@ class View:
     tree: Node | None = None
     k_anonymity: dict[str, Any] | None = None
     differential_privacy: dict[str, Any] | None = None
+    #: operators.shuffle.ShuffleParams: the view's records are shuffled window by window
+    shuffle: Any = None
     compacted: bool = False
     key_ids: tuple[str, ...] = ()
 
@@ -249,7 +251,42 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
             view.k_anonymity = KAnonymityParams.from_policy(raw["k_anonymity"], fields)
         except ParamError as exc:
             problems.append(Problem(f"{where}.k_anonymity.{exc.param}".rstrip("."), exc.problem, exc.allowed))
+    if raw.get("shuffle") is not None:
+        view.shuffle = _compile_shuffle(raw["shuffle"], fields, subject_field, view, f"{where}.shuffle", problems)
     return view
+
+
+def _compile_shuffle(block: Any, fields: dict[str, Any], subject_field: str | None, view: View, where: str,
+                     problems: list[Problem]) -> Any:
+    """A view's ``shuffle:`` block as ShuffleParams, or None with every bad parameter in ``problems``."""
+    from operators.shuffle import ShuffleParams  # only shuffled views need it
+
+    if view.k_anonymity is not None:
+        problems.append(Problem(where, "a view is k-anonymized or shuffled, not both", "one of k_anonymity, shuffle"))
+        return None
+    params, block, before = None, dict(block) if isinstance(block, dict) else block, len(problems)
+    while params is None:
+        try:
+            params = ShuffleParams.from_policy(block)
+        except ParamError as exc:
+            problems.append(Problem(f"{where}.{exc.param}".rstrip("."), exc.problem, exc.allowed))
+            # an optional key at fault is left out, and the rest checked again: each bad key is named
+            if not isinstance(block, dict) or exc.param in ("", "columns", "window") or exc.param not in block:
+                return None
+            del block[exc.param]
+    published = {str(path).split(".")[0].split("[")[0] for path, spec in fields.items() if spec != "drop"}
+    for index, column in enumerate(params.columns):
+        if column not in published:
+            problems.append(Problem(f"{where}.columns[{index}]", f"{column!r} is not a top-level field of the view",
+                                    "a field listed in fields: " + ", ".join(sorted(published))))
+        elif column == subject_field:
+            # the record key is the view's subject and stays with its record: it would undo the shuffle
+            problems.append(Problem(f"{where}.columns[{index}]", f"{column!r} is the policy's subject_field, "
+                                    "which also keys each record", "the view's other fields"))
+    if params.partition_by is not None and params.partition_by not in published:
+        problems.append(Problem(f"{where}.partition_by", f"{params.partition_by!r} is not a top-level field of the "
+                                "view", "a field listed in fields"))
+    return params if len(problems) == before else None
 
 
 def compile_transform(spec: Any, where: str, path: str, problems: list[Problem],

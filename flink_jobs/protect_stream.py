@@ -83,6 +83,8 @@ def channel_kinds(policy: Policy, lines: bool = False) -> dict[str, str]:
     kinds = {DLQ: record}
     for name, view in policy.views.items():
         kinds[name] = "dp" if view.differential_privacy else "kanon" if view.k_anonymity else record
+        if view.shuffle:
+            kinds[name] = "record"  # the shuffle operator takes (key, headers, value) tuples
     return kinds
 
 
@@ -392,6 +394,13 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             # shape: (key, headers, protected value, subject, quasi-identifiers, event ms)
             released, suppressed = k_anonymity.attach(stream, view.k_anonymity, view_name=name)
             sinks.write(released, name, view.topic)
+            sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
+        elif view.shuffle:
+            from operators import shuffle
+
+            # shape: (key, headers, protected value), shuffled window by window; a small window suppressed
+            shuffled, suppressed = shuffle.attach(stream, view.shuffle, view_name=name)
+            sinks.write(shuffled, name, view.topic)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
         elif view.differential_privacy:
             from operators.dp import flink as dp_flink

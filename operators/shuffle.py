@@ -1,6 +1,6 @@
 """Windowed shuffling: permute chosen columns across the records of a window.
 
-In a view of a policy::
+In a view of a policy (``views.<name>.shuffle``, beside its ``fields``)::
 
     shuffle:
       columns: [zip, age]          # each permuted on its own, across the window's records
@@ -41,12 +41,14 @@ from operators.flink_compat import state_ttl
 from udfs.durations import parse_duration
 from udfs.registry import ParamError
 
-__all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "Shuffler", "ShuffleParams", "attach", "partition_key"]
+__all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "WINDOW_HEADER", "Shuffler", "ShuffleParams", "attach", "partition_key"]
 
 BLOCK_KEYS = ("columns", "window", "timeout", "min_size", "small_window", "max_hold", "partition_by", "state_ttl")
 SMALL_WINDOW = ("suppress", "hold")
 #: header set on a suppressed record, so the side output says why
 SUPPRESSED_HEADER = "shuffle_suppressed"
+#: header set on a released record: a random id shared by the records shuffled together
+WINDOW_HEADER = "shuffle_window"
 
 #: timestamp of the event-time timer that closes a partition's last window when a bounded input ends
 #: (processing-time timers never fire after the end of input; the final watermark does reach this)
@@ -198,17 +200,19 @@ class Shuffler:
         Returns
         -------
         shuffled, suppressed, held
-            Records to release, records to send to the suppressed output (with a
-            ``shuffle_suppressed`` header; their values are raw), and entries to carry
-            into the next window.
+            Records to release (each with a ``shuffle_window`` header, the same random id
+            for a window's records, so a reader knows what was shuffled together), records
+            to send to the suppressed output (with a ``shuffle_suppressed`` header; their
+            values are raw), and entries to carry into the next window.
         """
         if len(entries) >= self.params.min_size:
             values = self.shuffle([json.loads(record[2]) for record, _ in entries])
             # the window's arrival order is not kept either: it would tie records back to their values
             order = list(range(len(entries)))
             self.random.shuffle(order)
-            out = [(entries[i][0][0], entries[i][0][1], json.dumps(values[i], separators=(",", ":")))
-                   for i in order]
+            window = f"{self.random.getrandbits(64):016x}"
+            out = [(entries[i][0][0], _with_header(entries[i][0][1], WINDOW_HEADER, window),
+                    json.dumps(values[i], separators=(",", ":"))) for i in order]
             return out, [], []
         if self.params.small_window == "hold" and final:
             return [], [_suppressed(record, "end of input") for record, _ in entries], []
@@ -219,10 +223,14 @@ class Shuffler:
         return [], [_suppressed(record, "window too small") for record, _ in entries], []
 
 
+def _with_header(headers_json: str, name: str, value: str) -> str:
+    headers = json.loads(headers_json) if headers_json else {}
+    headers[name] = value
+    return json.dumps(headers, separators=(",", ":"))
+
+
 def _suppressed(record: Record, reason: str) -> Record:
-    headers = json.loads(record[1]) if record[1] else {}
-    headers[SUPPRESSED_HEADER] = reason
-    return (record[0], json.dumps(headers, separators=(",", ":")), record[2])
+    return (record[0], _with_header(record[1], SUPPRESSED_HEADER, reason), record[2])
 
 
 def _encode(record: Record, entered: int) -> str:

@@ -205,14 +205,14 @@ def test_when_an_entry_under_views_is_not_a_view_then_refused():
     bad = doc()
     bad["views"]["colour"] = "blue"
     assert only_problem(bad) == Problem("views.colour", "must be a mapping",
-                                        "keys: description, sink, fields, k_anonymity, differential_privacy")
+                                        "keys: description, sink, fields, k_anonymity, differential_privacy, shuffle")
 
 
 def test_when_a_view_key_is_unknown_then_refused():
     bad = doc()
     bad["views"]["masked"]["filter"] = "age > 18"
     assert only_problem(bad) == Problem(
-        "views.masked.filter", "unknown key", "description, sink, fields, k_anonymity, differential_privacy")
+        "views.masked.filter", "unknown key", "description, sink, fields, k_anonymity, differential_privacy, shuffle")
 
 
 def test_when_a_sink_key_is_unknown_then_refused():
@@ -405,3 +405,66 @@ def test_the_example_masked_policy_in_conf_is_valid():
 )
 def test_policy_durations_parse(raw, ms):
     assert parse_duration(raw, "duration") == ms
+
+
+# -- shuffle ---------------------------------------------------------------------------------------------
+SHUFFLE_FIELDS = {"customerId": "keep", "zip": "keep", "age": "keep", "region": "keep", "timestamp": "keep",
+                  "card": "drop"}
+
+
+def with_shuffle(block, **view) -> dict:
+    out = with_fields(**SHUFFLE_FIELDS)
+    out["views"]["masked"]["shuffle"] = block
+    out["views"]["masked"].update(view)
+    return out
+
+
+def test_a_shuffle_block_compiles_into_the_views_parameters():
+    block = {"columns": ["zip", "age"], "window": 50, "timeout": "10s", "min_size": 10, "small_window": "hold",
+             "max_hold": "2m", "partition_by": "region"}
+    shuffle = compile_policy(with_shuffle(block)).views["masked"].shuffle
+    assert (shuffle.columns, shuffle.count, shuffle.timeout_ms, shuffle.min_size) == (("zip", "age"), 50, 10_000, 10)
+    assert (shuffle.small_window, shuffle.max_hold_ms, shuffle.partition_by) == ("hold", 120_000, "region")
+    assert compile_policy(with_fields(**SHUFFLE_FIELDS)).views["masked"].shuffle is None
+
+
+@pytest.mark.parametrize(
+    ("block", "path"),
+    [
+        ({"columns": ["zip"], "window": 1}, "views.masked.shuffle.window"),  # a window of one record
+        ({"columns": ["zip"]}, "views.masked.shuffle.window"),  # no window
+        ({"columns": [], "window": 10}, "views.masked.shuffle.columns"),  # nothing to shuffle
+        ({"columns": ["zip"], "window": 10, "min_size": 1}, "views.masked.shuffle.min_size"),  # one is itself
+        ({"columns": ["zip"], "window": 10, "min_size": 20}, "views.masked.shuffle.min_size"),  # above the count
+        ({"columns": ["zip"], "window": 10, "small_window": "release"}, "views.masked.shuffle.small_window"),
+        ({"columns": ["zip"], "window": "1m", "timeout": "5s"}, "views.masked.shuffle.timeout"),  # time windows
+        ({"columns": ["zip"], "window": "-5s"}, "views.masked.shuffle.window"),  # a negative duration
+        ({"columns": ["zip"], "window": 10, "colour": 1}, "views.masked.shuffle.colour"),  # unknown key
+        ({"columns": ["email"], "window": 10}, "views.masked.shuffle.columns[0]"),  # not a field of the view
+        ({"columns": ["card"], "window": 10}, "views.masked.shuffle.columns[0]"),  # dropped, so never published
+        ({"columns": ["customerId"], "window": 10}, "views.masked.shuffle.columns[0]"),  # the subject keys records
+        ({"columns": ["zip"], "window": 10, "partition_by": "city"}, "views.masked.shuffle.partition_by"),
+        ("zip", "views.masked.shuffle"),  # not a mapping
+    ],
+)
+def test_when_a_shuffle_parameter_is_wrong_then_its_policy_path_is_named(block, path):
+    problem = only_problem(with_shuffle(block))
+    assert problem.path == path and problem.allowed
+
+
+def test_every_bad_shuffle_parameter_is_named_at_once():
+    block = {"columns": ["zip", "email"], "window": 10, "min_size": 1, "small_window": "release", "state_ttl": "x"}
+    paths = [p.path for p in problems(with_shuffle(block))]
+    assert sorted(paths) == ["views.masked.shuffle.columns[1]", "views.masked.shuffle.min_size",
+                             "views.masked.shuffle.small_window", "views.masked.shuffle.state_ttl"]
+
+
+def test_when_a_view_is_both_k_anonymized_and_shuffled_then_refused():
+    kanon = {"k": 2, "max_delay": "1s", "quasi_identifiers": {"sex": {"hierarchy": ["exact", "*"]}}}
+    problem = only_problem(with_shuffle({"columns": ["zip"], "window": 10}, k_anonymity=kanon))
+    assert problem.path == "views.masked.shuffle" and "not both" in problem.problem
+
+
+def test_a_shuffle_problem_never_quotes_a_value():
+    problem = only_problem(with_shuffle({"columns": ["zip"], "window": "703-40-3708"}))
+    assert "703-40-3708" not in problem.render("p.yaml")

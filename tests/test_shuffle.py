@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.shuffle import SUPPRESSED_HEADER, ShuffleParams, Shuffler, partition_key
+from operators.shuffle import SUPPRESSED_HEADER, WINDOW_HEADER, ShuffleParams, Shuffler, partition_key
 from udfs.registry import ParamError
 
 
@@ -36,6 +36,13 @@ def test_when_a_window_closes_then_each_column_keeps_its_multiset():
     for column in ("id", "zip", "age"):
         assert Counter(v[column] for v in values(shuffled)) == Counter(v[column] for v in values(recs))
 
+
+def test_a_windows_released_records_share_one_window_id_that_the_next_window_does_not():
+    core = Shuffler(PARAMS)
+    first, second = (core.close(entries(records(20, start)), now_ms=0)[0] for start in (0, 20))
+    ids = [{json.loads(r[1])[WINDOW_HEADER] for r in window} for window in (first, second)]
+    assert len(ids[0]) == 1 and len(ids[1]) == 1 and ids[0] != ids[1]
+    assert all(set(json.loads(r[1])) == {WINDOW_HEADER} for r in first)  # nothing else is added
 
 def test_associations_between_columns_and_records_are_broken_statistically():
     core, n, rounds = Shuffler(PARAMS), 20, 300
