@@ -256,7 +256,9 @@ def _risk(args: argparse.Namespace) -> int:
         if report.ncp:
             print("NCP by quasi-identifier: " + ", ".join(f"{q} {page.ncp(v)}" for q, v in report.ncp.items())
                   + f"; mean {page.ncp(report.ncp_overall)}")
-        if report.verdict is not None:
+        if report.verdict is None:
+            print("verdict: NO VERDICT (no k or l required: give --policy and --view, or --k)")
+        else:
             print(f"verdict: {report.verdict}" + (": " + "; ".join(report.failures) if report.failures else ""))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
@@ -306,7 +308,10 @@ def _dp(args: argparse.Namespace) -> int:
               + (page.eps(total) if total is not None else "not set (no cap)"))
         print(f"group-windows not released: {report.unreleased} (suppressed by the threshold, refused by the "
               "budget, or no record: the view does not say which)")
-        print(f"verdict: {report.verdict}" + (": " + "; ".join(report.failures) if report.failures else ""))
+        if report.verdict is None:
+            print("verdict: NO VERDICT (no total_epsilon: the spend has no cap)")
+        else:
+            print(f"verdict: {report.verdict}" + (": " + "; ".join(report.failures) if report.failures else ""))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
     if args.html:

@@ -223,9 +223,10 @@ def _class_size_chart(report: RiskReport) -> str:
         bars.append(Bar(label, n, count(n), tone="bad" if below and n else "ok"))
     marker = None
     if k_req is not None and 1 < k_req <= min(top, single):
-        marker = (k_req - 1, f"k = {k_req} required: classes above the line are too small")
+        marker = (k_req - 1, f"k = {k_req} required")
     return _chart_block("Class sizes", "How many classes hold each number of distinct subjects. "
-                        "A class smaller than k lets a recipient narrow a record down to fewer than k people.",
+                        "A class smaller than k (above the dashed line, in red) lets a recipient narrow a record down to fewer "
+                        "than k people.",
                         hbar_chart(bars, title="Classes by size in distinct subjects", x_title="classes",
                                    y_title="subjects in the class", marker=marker))
 
@@ -260,9 +261,10 @@ def _risk_chart(report: RiskReport) -> str:
             for label, c, top in risk_bins(report.records_by_size)]
     # the line goes after the last bin whose risk is above the threshold
     above = [i for i, (_, _, top) in enumerate(risk_bins({})) if top > report.threshold]
-    marker = (above[-1] + 1, f"threshold {report.threshold:g}: records above the line are at risk") if above else None
+    marker = (above[-1] + 1, f"threshold {report.threshold:g}") if above else None
     return _chart_block("Prosecutor risk", "A record's prosecutor risk is 1 / (distinct subjects in its class): "
-                        "the chance that an attacker who knows a person is in the data picks out their record.",
+                        "the chance that an attacker who knows a person is in the data picks out their record. Records above the "
+                        "dashed threshold (in red) are at risk.",
                         hbar_chart(bars, title="Records by prosecutor risk", x_title="records",
                                    y_title="prosecutor risk", marker=marker))
 
@@ -330,9 +332,9 @@ def hbar_chart(bars: Sequence[Bar], *, title: str, x_title: str, y_title: str, x
 
     ``marker`` ``(i, text)`` draws a dashed line above row ``i`` (0 is the top row).
     """
-    label_w = min(150, max(len(b.label) for b in bars) * 7 + 10)
-    left, right = 26 + label_w, WIDTH - 88
-    row = 42 if any(b.note for b in bars) else 26
+    label_w = min(150, max(len(b.label) for b in bars) * 8 + 10)
+    left, right = 26 + label_w, WIDTH - 96
+    row = 46 if any(b.note for b in bars) else 28
     top = 28 if marker and marker[0] == 0 else 10
     ticks = _ticks(x_max if x_max is not None else max(b.value for b in bars))
     scale = (right - left) / ticks[-1]
@@ -343,29 +345,29 @@ def hbar_chart(bars: Sequence[Bar], *, title: str, x_title: str, y_title: str, x
     for t in ticks:
         x = left + t * scale
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class=axis />')
-        out.append(_text(x, top + plot_h + 15, _tick_text(t), size=11, anchor="middle", cls="muted"))
+        out.append(_text(x, top + plot_h + 16, _tick_text(t), size=12, anchor="middle", cls="muted"))
     for i, bar in enumerate(bars):
         y = top + i * row
         width = max(0.0, bar.value * scale)
-        out.append(_text(left - 6, y + 17, bar.label, anchor="end"))
-        out.append(f'<rect x="{left}" y="{y + 5}" width="{max(width, 1.5 if bar.value else 0):.1f}" height="16" '
+        out.append(_text(left - 6, y + 19, bar.label, size=13, anchor="end"))
+        out.append(f'<rect x="{left}" y="{y + 5}" width="{max(width, 1.5 if bar.value else 0):.1f}" height="19" '
                    f'fill="{_TONE[bar.tone]}"><title>{html.escape(bar.label)}: {html.escape(bar.text)}</title></rect>')
-        if left + width + 5 + 7 * len(bar.text) > WIDTH:  # no room after the bar: the value goes inside its end
-            out.append(_text(left + width - 5, y + 17, bar.text, size=12, anchor="end", extra=' style="fill:#fff"'))
+        if left + width + 5 + 7.5 * len(bar.text) > WIDTH:  # no room after the bar: the value goes inside its end
+            out.append(_text(left + width - 5, y + 19, bar.text, size=13, anchor="end", extra=' style="fill:#fff"'))
         else:
-            out.append(_text(left + width + 5, y + 17, bar.text, size=12))
+            out.append(_text(left + width + 5, y + 19, bar.text, size=13))
         if bar.note:
-            out.append(_text(left, y + 35, bar.note, size=11, cls="muted"))
+            out.append(_text(left, y + 39, bar.note, size=12, cls="muted"))
     if marker is not None:
         y = top + marker[0] * row
         out.append(f'<line x1="{left - 20}" y1="{y:.1f}" x2="{WIDTH - 4}" y2="{y:.1f}" stroke="#b3261e" '
                    'stroke-width="1.5" stroke-dasharray="5 3" />')
-        out.append(_text(WIDTH - 4, y - 4, marker[1], size=11, anchor="end",
+        out.append(_text(WIDTH - 4, y - 4, marker[1], size=12, anchor="end",
                          extra=' style="fill:#b3261e"'))
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#59636e" />')
-    out.append(_text((left + right) / 2, height - 8, x_title, size=12, anchor="middle"))
+    out.append(_text((left + right) / 2, height - 8, x_title, size=13, anchor="middle"))
     cy = top + plot_h / 2
-    out.append(_text(12, cy, y_title, size=12, anchor="middle", extra=f' transform="rotate(-90 12 {cy:.1f})"'))
+    out.append(_text(13, cy, y_title, size=13, anchor="middle", extra=f' transform="rotate(-90 13 {cy:.1f})"'))
     out.append("</svg>")
     return "".join(out)
 
@@ -390,7 +392,8 @@ def series_chart(categories: Sequence[str], series: Sequence[tuple[str, Sequence
         ticks = [t for t in ticks if t <= high + step]
     y0, y1 = ticks[0], ticks[-1]
     legend_rows = math.ceil(len(series) / 3) if len(series) > 1 else 0
-    left, right, top, plot_h = 62, WIDTH - 12, 12 + 18 * legend_rows, 200
+    widest = max(len(_tick_text(round(t, 10))) for t in ticks)
+    left, right, top, plot_h = 30 + 7 * widest, WIDTH - 12, 12 + 18 * legend_rows, 200
     height = top + plot_h + 62
     slot = (right - left) / max(1, len(categories))
 
@@ -401,11 +404,11 @@ def series_chart(categories: Sequence[str], series: Sequence[tuple[str, Sequence
            'xmlns="http://www.w3.org/2000/svg">', f"<title>{html.escape(title)}</title>"]
     for t in ticks:
         out.append(f'<line x1="{left}" y1="{ypos(t):.1f}" x2="{right}" y2="{ypos(t):.1f}" class=axis />')
-        out.append(_text(left - 5, ypos(t) + 4, _tick_text(round(t, 10)), size=11, anchor="end", cls="muted"))
+        out.append(_text(left - 5, ypos(t) + 4, _tick_text(round(t, 10)), size=12, anchor="end", cls="muted"))
     every = max(1, math.ceil(len(categories) / 8))
     for i, cat in enumerate(categories):
         if i % every == 0:
-            out.append(_text(left + slot * (i + 0.5), top + plot_h + 16, cat, size=11, anchor="middle", cls="muted"))
+            out.append(_text(left + slot * (i + 0.5), top + plot_h + 17, cat, size=12, anchor="middle", cls="muted"))
     for s, (name, pts) in enumerate(series):
         color = _PALETTE[s % len(_PALETTE)]
         offset = (s - (len(series) - 1) / 2) * min(8.0, slot / (len(series) + 1))
@@ -421,19 +424,19 @@ def series_chart(categories: Sequence[str], series: Sequence[tuple[str, Sequence
             out.append(f'<circle cx="{x:.1f}" cy="{ypos(v):.1f}" r="3.5" fill="{color}">'
                        f"<title>{html.escape(tip)}</title></circle>")
             if labels:
-                out.append(_text(x, ypos(v) - 8, f"{v:g}", size=11, anchor="middle"))
+                out.append(_text(x, ypos(v) - 8, f"{v:g}", size=12, anchor="middle"))
         if legend_rows:
             lx, ly = 8 + (s % 3) * 140, 12 + 18 * (s // 3)
             out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}" />')
-            out.append(_text(lx + 14, ly, name, size=12))
+            out.append(_text(lx + 14, ly, name, size=13))
     if hline is not None:
         out.append(f'<line x1="{left}" y1="{ypos(hline[0]):.1f}" x2="{right}" y2="{ypos(hline[0]):.1f}" '
                    'stroke="#b3261e" stroke-width="1.5" stroke-dasharray="5 3" />')
-        out.append(_text(right, ypos(hline[0]) - 5, hline[1], size=11, anchor="end", extra=' style="fill:#b3261e"'))
+        out.append(_text(right, ypos(hline[0]) - 5, hline[1], size=12, anchor="end", extra=' style="fill:#b3261e"'))
     out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{right}" y2="{top + plot_h}" stroke="#59636e" />')
-    out.append(_text((left + right) / 2, height - 10, x_title, size=12, anchor="middle"))
+    out.append(_text((left + right) / 2, height - 10, x_title, size=13, anchor="middle"))
     cy = top + plot_h / 2
-    out.append(_text(14, cy, y_title, size=12, anchor="middle", extra=f' transform="rotate(-90 14 {cy:.1f})"'))
+    out.append(_text(14, cy, y_title, size=13, anchor="middle", extra=f' transform="rotate(-90 14 {cy:.1f})"'))
     out.append("</svg>")
     return "".join(out)
 
@@ -464,11 +467,9 @@ def render_dp_html(report: DpReport, *, title: str = "Differential privacy relea
     x_title = "window start (UTC" + (f", {next(iter(days))})" if same_day and days else ")")
     shown = "" if len(report.windows) <= MAX_WINDOWS else f" The latest {MAX_WINDOWS} windows are shown."
     spent, total = report.epsilon_spent, report.total_epsilon
-    if total is not None:
-        passed = f"epsilon spent {eps(spent)} within total_epsilon {eps(total)}"
-    else:
-        passed = f"epsilon spent {eps(spent)}; no total_epsilon is set, so the spend has no cap"
-    body = [_verdict(report.verdict, passed, report.failures, ""), _cards(dp_summary(report),
+    passed = f"epsilon spent {eps(spent)} within total_epsilon {eps(total)}"
+    body = [_verdict(report.verdict, passed, report.failures, "no total_epsilon is set, so the spend has no cap; "
+                     "give --total-epsilon or set it in the policy"), _cards(dp_summary(report),
                                                                             {"unreleased"} if report.unreleased else set())]
     for metric in report.metrics:
         series = []

@@ -492,8 +492,11 @@ class DpReport:
         return out
 
     @property
-    def verdict(self) -> str:
-        return "FAIL" if self.failures else "PASS"
+    def verdict(self) -> str | None:
+        """``PASS`` within ``total_epsilon``, ``FAIL`` over it, None when no budget is set."""
+        if self.failures:
+            return "FAIL"
+        return "PASS" if self.total_epsilon is not None else None
 
     def as_dict(self) -> dict[str, Any]:
         return {

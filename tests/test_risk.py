@@ -221,6 +221,7 @@ def test_dp_report_counts_unreleased_groups_and_the_spend_against_the_budget():
     assert report.epsilon_spent == 3.0 and report.verdict == "FAIL"
     assert report.failures == ["epsilon spent 3 is above total_epsilon 2.5"]
     assert report.releases[0].metrics["count"] == (100.0, 5.6, 88.0, 112.0)
+    assert assess_dp(records).verdict is None  # no budget set: nothing to pass or fail
     page = render_dp_html(report)
     assert "total_epsilon = 2.5" in page and "Every release, with its 95% interval" in page
     assert "count, released with its 95% interval" in page
