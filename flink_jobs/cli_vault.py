@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from udfs.vault import DEFAULT_VAULT, VAULT_ENV, Vault, VaultError
+from udfs.vault import DEFAULT_VAULT, VAULT_ENV, Vault, VaultError, resolve_reference
 
 __all__ = ["register"]
 
@@ -45,8 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="erase a subject: delete its data key and tokens, write tombstones",
         description="Crypto-shred a subject: delete its data key and its token rows from the vault in one "
         "transaction, so every per-subject ciphertext and token of it, in every topic, is unreadable. "
-        "Idempotent and audited. With --topic (or --policy, for its compacted views) it also writes a "
-        "tombstone (null value) keyed by the subject to each topic, so compaction removes its records.",
+        "Idempotent and audited. With --policy it also writes a tombstone (null value) to each compacted view, "
+        "under that view's own key for the subject (the raw id where the view keeps it, the pseudonym where it "
+        "pseudonymizes it: computed with the keyring and the vault before the subject's data key is deleted), "
+        "so compaction removes its records; a view whose key cannot be derived is named. --topic T writes one "
+        "keyed by the raw subject.",
     )
     f.add_argument("subject", metavar="SUBJECT", help="the subject's id, as in the policy's subject_field")
     f.add_argument("--topic", action="append", default=[], help="compacted topic to tombstone (repeatable)")
@@ -103,41 +107,112 @@ def cmd_detokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from flink_jobs.cli import CliError
+    from flink_jobs.cli import CliError, resolve_keyring
 
-    topics = list(dict.fromkeys(args.topic + _compacted_topics(args.policy)))
+    keyring, _ = resolve_keyring(args.keyring)
     vault = _open(args)
     try:
+        # each view's key first: a per-subject pseudonym can only be computed while the data key exists
+        keys = [ViewKey(topic, None, "--topic", args.subject) for topic in args.topic]
+        if args.policy:
+            keys += view_keys(args.policy, keyring, args.subject, vault, resolve_reference(args.vault))
         result = vault.forget(args.subject)
     finally:
         vault.close()
-    # the subject is not echoed: this output may land in a ticket or a CI log
+    # the subject is not echoed, nor any key of it: this output may land in a ticket or a CI log
     state = "forgotten" if result.keys or result.tokens else "already forgotten (nothing left)"
     print(f"subject {state}: {result.keys} data key(s) and {result.tokens} token row(s) deleted")
-    if not topics:
+    for key in keys:
+        if key.key is None:
+            print(f"view {key.view} -> {key.topic}: cannot be tombstoned; retention applies ({key.how})")
+    tombstones = [(key.topic, key.key) for key in keys if key.key is not None]
+    if not tombstones:
         return 0
     from flink_jobs.kafka_tools import DEFAULT_BOOTSTRAP, KafkaToolsError
 
     bootstrap = args.bootstrap_servers or DEFAULT_BOOTSTRAP
     try:
-        write_tombstones(bootstrap, topics, args.subject)
+        write_tombstones(bootstrap, tombstones)
     except KafkaToolsError as exc:
         raise CliError(f"the vault forgot the subject, but tombstones failed: {exc}") from None
-    print(f"tombstones written to {len(topics)} topic(s): {', '.join(topics)}")
+    for key in keys:
+        if key.key is not None and key.view:
+            print(f"view {key.view} -> {key.topic}: tombstone written under its key ({key.how})")
+    if args.topic:
+        print(f"tombstones written to {len(args.topic)} topic(s) under the raw subject: {', '.join(args.topic)}")
     return 0
 
 
-def _compacted_topics(policy_file: str | None) -> list[str]:
-    if not policy_file:
-        return []
+@dataclass(frozen=True)
+class ViewKey:
+    """A compacted view's key for one subject: ``key`` None when it cannot be derived, ``how`` says why."""
+
+    topic: str
+    view: str | None
+    how: str
+    key: str | None
+
+
+#: transforms of the subject field whose output is one subject's own: the same every time, and
+#: no other subject's (a mask, a range or a fake name is shared by many, and so is no key to tombstone)
+_ONE_TO_ONE = ("keep", "keep.string", "keep.integer", "keep.number", "encrypt.aes_siv", "tokenize.vault")
+_ONE_TO_ONE_FAMILIES = ("pseudonymize.", "fpe.")
+
+
+def view_keys(policy_file: str, keyring: Any, subject: str, vault: Vault, vault_reference: str) -> list[ViewKey]:
+    """Each compacted view's key for ``subject``, as the job computes it (``Protector._view_key``)."""
     from flink_jobs.policy import load_policy
 
-    policy = load_policy(policy_file)
-    return [view.topic for view in policy.views.values() if view.compacted]
+    policy = load_policy(policy_file, keyring=keyring)
+    out = []
+    for name, view in policy.views.items():
+        if not view.compacted:
+            continue
+        if view.tree is None:
+            out.append(ViewKey(view.topic, name, "it holds aggregates, keyed by group, not by subject", None))
+            continue
+        out.append(_view_key(view, name, policy.subject_field, subject, keyring, vault, vault_reference))
+    return out
 
 
-def write_tombstones(bootstrap: str, topics: list[str], subject: str, timeout: float = 30) -> None:
-    """Produce a null value keyed by ``subject`` to each topic, and wait for every acknowledgement."""
+def _view_key(view: Any, name: str, subject_field: str, subject: str, keyring: Any, vault: Vault,
+              vault_reference: str) -> ViewKey:
+    from udfs.record import Leaf
+    from udfs.registry import TransformError
+
+    leaf = view.tree.children.get(subject_field)
+    transform = leaf.transform if isinstance(leaf, Leaf) else None
+    if transform is None or transform.name in ("drop", "null"):
+        return ViewKey(view.topic, name, f"its key field {subject_field} is dropped", None)
+    if not transform.deterministic:
+        return ViewKey(view.topic, name, f"its key field {subject_field} is randomized ({transform.name})", None)
+    if transform.name not in _ONE_TO_ONE and not transform.name.startswith(_ONE_TO_ONE_FAMILIES):
+        return ViewKey(view.topic, name, f"its key ({transform.name}) is shared with other subjects", None)
+    if transform.name.startswith("keep"):
+        return ViewKey(view.topic, name, f"the raw {subject_field}", subject)
+    if transform.name == "tokenize.vault":
+        # looked up, never minted: a subject without a token has no record to tombstone
+        row = vault.backend.one("token_by_value", transform.domain, vault.value_hmac(transform.domain, subject))
+        if row is None:
+            return ViewKey(view.topic, name, f"no token of {subject_field} in the vault: nothing to tombstone", None)
+        return ViewKey(view.topic, name, f"its token of {subject_field}", row[0])
+    if getattr(transform, "per_subject", False) and getattr(transform, "vault_reference", None) is None:
+        transform.vault_reference = vault_reference  # the vault this command forgets in
+    try:
+        transform.open(keyring)
+        try:
+            key = (transform.apply_in_record(subject, {subject_field: subject}) if transform.needs_record
+                   else transform.apply(subject))
+        finally:
+            getattr(transform, "close", lambda: None)()
+    except TransformError as exc:
+        # the reason names the transform and the field, never the value
+        return ViewKey(view.topic, name, f"its key cannot be computed from the subject alone: {exc}", None)
+    return ViewKey(view.topic, name, f"its {transform.name} of {subject_field}", str(key))
+
+
+def write_tombstones(bootstrap: str, tombstones: list[tuple[str, str]], timeout: float = 30) -> None:
+    """Produce a null value under each ``(topic, key)``, and wait for every acknowledgement."""
     from confluent_kafka import Producer
 
     from flink_jobs.kafka_tools import KafkaToolsError, check_reachable
@@ -151,8 +226,8 @@ def write_tombstones(bootstrap: str, topics: list[str], subject: str, timeout: f
         if err is not None:
             errors.append(f"{msg.topic()}: {err.str()}")
 
-    for topic in topics:
-        producer.produce(topic, key=subject.encode(), value=None, on_delivery=on_delivery)
+    for topic, key in tombstones:
+        producer.produce(topic, key=key.encode(), value=None, on_delivery=on_delivery)
     remaining = producer.flush(timeout)
     if remaining:
         errors.append(f"{remaining} tombstone(s) not acknowledged within {timeout:g} s")

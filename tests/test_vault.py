@@ -308,3 +308,51 @@ def test_when_postgresql_is_unreachable_then_the_error_hides_the_password(keyrin
     with pytest.raises(VaultError, match="cannot connect") as info:
         Vault.open(url, keyring)
     assert "hunter2secret" not in str(info.value)
+
+
+# -- per-subject pseudonyms ---------------------------------------------------------------------
+
+
+def test_a_per_subject_pseudonym_is_stable_joinable_and_cannot_be_computed_after_forget(tmp_path, keyring):
+    vault_ref = f"sqlite:{tmp_path / 'vault.db'}"
+    pseudo = per_subject("pseudonymize.hmac_sha256", vault_ref, keyring, domain="customer_id")
+    a = pseudo.apply_in_record("A", {"customerId": "A"})
+    other_task = per_subject("pseudonymize.hmac_sha256", vault_ref, keyring, domain="customer_id")
+    assert other_task.apply_in_record("A", {"customerId": "A"}) == a  # joinable across tasks and topics
+    b = other_task.apply_in_record("B", {"customerId": "B"})
+    classic = registry.get("pseudonymize.hmac_sha256")({}, domain="customer_id")
+    classic.open(keyring)
+    assert a != classic.apply("A") and len(a) == len(b) == 32  # not the keyring's pseudonym
+
+    with Vault.open(vault_ref, keyring).closing() as v:
+        assert v.forget("A").keys == 1
+    fresh = per_subject("pseudonymize.hmac_sha256", vault_ref, keyring, domain="customer_id")
+    assert fresh.apply_in_record("B", {"customerId": "B"}) == b  # everyone else keeps theirs
+    assert fresh.apply_in_record("A", {"customerId": "A"}) != a  # a new data key: the old one cannot be made again
+    for t in (pseudo, other_task, fresh):
+        t.close()
+
+
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"per_subject": "yes"}, "per_subject"),  # not a bool
+        ({"subject_field": "customerId"}, "subject_field"),  # only with per_subject
+        ({"vault": "sqlite:x.db"}, "vault"),  # only with per_subject
+        ({"per_subject": True}, "subject_field"),  # where the subject is, unknown
+        ({"per_subject": True, "subject_field": "customerId", "vault": "mysql://x"}, "vault"),  # no such vault
+    ],
+)
+def test_when_a_per_subject_pseudonym_is_misconfigured_then_the_param_is_named(params, param):
+    with pytest.raises(ParamError) as info:
+        registry.get("pseudonymize.hmac_sha256")(params, domain="customer_id")
+    assert info.value.param == param
+
+
+def test_a_per_subject_pseudonym_without_its_record_is_refused(tmp_path, keyring):
+    pseudo = per_subject("pseudonymize.hmac_sha256", f"sqlite:{tmp_path / 'v.db'}", keyring, domain="customer_id")
+    with pytest.raises(TransformError, match="needs the whole record"):
+        pseudo.apply("A")
+    with pytest.raises(TransformError, match="subject field customerId is missing"):
+        pseudo.apply_in_record("A", {"other": 1})
+    pseudo.close()
