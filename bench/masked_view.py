@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from conf.samples.generate_events import iter_events  # noqa: E402
 from flink_jobs.policy import compile_policy  # noqa: E402
-from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, envelope_line, make_env  # noqa: E402
+from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
+from udfs.record import envelope_line  # noqa: E402
 
 
 class ParseAndDump(MapFunction):

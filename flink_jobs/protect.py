@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -72,13 +73,15 @@ class Protector:
         self._dp_views = [(n, v) for n, v in policy.views.items() if v.differential_privacy]
         # a worker imports only the operators its views use (see operators/dp/mechanisms.py for why)
         if self._kanon_views:
-            from operators.k_anonymity import extract_quasi_identifiers
+            from operators.k_anonymity import Stager, extract_quasi_identifiers
 
             self._extract_quasi_identifiers = extract_quasi_identifiers
+            self._stagers = {name: Stager(view.k_anonymity) for name, view in self._kanon_views}
         if self._dp_views:
-            from operators.dp.core import extract_contribution
+            from operators.dp.core import encode_contribution, extract_contribution
 
             self._extract_contribution = extract_contribution
+            self._encode_contribution = encode_contribution
         self._required = policy.required_fields
         self._timestamp_field = policy.timestamp_field
         self._subject_field = policy.subject_field
@@ -131,17 +134,20 @@ class Protector:
         return out
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
-        params = view.k_anonymity
-        quasi = self._extract_quasi_identifiers(params, record)
+        """``(stage-0 partition key, staged payload, event ms)``: the record as the cascade's first stage takes it."""
+        quasi = self._extract_quasi_identifiers(view.k_anonymity, record)
         protected = apply_view(view.tree, record, dropped)
         # the raw subject only lives in keyed state (as sensitive as the raw topic); it is never published
         subject = str(record[self._subject_field])
-        return (self._view_key(protected), self._view_headers[name], orjson.dumps(protected).decode(), subject,
-                orjson.dumps(quasi).decode(), event_ms)
+        return (*self._stagers[name].stage_record(self._view_key(protected), self._view_headers[name],
+                                                  orjson.dumps(protected).decode(), subject, quasi, event_ms,
+                                                  int(time.time() * 1000)), event_ms)
 
     def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
+        """``(subject bucket, contribution payload, event ms)``: the record as DP stage 1 takes it."""
         group_json, values_json = self._extract_contribution(view.differential_privacy, record)
-        return (str(record[self._subject_field]), group_json, values_json, event_ms)
+        return (*self._encode_contribution(str(record[self._subject_field]), group_json, values_json, event_ms),
+                event_ms)
 
     def _view_key(self, protected: dict) -> str:
         # a view's key is its own protected subject, never the raw input key ("" when it has none:

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
-from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.common import Configuration, Duration, Encoder, Row, Types, WatermarkStrategy
 from pyflink.datastream import (
     MapFunction,
     OutputTag,
@@ -43,8 +42,9 @@ from pyflink.datastream.connectors.file_system import (
 
 from flink_jobs.policy import Policy
 from flink_jobs.protect import BLANK, DLQ, Protector
-from operators.flink_compat import subtask_index
+from operators.flink_compat import keyed_event_time_side_output, keyed_side_output, side_output, subtask_index
 from udfs.keyring import load_keyring
+from udfs.record import envelope_line
 
 # Type infos are made fresh on each call: once Flink has used one it holds a JVM handle,
 # and a function that captures it can no longer be pickled.
@@ -61,16 +61,27 @@ def out_type() -> Any:
 
 
 def kanon_type() -> Any:
-    """k-anonymity input: (key, headers, protected value, subject, quasi-identifiers JSON, event ms)."""
-    return Types.TUPLE([Types.STRING()] * 5 + [Types.LONG()])
+    """k-anonymity input: ``Row(stage-0 partition key, staged payload)``, keyed in Java on the first field."""
+    return Types.ROW([Types.STRING(), Types.STRING()])
+
+
+def dp_row_type() -> Any:
+    """DP input once timestamped: ``Row(subject bucket, contribution payload)``, keyed in Java on the bucket."""
+    return Types.ROW([Types.INT(), Types.STRING()])
 
 
 def dp_type() -> Any:
-    """DP input: (subject, group JSON, metric values JSON, event ms)."""
-    return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
+    """DP input as the protect operator emits it: ``(Row(bucket, payload), event ms)``, timestamped in Java."""
+    return Types.TUPLE([dp_row_type(), Types.LONG()])
 
 
-_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "kanon": kanon_type, "dp": dp_type}
+def kanon_event_type() -> Any:
+    """k-anonymity input with ``timing: event``: ``(Row(partition key, payload), event ms)``, timestamped in Java."""
+    return Types.TUPLE([kanon_type(), Types.LONG()])
+
+
+_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "kanon": kanon_type, "kanon-event": kanon_event_type,
+                  "dp": dp_type}
 
 
 def channel_kinds(policy: Policy, lines: bool = False) -> dict[str, str]:
@@ -82,16 +93,11 @@ def channel_kinds(policy: Policy, lines: bool = False) -> dict[str, str]:
     record = "line" if lines else "record"
     kinds = {DLQ: record}
     for name, view in policy.views.items():
-        kinds[name] = "dp" if view.differential_privacy else "kanon" if view.k_anonymity else record
+        kinds[name] = ("dp" if view.differential_privacy else record if not view.k_anonymity
+                       else "kanon-event" if view.k_anonymity.timing == "event" else "kanon")
         if view.shuffle:
             kinds[name] = "record"  # the shuffle operator takes (key, headers, value) tuples
     return kinds
-
-
-def envelope_line(key: str, headers: str, value: str, value_is_json: bool) -> str:
-    """One JSONL line: ``{"key":..,"headers":{..},"value":..}`` ("" as a key is no key)."""
-    body = value if value_is_json else json.dumps(value, ensure_ascii=False)
-    return f'{{"key":{json.dumps(key or None)},"headers":{headers},"value":{body}}}'
 
 
 def output_tag(channel: str, kind: str) -> OutputTag:
@@ -298,6 +304,9 @@ class FileOutput:
         lines.sink_to(sink).name(f"sink-{channel}").uid(f"sink-{channel}")
 
 
+_KEYED, _TIMED = "keyed", "timed"  # how a k-anonymity and a DP channel leave the protect operator
+
+
 class ProtectFunction(ProcessFunction):
     """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
 
@@ -309,8 +318,10 @@ class ProtectFunction(ProcessFunction):
 
     def open(self, runtime_context: Any) -> None:
         self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
-        # channel -> None (emit the tuple) or whether its value is JSON (emit a finished line)
-        self.encode = {c: (c != DLQ if kind == "line" else None) for c, kind in self.kinds.items()}
+        # channel -> None (emit the tuple), _KEYED / _TIMED (emit the keyed or timestamped Row), or
+        # whether its value is JSON (emit a finished line)
+        shapes = {"line": None, "record": None, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
+        self.encode = {c: (c != DLQ if kind == "line" else shapes[kind]) for c, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
@@ -333,11 +344,17 @@ class ProtectFunction(ProcessFunction):
             if channel == DLQ:
                 self.dead += 1
                 self.metric_dlq.inc()
-            value_is_json = self.encode[channel]
-            if value_is_json is None:
+            shape = self.encode[channel]
+            if shape is None:
                 yield self.tags[channel], routed.value
+            elif shape is _KEYED:
+                key, payload, _ = routed.value
+                yield self.tags[channel], Row(key, payload)
+            elif shape is _TIMED:
+                key, payload, event_ms = routed.value
+                yield self.tags[channel], (Row(key, payload), event_ms)
             else:
-                yield self.tags[channel], envelope_line(*routed.value, value_is_json)
+                yield self.tags[channel], envelope_line(*routed.value, shape)
         if not self.seen & 1023 or self.seen == 1:
             # metrics in batches: a counter call per record costs more than the record's masking. The
             # first record is reported at once: the start-up watchdog waits for it
@@ -364,14 +381,6 @@ class ProtectFunction(ProcessFunction):
         os.replace(path + ".tmp", path)
 
 
-class EventTime(TimestampAssigner):
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return value[self.index]
-
-
 def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks: Sinks, options: JobOptions) -> None:
     """Wire the protect_stream graph for ``policy`` into ``env``."""
     lines = getattr(sinks, "encodes_lines", False)
@@ -383,43 +392,52 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
         raw.process(ProtectFunction(policy, options, lines), output_type=Types.STRING())
         .name("protect").uid("protect")
     )
+    # every channel leaves the protect operator in the shape its next operator takes, so no record
+    # crosses into Python again before it is keyed or written (operators/flink_compat.py says why)
     # shape: (key, headers, value), or its JSON line when the sink takes lines
-    sinks.write(protected.get_side_output(tags[DLQ]), DLQ, policy.dlq_topic, encoded=lines)
+    sinks.write(side_output(protected, tags[DLQ]), DLQ, policy.dlq_topic, encoded=lines)
 
     for name, view in policy.views.items():
-        stream = protected.get_side_output(tags[name])
         if view.k_anonymity:
             from operators import k_anonymity
 
-            # shape: (key, headers, protected value, subject, quasi-identifiers, event ms)
-            released, suppressed = k_anonymity.attach(stream, view.k_anonymity, view_name=name)
-            sinks.write(released, name, view.topic)
-            sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
+            # shape: staged payloads keyed by their stage-0 partition key (with event-time timestamps and
+            # watermarks for timing: event, whose deadlines are event time)
+            if view.k_anonymity.timing == "event":
+                keyed = keyed_event_time_side_output(protected, tags[name], kanon_type(), _watermarks(policy),
+                                                     f"event-time-{name}")
+            else:
+                keyed = keyed_side_output(protected, tags[name], kanon_type())
+            released, suppressed = k_anonymity.attach_staged(keyed, view.k_anonymity, view_name=name, lines=lines,
+                                                             watermark_delay_ms=policy.watermark_delay_ms)
+            # shape: (key, headers, value), or its JSON line, for both
+            sinks.write(released, name, view.topic, encoded=lines)
+            sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed", encoded=lines)
         elif view.shuffle:
             from operators import shuffle
 
             # shape: (key, headers, protected value), shuffled window by window; a small window suppressed
-            shuffled, suppressed = shuffle.attach(stream, view.shuffle, view_name=name)
+            shuffled, suppressed = shuffle.attach(side_output(protected, tags[name]), view.shuffle, view_name=name)
             sinks.write(shuffled, name, view.topic)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed")
         elif view.differential_privacy:
             from operators.dp import flink as dp_flink
 
-            delay = Duration.of_millis(policy.watermark_delay_ms)
-            # no with_idleness: on an unbounded source the idle mark it sets kept every watermark from
-            # leaving this chain (issue 19); a quiet input is the DP stages' idle_timeout instead
-            strategy = (
-                WatermarkStrategy.for_bounded_out_of_orderness(delay)
-                .with_timestamp_assigner(EventTime(3))
-            )
-            # shape: (subject, group JSON, metric values JSON, event ms) with event-time timestamps
-            timed = stream.assign_timestamps_and_watermarks(strategy).name(f"event-time-{name}").uid(f"event-time-{name}")
-            releases = dp_flink.attach(timed, view.differential_privacy, view_name=name, policy_id=policy.id,
-                                       policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
+            # shape: contribution payloads keyed by subject bucket, with event-time timestamps
+            keyed = keyed_event_time_side_output(protected, tags[name], dp_row_type(), _watermarks(policy),
+                                                 f"event-time-{name}")
+            releases = dp_flink.attach_keyed(keyed, view.differential_privacy, view_name=name, policy_id=policy.id,
+                                             policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
             sinks.write(releases, name, view.topic)
         else:
             # shape: (key, headers, protected value), or its JSON line
-            sinks.write(stream, name, view.topic, encoded=lines)
+            sinks.write(side_output(protected, tags[name]), name, view.topic, encoded=lines)
+
+
+def _watermarks(policy: Policy) -> WatermarkStrategy:
+    # no with_idleness: on an unbounded source the idle mark it sets kept every watermark from
+    # leaving the protect chain (issue 19); a quiet input is the DP stages' idle_timeout instead
+    return WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(policy.watermark_delay_ms))
 
 
 def main(argv: list[str] | None = None) -> int:

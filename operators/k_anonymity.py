@@ -30,6 +30,7 @@ The policy block, checked by :meth:`KAnonymityParams.from_policy`::
       on_timeout: generalize   # or suppress (no cascade: a timeout at level 0 suppresses)
       l_diversity: {attribute: purchaseBand, l: 2}
       state_ttl: 10m           # how long a released class passes records through
+      idle_timeout: 10s        # timing: event only: a quiet input lets event time follow the wall clock
 
 The path (``cheapest_first`` by default, ``lockstep``, or explicit) gives each cascade
 level a hierarchy step per QI, each level coarser than the one before. A stage ending at
@@ -67,6 +68,7 @@ from typing import Any
 import orjson
 
 from operators.flink_compat import state_ttl
+from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, QuietClock, parse_idle_timeout
 from udfs.durations import parse_duration
 from udfs.generalize import cut_datetime, numeric_range, truncate
 from udfs.registry import ParamError, TransformError
@@ -88,7 +90,8 @@ __all__ = [
 ]
 
 STAR = "*"
-BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path")
+BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path",
+              "idle_timeout")
 PATHS = ("cheapest_first", "lockstep")
 QI_KEYS = ("hierarchy", "paths", "lat_field", "lon_field", "hierarchy_file", "groups", "domain")
 TIMINGS = ("processing", "event")
@@ -196,6 +199,10 @@ class KAnonymityParams:
         The cascade's route through the generalization lattice: for each level, the
         hierarchy index of every QI. Each level is coarser than the one before in at
         least one QI and finer in none. Empty means ``lockstep``.
+    idle_timeout_ms : int or None
+        With ``timing: event``: once the input has been quiet this long, event time follows
+        the wall clock from the last event seen (:class:`~operators.quiet_clock.QuietClock`),
+        so the last records' deadlines still come. ``None`` waits for the watermark alone.
     """
 
     k: int
@@ -206,6 +213,7 @@ class KAnonymityParams:
     l_diversity: LDiversity | None = None
     on_timeout: str = "generalize"
     path: tuple[tuple[int, ...], ...] = ()
+    idle_timeout_ms: int | None = DEFAULT_IDLE_TIMEOUT_MS
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
@@ -325,8 +333,9 @@ class KAnonymityParams:
         if block.get("l_diversity") is not None:
             ldiv = _parse_l_diversity(block["l_diversity"], field_paths, qis)
         path = _parse_path(block.get("path", "cheapest_first"), qis)
+        idle = parse_idle_timeout(block["idle_timeout"]) if "idle_timeout" in block else DEFAULT_IDLE_TIMEOUT_MS
         return cls(k=k, quasi_identifiers=qis, max_delay_ms=max_delay, timing=timing, state_ttl_ms=state_ttl,
-                   l_diversity=ldiv, on_timeout=on_timeout, path=path)
+                   l_diversity=ldiv, on_timeout=on_timeout, path=path, idle_timeout_ms=idle)
 
 
 def lockstep_path(qis: Sequence[QuasiIdentifier]) -> tuple[tuple[int, ...], ...]:
@@ -885,11 +894,52 @@ class SpanTracker:
 
 # A staged record, between stages and in the buffers:
 # (kafka key | None, headers JSON, protected value JSON, subject, raw QIs JSON, event time ms, entered ms)
-# Between Flink operators it carries one more field, CLASS: its partition key in the stage it goes to.
-KEY, HEADERS, VALUE, SUBJECT, QIS, EVENT_TIME, ENTERED, CLASS = range(8)
+KEY, HEADERS, VALUE, SUBJECT, QIS, EVENT_TIME, ENTERED = range(7)
 Staged = tuple
 #: one published record: (staged record, cascade level, class key at that level)
 Release = tuple
+#: between Flink operators and in keyed state a staged record is one string: its fields and its class
+#: keys in the stage it is in, joined by these separators (JSON text never holds a raw control character;
+#: the key and the subject travel JSON-encoded for that reason)
+_FIELD, _KEYS = "\x1f", "\x1e"
+
+
+def encode_staged(record: Staged, keys: Sequence[str]) -> str:
+    """One string for a staged record and its class keys: a single STRING crosses Java and Python.
+
+    A tuple of seven fields costs several times one string at every crossing, and in keyed state.
+    """
+    key, headers, value, subject, qis, event_ms, entered = record
+    return _FIELD.join((orjson.dumps(key).decode(), headers or "", value, orjson.dumps(subject).decode(), qis,
+                        str(event_ms), str(entered), _KEYS.join(keys)))
+
+
+def decode_staged(payload: str) -> tuple[Staged, tuple[str, ...]]:
+    """The inverse of :func:`encode_staged`: ``(staged record, class keys finest first)``."""
+    key, headers, value, subject, qis, event_ms, entered, keys = payload.split(_FIELD)
+    return ((orjson.loads(key), headers, value, orjson.loads(subject), qis, int(event_ms), int(entered)),
+            tuple(keys.split(_KEYS)))
+
+
+class Stager:
+    """Turns a protected record into what the cascade's first stage takes: its partition key and payload.
+
+    The job's protect operator calls it, so a record crosses into the cascade once, as a keyed
+    ``(partition key, payload)`` pair, with its class keys at every level of the first stage
+    already computed.
+
+    ``entered`` anchors every deadline: the wall clock, or the event time with ``timing: event``.
+    """
+
+    def __init__(self, params: KAnonymityParams) -> None:
+        self.stage = Stage(params, *params.stages[0])
+        self.event = params.timing == "event"
+
+    def stage_record(self, key: str | None, headers: str, value: str, subject: str, qis: Mapping[str, Any],
+                     event_ms: int, now_ms: int) -> tuple[str, str]:
+        keys = self.stage.keys(qis)
+        record = (key, headers, value, subject, orjson.dumps(qis).decode(), event_ms, event_ms if self.event else now_ms)
+        return keys[-1], encode_staged(record, keys)
 
 
 def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str, Any]) -> tuple[str, ...]:
@@ -1374,16 +1424,14 @@ class LocalCascade:
 # -- Flink wrappers ---------------------------------------------------------------------
 
 
-def _types():
+def _types(lines: bool):
     from pyflink.common.typeinfo import Types
 
-    buffered = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
-                            Types.LONG(), Types.LONG()])
-    # the staged record plus its partition key in the stage it goes to (CLASS, last)
-    staged = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(),
-                          Types.LONG(), Types.LONG(), Types.STRING()])
-    out = Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
-    return buffered, staged, out
+    # (partition key in the stage, encoded staged record): keyed in Java on its first field
+    staged = Types.ROW([Types.STRING(), Types.STRING()])
+    # a finished JSON line for sinks that take lines; (key, headers, value) for the others
+    out = Types.STRING() if lines else Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+    return staged, out
 
 
 def _now_ms() -> int:
@@ -1414,23 +1462,28 @@ SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
 CACHE_LIMIT = 100_000
 
 
-def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str):
+def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str,
+                    lines: bool, watermark_delay_ms: int):
+    from pyflink.common import Row
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
     from pyflink.datastream.state import MapStateDescriptor
+
+    from udfs.record import envelope_line
 
     first, last = params.stages[number]
 
     class StageFunction(KeyedProcessFunction):
         """One keyed stage of the cascade: the :class:`Stage` rules over keyed state and timers.
 
-        Keyed state holds the facts of a partition: ``buffer`` (record id -> staged
-        record) and ``released`` (``"level|class"`` -> released at). The :class:`Partition`
-        index over them lives in ``self.partitions`` as a write-through cache: every change
-        is written to state in the same call, so a checkpoint holds it all, and a key whose
-        partition is not cached (after a restore, or once dropped) is rebuilt from its
-        state. A record costs one state write when it is buffered and one when it leaves;
-        a record of a released class costs none.
+        Its input is one ``STRING`` per record (:func:`encode_staged`), keyed in Java by its
+        partition key. Keyed state holds the facts of a partition: ``buffer`` (record id ->
+        encoded staged record) and ``released`` (``"level|class"`` -> released at). The
+        :class:`Partition` index over them lives in ``self.partitions`` as a write-through
+        cache: every change is written to state in the same call, so a checkpoint holds it all,
+        and a key whose partition is not cached (after a restore, or once dropped) is rebuilt
+        from its state. A record costs one state write when it is buffered and one when it
+        leaves; a record of a released class costs none.
         """
 
         def __init__(self) -> None:
@@ -1438,16 +1491,22 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
         def open(self, runtime_context) -> None:
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
-            buffered_type, staged_type, out_type = _types()
+            staged_type, out_type = _types(lines)
             self.promote_tag = OutputTag(promote_id, staged_type)
             self.suppress_tag = OutputTag(suppress_id, out_type)
+            self.row = Row
+            self.envelope = envelope_line if lines else None
             self.stage = Stage(self.params, first, last)
             self.next_stage = Stage(self.params, *self.params.stages[number + 1]) if not self.stage.final else None
             self.processing = self.params.timing == "processing"
+            # timing: event on a quiet input: processing-time ticks settle the deadlines event time has passed
+            self.clock = (QuietClock(self.params.idle_timeout_ms, watermark_delay_ms)
+                          if not self.processing and self.params.idle_timeout_ms is not None else None)
+            self.ticking: set[str] = set()  # partitions with a quiet-input tick pending
             # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
             # expired entries go on read and in full snapshots instead
             ttl = state_ttl(self.params.state_ttl_ms)
-            buffer = MapStateDescriptor("buffer", Types.LONG(), buffered_type)
+            buffer = MapStateDescriptor("staged", Types.LONG(), Types.STRING())
             released = MapStateDescriptor("released", Types.STRING(), Types.LONG())
             buffer.enable_time_to_live(ttl)
             released.enable_time_to_live(ttl)
@@ -1480,7 +1539,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             if part is None:
                 if len(self.partitions) >= CACHE_LIMIT:
                     self.partitions = {k: p for k, p in self.partitions.items() if not p.empty()}
-                part = self.stage.rebuild(self.buffer.items(), self.released_state.items(), now)
+                records = ((rid, decode_staged(text)[0]) for rid, text in self.buffer.items())
+                part = self.stage.rebuild(records, self.released_state.items(), now)
                 self.partitions[key] = part
             return part
 
@@ -1488,7 +1548,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             """Write the partition's journal through to keyed state and timers."""
             puts, removes, marks, unmarks = part.writes()
             for rid, record in puts:
-                self.buffer.put(rid, record)
+                self.buffer.put(rid, encode_staged(record, part.keys[rid]))
             for rid in removes:
                 self.buffer.remove(rid)
             for name in unmarks:
@@ -1533,17 +1593,27 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                     self.longest_wait_counter.inc(now - record[ENTERED] - self.longest_wait)
                     self.longest_wait = now - record[ENTERED]
                 self.released[level].add()
-                yield publish(self.params, record, level, (), fields)
+                out = publish(self.params, record, level, (), fields)
+                yield out if self.envelope is None else self.envelope(*out, True)
 
-        def process_element(self, record, ctx):
-            # record: staged tuple + partition key
+        def process_element(self, payload, ctx):
+            # payload: encode_staged(record, its class keys in this stage); the last key is this partition's
             now = _now_ms()
-            part = self._partition(record[CLASS], now)
-            staged = tuple(record[:CLASS])
-            releases = self.stage.on_record(part, staged, self.stage.keys(orjson.loads(staged[QIS])), now)
+            record, keys = decode_staged(payload)
+            part = self._partition(keys[-1], now)
+            releases = self.stage.on_record(part, record, keys, now)
             if part.added or part.removed or part.marked or part.unmarked or part.armed:
                 self._write(part, ctx.timer_service())
+            if self.clock is not None:
+                self.clock.saw(record[EVENT_TIME], now)
+                if part.records and keys[-1] not in self.ticking:
+                    self._tick(keys[-1], now, ctx.timer_service())
             yield from self._publish(releases, now)
+
+        def _tick(self, key: str, now: int, service) -> None:
+            tick = self.clock.tick_ms
+            service.register_processing_time_timer((now // tick + 1) * tick)  # aligned: one per tick and key
+            self.ticking.add(key)
 
         def on_timer(self, timestamp, ctx):
             now = _now_ms()
@@ -1551,6 +1621,15 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             if ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER:
                 published, leaving = self.stage.flush(part, now)
                 part.flush_armed = False
+            elif ctx.time_domain() == TimeDomain.PROCESSING_TIME and self.clock is not None:
+                # a quiet-input tick: the deadlines that event time, carried on by the wall clock, has passed
+                key = ctx.get_current_key()
+                self.ticking.discard(key)
+                quiet_time = self.clock.event_time(now)
+                published, leaving = (self.stage.on_deadline(part, quiet_time, now) if quiet_time is not None
+                                     else ([], []))
+                if part.records:
+                    self._tick(key, now, ctx.timer_service())
             else:
                 published, leaving = self.stage.on_deadline(part, timestamp, now)
             self._write(part, ctx.timer_service())
@@ -1562,11 +1641,12 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                     self.ncp_count += 1
                     self.ncp_micro.add(1_000_000)
                     self.ncp_records.add()
-                    yield self.suppress_tag, suppress(record)
+                    out = suppress(record)
+                    yield self.suppress_tag, out if self.envelope is None else self.envelope(*out, True)
                 else:
                     self.promoted.add()
-                    key = self.next_stage.partition_key(orjson.loads(record[QIS]))
-                    yield self.promote_tag, (*record, key)
+                    keys = self.next_stage.keys(orjson.loads(record[QIS]))
+                    yield self.promote_tag, self.row(keys[-1], encode_staged(record, keys))
             for tally in self.tallies:
                 tally.flush()
 
@@ -1578,7 +1658,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
 
 def attach(stream, params: KAnonymityParams, *, view_name: str):
-    """Wire the cascade onto a stream of the job's k-anonymity tuples.
+    """Wire the cascade onto a stream of k-anonymity tuples (tests, benchmarks, other jobs).
 
     Parameters
     ----------
@@ -1593,55 +1673,73 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
     Returns
     -------
     released, suppressed : DataStream, DataStream
-        Both ``Types.TUPLE([STRING key, STRING headers JSON, STRING value JSON])``. A
-        released value holds the generalized QIs under their names and its headers a
-        ``k_level``; a suppressed one holds the raw QIs (as sensitive as the input)
-        and a ``k_suppressed`` header.
+        Both ``Types.TUPLE([STRING key, STRING headers JSON, STRING value JSON])``, as
+        :func:`attach_staged` with ``lines=False``.
 
-    Every record carries its partition key in the stage it goes to as its last field, so
-    a stage is keyed by a plain field lookup: the first key is computed in the stamp map
-    (chained to the source's operator), and a promoted record's next key by the stage
-    that promotes it.
+    A Python map stages each tuple (:class:`Stager`), as the job's protect operator does
+    for its own records, then :func:`attach_staged` runs the cascade.
+    """
+    from pyflink.common import Row
+
+    from operators.flink_compat import keyed_by_first_field
+
+    staged_type, _ = _types(False)
+    stager = Stager(params)
+
+    def stamp(record):
+        key, headers, value, subject, qis, event_ms = record
+        return Row(*stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms, _now_ms()))
+
+    staged = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
+    return attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name, lines=False)
+
+
+def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0):
+    """Wire the cascade onto a keyed stream of staged records.
+
+    Parameters
+    ----------
+    keyed : KeyedStream
+        ``STRING`` payloads of :func:`encode_staged`, keyed by their stage-0 partition key
+        (what :meth:`Stager.stage_record` returns, keyed in Java by
+        :func:`operators.flink_compat.keyed_by_first_field`).
+    params : KAnonymityParams
+    view_name : str
+        Used in operator names, uids and metric groups.
+    lines : bool
+        Emit finished JSON Lines (``STRING``) for a sink that takes them, instead of
+        ``(key, headers, value)`` tuples: no encoding step after the cascade.
+    watermark_delay_ms : int
+        With ``timing: event``: the watermark's out-of-orderness, where the quiet-input clock starts.
+
+    Returns
+    -------
+    released, suppressed : DataStream, DataStream
+        A released value holds the generalized QIs under their names and its headers a
+        ``k_level``; a suppressed one holds the raw QIs (as sensitive as the input) and a
+        ``k_suppressed`` header.
+
+    A promoted record goes to the next stage as a ``(partition key, payload)`` side output,
+    keyed in Java: each record crosses between Java and Python once per stage it visits.
     """
     from pyflink.datastream import OutputTag
 
-    _, staged_type, out_type = _types()
-    event = params.timing == "event"
-    first_stage = Stage(params, *params.stages[0])
+    from operators.flink_compat import keyed_side_output, side_output
 
-    def stamp(record):
-        # the entry time anchors every deadline: wall clock, or event time with timing: event
-        entered = record[5] if event else int(time.time() * 1000)
-        key = first_stage.partition_key(orjson.loads(record[4]))
-        return (record[0], record[1], record[2], record[3], record[4], record[5], entered, key)
-
-    current = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
-    # (key, headers, value, subject, qis JSON, event ms, entered ms, stage-0 partition key)
+    staged_type, out_type = _types(lines)
     released_streams, suppressed = [], None
     suppress_tag = OutputTag(f"kanon-{view_name}-suppress", out_type)
+    current = keyed
     for number in range(len(params.stages)):
         promote_tag = OutputTag(f"kanon-{view_name}-promote-{number}", staged_type)
-        function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id)
-        released = (current.key_by(_class_of, key_type=_string_type())
-                    .process(function, output_type=out_type)
+        function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id, lines,
+                                   watermark_delay_ms)
+        released = (current.process(function, output_type=out_type)
                     .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
-        # released: (key, headers + k_level, value + generalized QIs)
         released_streams.append(released)
         if number + 1 < len(params.stages):
-            current = released.get_side_output(promote_tag)
-            # promoted: staged tuples, their partition key now the next stage's
+            current = keyed_side_output(released, promote_tag, staged_type)
         else:
-            suppressed = released.get_side_output(suppress_tag)
-            # suppressed: (key, headers + k_suppressed, value + raw QIs)
+            suppressed = side_output(released, suppress_tag)
     out = released_streams[0] if len(released_streams) == 1 else released_streams[0].union(*released_streams[1:])
     return out, suppressed
-
-
-def _class_of(record) -> str:
-    return record[CLASS]
-
-
-def _string_type():
-    from pyflink.common.typeinfo import Types
-
-    return Types.STRING()

@@ -8,6 +8,7 @@ raises :class:`~udfs.registry.TransformError` with the field's path in the reaso
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -233,3 +234,13 @@ def _kind(value: Any) -> str:
     return "null" if value is None else {"str": "a string", "list": "a list", "dict": "an object"}.get(
         type(value).__name__, type(value).__name__
     )
+
+
+def envelope_line(key: str | None, headers: str, value: str, value_is_json: bool) -> str:
+    """A protected record as one JSON Lines line: ``{"key":..,"headers":{..},"value":..}``.
+
+    ``headers`` and (with ``value_is_json``) ``value`` are JSON text, spliced as they are;
+    "" or None as a key is no key.
+    """
+    body = value if value_is_json else json.dumps(value, ensure_ascii=False)
+    return f'{{"key":{json.dumps(key or None)},"headers":{headers},"value":{body}}}'

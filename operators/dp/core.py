@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -79,7 +80,29 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
             raise TransformError(f"field {name}: expected a number")
         else:
             values[name] = value
-    return group_key(group), json.dumps(values)
+    return group_key(group), _dumps(values)
+
+
+#: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)
+BUCKETS = 64
+_FIELD = "\x1f"  # JSON text never holds a raw control character: the subject travels JSON-encoded
+
+
+def encode_contribution(subject: str, group_json: str, values_json: str, event_ms: int) -> tuple[int, str]:
+    """Stage 1's input for one record: the subject's bucket, its key, and one ``STRING`` payload.
+
+    The bucket is CRC-32 of the subject's JSON text (stable across processes, unlike ``hash``) modulo
+    :data:`BUCKETS`, so one subject's records meet in one place and each bucket and window
+    has one timer. One string crosses between Java and Python, not a four-field tuple.
+    """
+    subject_id = _dumps(subject)
+    return zlib.crc32(subject_id.encode()) % BUCKETS, _FIELD.join((subject_id, group_json, values_json, str(event_ms)))
+
+
+def decode_contribution(payload: str) -> tuple[str, str, str, int]:
+    """``(subject id, group JSON, values JSON, event ms)``; the subject id is its JSON text, an opaque identity."""
+    subject, group_json, values_json, event_ms = payload.split(_FIELD)
+    return subject, group_json, values_json, int(event_ms)
 
 
 def window_starts(params: DpParams, ts: int) -> list[int]:

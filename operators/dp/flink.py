@@ -14,12 +14,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from operators.dp.core import (
+    BUCKETS,
     BudgetLedger,
     ContributionBounder,
     GroupReleaser,
     SubjectWindow,
+    decode_contribution,
     decode_vector,
     decode_window,
+    encode_contribution,
     encode_vector,
     encode_window,
     window_starts,
@@ -27,6 +30,7 @@ from operators.dp.core import (
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
 from operators.flink_compat import state_ttl, subtask_index
+from operators.quiet_clock import QuietClock
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +47,62 @@ def attach(
     random_state: int | None = None,
     watermark_delay_ms: int = 0,
 ) -> Any:
-    """Add the DP aggregation of one view to a stream of contributions.
+    """Add the DP aggregation of one view to a stream of contribution tuples (tests, benchmarks, other jobs).
 
     Parameters
     ----------
     stream : DataStream
         ``(subject, group_json, values_json, event_time_ms)`` with event-time
         timestamps and watermarks already assigned.
+    params, view_name, policy_id, policy_hash, random_state, watermark_delay_ms
+        As :func:`attach_keyed`.
+
+    Returns
+    -------
+    DataStream
+        As :func:`attach_keyed`.
+
+    A Python map encodes each tuple (:func:`~operators.dp.core.encode_contribution`), as the
+    job's protect operator does for its own records, and the stream is keyed in Java.
+    """
+    from pyflink.common import Row
+
+    from operators.flink_compat import keyed_by_first_field
+
+    def encode(record):
+        return Row(*encode_contribution(*record))
+
+    rows = stream.map(encode, output_type=contribution_row_type()).name(f"dp-encode[{view_name}]").uid(
+        f"dp/{view_name}/encode")
+    return attach_keyed(keyed_by_first_field(rows, contribution_row_type()), params, view_name=view_name,
+                        policy_id=policy_id, policy_hash=policy_hash, random_state=random_state,
+                        watermark_delay_ms=watermark_delay_ms)
+
+
+def contribution_row_type() -> Any:
+    """``Row(bucket, payload)``: stage 1's input before it is keyed on the bucket."""
+    from pyflink.common.typeinfo import Types
+
+    return Types.ROW([Types.INT(), Types.STRING()])
+
+
+def attach_keyed(
+    keyed: Any,
+    params: DpParams,
+    *,
+    view_name: str,
+    policy_id: str,
+    policy_hash: str,
+    random_state: int | None = None,
+    watermark_delay_ms: int = 0,
+) -> Any:
+    """Add the DP aggregation of one view to a keyed stream of contributions.
+
+    Parameters
+    ----------
+    keyed : KeyedStream
+        Payloads of :func:`~operators.dp.core.encode_contribution`, keyed by the subject's
+        bucket, with event-time timestamps and watermarks already assigned.
     params : DpParams
     view_name, policy_id, policy_hash : str
         Name operators and uids; go into the headers of every release.
@@ -67,8 +120,6 @@ def attach(
 
     Notes
     -----
-    Stage 1 is keyed by ``subject_bucket`` (CRC-32 of the subject modulo ``BUCKETS``), so
-    one subject's records meet in one place and each bucket and window has one timer.
     Vectors travel and rest as ``STRING`` (comma-joined floats), never as
     ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
     serializer on the Java side but stores the ``java.util.ArrayList`` its converter
@@ -79,8 +130,7 @@ def attach(
     contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
     uid = f"dp/{view_name}"
     bounded = (
-        stream.key_by(subject_bucket, key_type=Types.INT())
-        .process(_BoundContributions(params, random_state, watermark_delay_ms), output_type=contribution_type)
+        keyed.process(_BoundContributions(params, random_state, watermark_delay_ms), output_type=contribution_type)
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
@@ -116,52 +166,10 @@ QUIET = "~"
 _CLOSED_KEY = "\x1fclosed"
 
 
-class QuietClock:
-    """Event time on a quiet input, for the DP stages' fallback when the watermark stands still.
-
-    Once no record has arrived for ``idle_timeout_ms``, event time is the last event time seen,
-    minus the watermark delay, plus the wall-clock time since the last record. Flink's watermark
-    needs records to advance (and with ``with_idleness`` PyFlink 2.2's watermark never left the
-    source chain on an unbounded Kafka source: issue 19), so the DP stages keep this clock
-    themselves. It lives per subtask, not in state: after a restore it starts at the first record.
-    """
-
-    def __init__(self, idle_timeout_ms: int | None, delay_ms: int) -> None:
-        self.idle_ms = idle_timeout_ms
-        self.delay_ms = delay_ms
-        self.last_arrival = 0
-        self.max_event = None
-
-    @property
-    def tick_ms(self) -> int:
-        return max(1000, min(10_000, (self.idle_ms or 0) // 2))
-
-    def saw(self, event_ms: int | None, now_ms: int) -> None:
-        self.last_arrival = now_ms
-        if event_ms is not None and (self.max_event is None or event_ms > self.max_event):
-            self.max_event = event_ms
-
-    def event_time(self, now_ms: int) -> int | None:
-        """The quiet-input event time, or None while records still arrive (or nothing was seen)."""
-        quiet = now_ms - self.last_arrival
-        if self.idle_ms is None or self.max_event is None or quiet < self.idle_ms:
-            return None
-        return self.max_event - self.delay_ms + quiet
-
-#: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)
-BUCKETS = 64
 #: entries kept in stage 2's write-through cache before it is emptied (state still holds them)
 CACHE_LIMIT = 200_000
 #: (subject, window) buffers one stage-1 subtask holds at most (a few hundred bytes each)
 BUFFER_LIMIT = 2_000_000
-
-
-def subject_bucket(record: tuple[Any, ...]) -> int:
-    """Stage 1's key: the subject's bucket, from CRC-32 (stable across processes, unlike ``hash``).
-
-    ``_BoundContributions.process_element`` computes the same expression inline.
-    """
-    return zlib.crc32(record[0].encode()) % BUCKETS
 
 
 def _flink_bases() -> type:
@@ -263,12 +271,12 @@ class _BoundContributions(_SeededProcess):
         return windows
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
-        subject, group_json, values_json, ts = value
+        subject, group_json, values_json, ts = decode_contribution(value)
         self.uncounted += 1
         if self.uncounted >= 1024:
             self.records.inc(self.uncounted)
             self.uncounted = 0
-        bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key, without a call into the JVM
+        bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key (encode_contribution), without a JVM call
         windows = self.buckets.get(bucket)
         if windows is None:
             windows = self._windows(bucket, ctx)

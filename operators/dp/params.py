@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
 from udfs.registry import ParamError
 
@@ -35,7 +36,6 @@ POLICY_KEYS = (
     "idle_timeout",
 )
 #: quiet time after which event time follows the wall clock, so a silent input still closes its windows
-DEFAULT_IDLE_TIMEOUT_MS = 10_000
 
 
 
@@ -227,9 +227,7 @@ class DpParams:
         if "state_ttl" in block:
             kwargs["state_ttl_ms"] = parse_duration(block["state_ttl"], "state_ttl", minimum_ms=1)
         if "idle_timeout" in block:
-            raw = block["idle_timeout"]
-            none = raw is None or (isinstance(raw, str) and raw.strip().lower() == "none")
-            kwargs["idle_timeout_ms"] = None if none else parse_duration(raw, "idle_timeout", minimum_ms=1)
+            kwargs["idle_timeout_ms"] = parse_idle_timeout(block["idle_timeout"])
         if block.get("total_epsilon") is not None:
             kwargs["total_epsilon"] = _number(block["total_epsilon"], "total_epsilon")
         if block.get("public_groups") is not None:

@@ -1,0 +1,113 @@
+"""The whole shipped three-view job against the masked view alone, through the command line.
+
+Both run ``flink-anonymizer run`` (thread mode, p=1, file sink) on the same generated events.
+Each policy runs at two sizes, and the marginal rate is the difference in records over the
+difference in wall time, so job start (JVM, interpreter, operator open) cancels out:
+
+    marginal rate = (n_large - n_small) / (t_large - t_small)
+
+It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view alone too with
+``--views``, and the load average, since other builds may share the machine.
+
+    .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conf.samples.generate_events import iter_events  # noqa: E402
+from udfs.keyring import Keyring  # noqa: E402
+
+POLICY = ROOT / "conf/policies/customer-events.yaml"
+CLI = str(Path(sys.executable).with_name("flink-anonymizer"))
+
+
+def write_events(path: Path, n: int) -> int:
+    with open(path, "w") as fh:
+        lines = 0
+        for line in iter_events(n, seed=11, malformed=n // 1000):
+            fh.write(line + "\n")
+            lines += 1
+    return lines
+
+
+def write_policy(folder: Path, views: list[str] | None) -> Path:
+    document = yaml.safe_load(POLICY.read_text())
+    if views is not None:
+        document["views"] = {name: document["views"][name] for name in views}
+    path = folder / f"{'-'.join(views or ['all'])}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([CLI, "run", "--policy", str(policy), "--input", str(events), "--output", str(out),
+                           "--keyring", keyring, "--execution-mode", mode, "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{policy.name} failed:\n{done.stderr[-2000:]}\n{done.stdout[-2000:]}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=300_000, help="events in the large run (default 300,000)")
+    parser.add_argument("--small", type=int, default=None, help="events in the small run (default n / 6)")
+    parser.add_argument("--views", action="store_true", help="also each stateful view alone")
+    parser.add_argument("--execution-mode", default="thread", choices=["thread", "process"])
+    args = parser.parse_args()
+    small = args.small or args.n // 6
+
+    work = Path(tempfile.mkdtemp(prefix="bench-full-"))
+    try:
+        sizes = {}
+        for name, n in (("small", small), ("large", args.n)):
+            sizes[name] = (work / f"{name}.jsonl", write_events(work / f"{name}.jsonl", n))
+        keyring = work / "keyring.json"
+        Keyring.generate().save(keyring)
+        ref = f"file:{keyring}"
+        shapes = [("masked view alone", ["masked"]), ("whole three-view job", None)]
+        if args.views:
+            shapes += [("anonymized view alone", ["anonymized"]), ("aggregated view alone", ["aggregated"])]
+        print(f"{sizes['small'][1]:,} and {sizes['large'][1]:,} events, {args.execution_mode} mode, p=1, "
+              f"through `flink-anonymizer run`; load average before: {os.getloadavg()[0]:.2f}")
+        rates = {}
+        for label, views in shapes:
+            policy = write_policy(work, views)
+            times = {}
+            for size, (events, _) in sizes.items():
+                times[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref, args.execution_mode)
+                shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
+            extra = sizes["large"][1] - sizes["small"][1]
+            rates[label] = extra / max(1e-9, times["large"] - times["small"])
+            print(f"  {label:<24} marginal {rates[label]:>9,.0f} records/s   "
+                  f"(runs {times['small']:.1f} s and {times['large']:.1f} s; "
+                  f"{sizes['large'][1] / times['large']:,.0f} records/s with job start)")
+        masked = rates["masked view alone"]
+        print(f"  ratio whole job / masked  {rates['whole three-view job'] / masked:>6.2f}   (target >= 0.5)")
+        for label in ("anonymized view alone", "aggregated view alone"):
+            if label in rates:
+                print(f"  ratio {label.split()[0]} / masked  {rates[label] / masked:>6.2f}")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
