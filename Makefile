@@ -58,8 +58,8 @@ demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views s
 BOOTSTRAP ?= 127.0.0.1:9092
 KEYRING ?= file:.local/dev-keyring.json
 
-cluster-up: $(STAMP) jars ## start a standalone Flink cluster on 127.0.0.1:8081 (conf/flink; state in .local/flink)
-	$(PY) -m flink_jobs.cluster up --state-dir .local/flink --rest-port 8081 --rpc-port 6123
+cluster-up: $(STAMP) jars ## start a standalone Flink cluster on 127.0.0.1:8081 (conf/flink; state in .local/flink); METRICS_PORT=9249-9259 for Prometheus
+	$(PY) -m flink_jobs.cluster up --state-dir .local/flink --rest-port 8081 --rpc-port 6123 $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 cluster-down: $(STAMP) ## stop it
 	$(PY) -m flink_jobs.cluster down --state-dir .local/flink

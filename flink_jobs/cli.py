@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="SECONDS",
                      help="cancel the job and fail when an operator has not opened (or, on a bounded input, no "
                      f"record has moved) within SECONDS (default {DEFAULT_STARTUP_TIMEOUT_S:g})")
+    run.add_argument("--metrics-port", metavar="PORT[-PORT]",
+                     help="serve Flink's metrics to Prometheus at http://HOST:PORT/metrics (a port, or a range "
+                     "to take the first free one from)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a policy", description="Check a policy and say exactly "
@@ -212,6 +215,7 @@ def cmd_transforms(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
+    args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
     policy = load_policy(args.policy, keyring=keyring)
     if args.bootstrap_servers:
         from flink_jobs import kafka_job
@@ -221,12 +225,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("pass --input FILE and --output DIR for a file run, or --bootstrap-servers HOST:PORT for Kafka")
     return run_files(policy, reference, Path(args.input), Path(args.output), parallelism=args.parallelism,
                      execution_mode=args.execution_mode, quiet=args.quiet, batch=args.bounded,
-                     startup_timeout_s=args.startup_timeout)
+                     startup_timeout_s=args.startup_timeout, metrics_config=args.metrics_config)
 
 
 def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, parallelism: int = 1,
               execution_mode: str = "thread", quiet: bool = False, batch: bool = False,
-              startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> int:
+              startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S, metrics_config: dict | None = None) -> int:
     """Run the job on a JSON Lines file or folder; ``batch`` runs it in Flink's BATCH mode (static masking)."""
     from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env
 
@@ -240,7 +244,8 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
         shutil.rmtree(output / channel, ignore_errors=True)
     rest_base, rest_config = local_rest_config()
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
-                         stats_dir=str((output / "_stats").resolve()), batch=batch, extra_config=rest_config)
+                         stats_dir=str((output / "_stats").resolve()), batch=batch,
+                         extra_config={**rest_config, **(metrics_config or {})})
     env = make_env(options)
     build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
     started = time.monotonic()
@@ -259,6 +264,24 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
     summary = summarize(output, channels, total, elapsed, policy, mode="batch" if batch else "streaming")
     print(summary["text"])
     return 0 if summary["balanced"] else 1
+
+
+def metrics_config(ports: str | None) -> dict[str, str]:
+    """Flink settings for ``--metrics-port`` (none without it); says on stderr where to scrape."""
+    if not ports:
+        return {}
+    from flink_jobs.metrics import MetricsConfigError, ensure_prometheus_plugin, prometheus_config
+
+    try:
+        config = prometheus_config(ports)
+        ensure_prometheus_plugin()
+    except MetricsConfigError as exc:
+        raise CliError(str(exc)) from None
+    first = config["metrics.reporter.prom.port"].split("-")[0]
+    print(f"metrics: Prometheus reporter on port {config['metrics.reporter.prom.port']} "
+          f"(http://127.0.0.1:{first}/metrics when that port is free; it listens on every interface)",
+          file=sys.stderr)
+    return config
 
 
 def _channels(policy: Any) -> list[str]:

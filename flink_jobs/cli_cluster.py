@@ -517,6 +517,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the local one of `make cluster-up` by default). The project's packages go with the job (-pyfs), and so "
         "does the Kafka connector (pipeline.jars). The job runs detached; its id is printed.")
     _job_args(submit)
+    submit.add_argument("--metrics-port", metavar="PORT[-PORT]",
+                        help="check that the cluster serves Prometheus metrics on these ports (a cluster's reporter "
+                        "starts with it: make cluster-up METRICS_PORT=9249-9259) and say where to scrape")
     submit.set_defaults(func=_cmd_submit)
 
     resume = subparsers.add_parser(
@@ -632,7 +635,39 @@ def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float 
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    if getattr(args, "metrics_port", None) and not args.dry_run:
+        check_cluster_metrics(_rest_base(args.jobmanager, args.state_dir), args.metrics_port)
     return _run_submit(_options(args), args.dry_run, args.startup_timeout)
+
+
+def check_cluster_metrics(base: str, ports: str) -> str:
+    """The cluster's Prometheus port range, when it overlaps ``ports``; a CliError saying what to do otherwise.
+
+    Reporters are made when a JobManager or TaskManager starts, never per job: a job submitted to
+    a running cluster cannot turn one on.
+    """
+    from flink_jobs.cli import CliError
+    from flink_jobs.metrics import MetricsConfigError, parse_ports
+
+    try:
+        first, last = parse_ports(ports)
+    except MetricsConfigError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        config = {item["key"]: item["value"] for item in rest_request(base, "/jobmanager/config")}
+    except (SubmitError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"cannot read the cluster's configuration from {base}: {exc}") from None
+    have = config.get("metrics.reporter.prom.port")
+    if not have:
+        raise CliError(f"the cluster at {base} has no Prometheus reporter, and a job cannot add one (reporters "
+                       "start with the cluster's processes); restart it with `make cluster-up METRICS_PORT="
+                       f"{ports}` or `python -m flink_jobs.cluster up --metrics-port {ports}`")
+    low, high = parse_ports(have)
+    if high < first or low > last:
+        raise CliError(f"the cluster at {base} serves Prometheus on ports {have}, not {ports}")
+    print(f"metrics: the cluster serves Prometheus on ports {have} (http://127.0.0.1:PORT/metrics, one port "
+          "per JobManager and TaskManager)")
+    return have
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

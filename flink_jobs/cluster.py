@@ -420,16 +420,36 @@ def overview(cluster: Cluster) -> dict:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    overrides = {}
     try:
+        if args.metrics_port:
+            overrides = cluster_metrics_config(args.metrics_port, args.taskmanagers)
         cluster = start_cluster(args.state_dir, rest_port=args.rest_port, rpc_port=args.rpc_port,
-                                taskmanagers=args.taskmanagers, timeout=args.timeout)
-    except ClusterError as exc:
+                                taskmanagers=args.taskmanagers, overrides=overrides, timeout=args.timeout)
+    except (ClusterError, ValueError) as exc:
         print(f"cluster up: {exc}", file=sys.stderr)
         return 1
     info = overview(cluster)
     print(f"Flink cluster up: REST/web UI {cluster.rest_url}, {info['taskmanagers']} TaskManager(s), "
           f"{info['slots-total']} slots; conf {cluster.conf_dir}, logs {cluster.log_dir}")
+    if overrides:
+        print(f"Prometheus: http://127.0.0.1:PORT/metrics on ports {overrides['metrics.reporter.prom.port']} "
+              "(the JobManager and each TaskManager take the first free one)")
     return 0
+
+
+def cluster_metrics_config(ports: str, taskmanagers: int) -> dict[str, str]:
+    """The reporter settings for ``up --metrics-port``: one port per process, so one port becomes a range.
+
+    A standalone cluster loads the reporter as a plugin from its Flink home's ``plugins/``.
+    """
+    from flink_jobs.metrics import parse_ports, prometheus_config
+
+    first, last = parse_ports(ports)
+    if first == last:
+        # the JobManager, each TaskManager, and room for the ones add_taskmanager starts later
+        last = min(65535, first + taskmanagers + 2)
+    return prometheus_config(f"{first}-{last}")
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
@@ -481,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rpc-port", type=int, default=6123, help="JobManager RPC port (default 6123; 0 = free)")
     up.add_argument("--taskmanagers", type=int, default=1, help="TaskManagers to start (default 1)")
     up.add_argument("--timeout", type=float, default=120, help="seconds to wait for the cluster (default 120)")
+    up.add_argument("--metrics-port", metavar="PORT[-PORT]",
+                    help="turn on Flink's Prometheus reporter: the JobManager and each TaskManager serve "
+                    "/metrics on a port of this range (one port P means P to P+TaskManagers+2)")
     up.set_defaults(func=_cmd_up)
 
     down = sub.add_parser("down", help="stop the cluster", description="Stop every TaskManager and the JobManager "

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace, policy: Policy, keyring_ref: str) -> int:
     local = "PYFLINK_GATEWAY_PORT" not in os.environ
     rest_base, rest_config = local_rest_config() if local else ("", {})
     env = build_kafka_job(policy, keyring_ref, bootstrap=args.bootstrap_servers, delivery=delivery,
-                          start=args.start, bounded=bounded, config=rest_config,
+                          start=args.start, bounded=bounded,
+                          config={**rest_config, **getattr(args, "metrics_config", {})},
                           parallelism=args.parallelism, execution_mode=args.execution_mode)
     views = ", ".join(f"{name} -> {view.topic}" for name, view in policy.views.items())
     print(f"protect_stream[{policy.id}] on {args.bootstrap_servers}: {policy.source_topic} -> {views}, "

@@ -40,6 +40,7 @@ from pyflink.datastream.connectors.file_system import (
     StreamFormat,
 )
 
+from flink_jobs.metrics import ProtectMetrics
 from flink_jobs.policy import Policy
 from flink_jobs.protect import BLANK, DLQ, Protector
 from operators.flink_compat import keyed_event_time_side_output, keyed_side_output, side_output, subtask_index
@@ -327,6 +328,7 @@ class ProtectFunction(ProcessFunction):
         group = runtime_context.get_metrics_group().add_group("protect")
         self.metric_in = group.counter("records_in")
         self.metric_dlq = group.counter("dead_letters")
+        self.metrics = ProtectMetrics(group, list(self.kinds))  # per view, reason, dropped field; vault
         self.seen = 0
         self.reported = 0  # records added to metric_in so far
         self.dead = 0
@@ -360,6 +362,7 @@ class ProtectFunction(ProcessFunction):
             # first record is reported at once: the start-up watchdog waits for it
             self.metric_in.inc(self.seen - self.reported)
             self.reported = self.seen
+            self.metrics.update(self.routed, self.protector)
             if self.stats_dir and time.monotonic() > self.next_progress:
                 self.next_progress = time.monotonic() + 1.0
                 self._write_stats("progress")
@@ -367,6 +370,7 @@ class ProtectFunction(ProcessFunction):
     def close(self) -> None:
         if hasattr(self, "metric_in"):
             self.metric_in.inc(self.seen - self.reported)
+            self.metrics.update(self.routed, self.protector)
             if self.stats_dir:
                 self._write_stats("final")
 

@@ -87,6 +87,8 @@ class VaultToken(Transform):
             raise ParamError("vault", str(exc), "a reachable vault") from None
         # value -> token; the subject is only read on a miss
         self._cache = TtlLru(self.cache_size, float(self.cache_ttl))
+        # tokens found (in the cache or the vault) and tokens minted, for the job's metrics
+        self.hits = self.misses = 0
 
     def close(self) -> None:
         vault = getattr(self, "_vault", None)
@@ -106,6 +108,7 @@ class VaultToken(Transform):
         cache_key = (kind, value)
         token = self._cache.get(cache_key)
         if token is not None:
+            self.hits += 1
             return token
         subject = subject_of(record, self.subject_path)
         text = value if kind is str else str(value)
@@ -116,7 +119,17 @@ class VaultToken(Transform):
         else:
             new_token = functools.partial(_prefixed, self.prefix, self.length)
         plaintext = json.dumps(value, ensure_ascii=False).encode()
-        token = self._vault.tokenize(self.domain, value, subject, plaintext, new_token)
+        minted: list[int] = []  # the vault asks for a candidate only when the value has no token yet
+
+        def candidate() -> str:
+            minted.append(1)
+            return new_token()
+
+        token = self._vault.tokenize(self.domain, value, subject, plaintext, candidate)
+        if minted:
+            self.misses += 1
+        else:
+            self.hits += 1
         self._cache.put(cache_key, token)
         return token
 

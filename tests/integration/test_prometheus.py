@@ -1,0 +1,181 @@
+"""Prometheus metrics from a real job: ``run --metrics-port`` on the sample, scraped over HTTP.
+
+The job reads the sample from a real Kafka topic and is left running (a finished task's metrics
+leave the reporter with it), so the test scrapes until every metric a dashboard needs is there
+with a plausible value, then stops the job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flink_jobs.kafka_tools import ensure_topics, produce_file
+from flink_jobs.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
+POLICY = ROOT / "conf/policies/customer-events.yaml"
+CLI = Path(sys.executable).with_name("flink-anonymizer")
+_LINE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format: {(name, labels we care about): value}."""
+    series = {}
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match or line.startswith("#"):
+            continue
+        labels = frozenset((k, v) for k, v in _LABEL.findall(match.group(2) or "")
+                           if k in ("view", "reason", "field", "level", "stage"))
+        series[(match.group(1), labels)] = float(match.group(3))
+    return series
+
+
+def total(series: dict, name: str, **labels: str) -> float | None:
+    """Sum of the series named ``name`` (with ``flink_taskmanager_job_task_operator_`` before it)."""
+    full = f"flink_taskmanager_job_task_operator_{name}"
+    values = [v for (n, ls), v in series.items() if n == full and set(labels.items()) <= ls]
+    return sum(values) if values else None
+
+
+def _policy(tmp_path: Path, topic: str) -> Path:
+    document = yaml.safe_load(POLICY.read_text())
+    document["source"]["topic"] = topic
+    document["plugins"] = ["udfs.tokenize"]
+    for name, view in document["views"].items():
+        view["sink"]["topic"] = f"{topic}.{name}"
+    # a token per customer from the vault: the same customer again is a hit
+    document["views"]["masked"]["fields"]["customerId"] = {
+        "tokenize": "vault", "format": "prefixed", "prefix": "tok_", "domain": "customer_id",
+        "subject_field": "customerId", "vault": f"sqlite:{tmp_path / 'vault.db'}"}
+    # three windows' worth of budget: the sample's later windows are refused
+    document["views"]["aggregated"]["differential_privacy"]["total_epsilon"] = 3.0
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _wanted(series: dict) -> dict[str, bool]:
+    """Each metric the README names, and whether its value is plausible for the sample."""
+    released = total(series, "k_anonymity_view_stage_level_released", view="anonymized")
+    return {
+        "records in, per view": all((total(series, "protect_view_records_in", view=v) or 0) >= 1000
+                                    for v in ("masked", "anonymized", "aggregated")),
+        "dead letters by reason": all((total(series, "protect_reason_dead_letters", reason=r) or 0) >= 1
+                                      for r in ("invalid_json", "not_an_object", "missing_field", "field")),
+        "fields dropped": (total(series, "protect_view_field_fields_dropped", view="masked", field="notes") or 0) >= 1,
+        "k-anonymity buffered": (total(series, "k_anonymity_view_stage_buffered", view="anonymized") or 0) >= 1,
+        "k-anonymity released": (released or 0) >= 1,
+        "k-anonymity suppressed": total(series, "k_anonymity_view_stage_suppressed", view="anonymized") is not None,
+        "k-anonymity longest wait": (total(series, "k_anonymity_view_stage_longest_wait_ms", view="anonymized")
+                                     or 0) > 0,
+        "k-anonymity NCP": 0 < (total(series, "k_anonymity_view_stage_ncp_micro") or 0)
+                           <= 1e6 * ((total(series, "k_anonymity_view_stage_ncp_records") or 0) + 256),
+        "DP releases": (total(series, "dp_groups_released") or 0) >= 1,
+        "DP epsilon spent": total(series, "dp_epsilon_spent_micro") == 3_000_000,
+        "DP refused releases": (total(series, "dp_releases_refused_budget") or 0) >= 1,
+        "vault hits": (total(series, "protect_vault_hits") or 0) >= 1,
+        "vault misses": (total(series, "protect_vault_misses") or 0) >= 1,
+    }
+
+
+@pytest.mark.timeout(420)
+def test_run_with_metrics_port_serves_every_dashboard_metric_to_prometheus(kafka_broker, keyring_ref, tmp_path):
+    topic = "prometheus-sample"
+    policy = _policy(tmp_path, topic)
+    ensure_topics(kafka_broker.bootstrap, [topic])
+    produce_file(kafka_broker.bootstrap, topic, SAMPLE)
+    port = free_port()
+    log = open(tmp_path / "run.log", "w")
+    env = dict(os.environ, FLINK_LOG_DIR=str(tmp_path / "flink-log"))
+    job = subprocess.Popen(
+        [str(CLI), "run", "--policy", str(policy), "--bootstrap-servers", kafka_broker.bootstrap,
+         "--keyring", keyring_ref, "--delivery", "at-least-once", "--metrics-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    wanted: dict[str, bool] = {}
+    text = ""
+    try:
+        deadline = time.monotonic() + 360
+        while time.monotonic() < deadline and job.poll() is None:
+            time.sleep(2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                    text = resp.read().decode()
+            except (urllib.error.URLError, OSError):
+                continue  # the job is still starting
+            wanted = _wanted(parse_metrics(text))
+            if all(wanted.values()):
+                break
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)  # the CLI and the MiniCluster's JVM it started
+        try:
+            job.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        log.close()
+    assert job.returncode is not None
+    missing = [name for name, ok in wanted.items() if not ok]
+    assert wanted and not missing, f"not on /metrics with a plausible value: {missing or 'nothing scraped'}; " \
+        f"job output: {(tmp_path / 'run.log').read_text()[-2000:]}"
+    # a dead letter's reason is its first word: never a field's value
+    reasons = {dict(ls).get("reason") for (n, ls) in parse_metrics(text) if n.endswith("protect_reason_dead_letters")}
+    assert reasons <= {"invalid_json", "not_an_object", "missing_field", "field"}
+    raw_ids = set(re.findall(r"CUST\d+", SAMPLE.read_text()))
+    assert not any(identifier in text for identifier in raw_ids)
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@pytest.mark.timeout(300)
+def test_cluster_up_with_metrics_port_serves_the_jobmanager_and_taskmanager_and_submit_checks_it(tmp_path, capsys):
+    from flink_jobs import cluster as cluster_cli
+    from flink_jobs.cli import CliError
+    from flink_jobs.cli_cluster import check_cluster_metrics
+
+    first = free_port()
+    state = tmp_path / "flink"
+    assert cluster_cli.main(["up", "--state-dir", str(state), "--rest-port", "0", "--rpc-port", "0",
+                             "--metrics-port", str(first), "--timeout", "180"]) == 0
+    try:
+        running = cluster_cli.load_cluster(state)
+        assert "ports" in capsys.readouterr().out
+        # one port became a range: the JobManager and the TaskManager each took one of it
+        have = check_cluster_metrics(running.rest_url, str(first))
+        low, high = (int(p) for p in have.split("-"))
+        served = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ({"jobmanager", "taskmanager"} <= set(served)):
+            for port in range(low, high + 1):
+                text = _scrape(port)
+                if text and "flink_jobmanager_numRegisteredTaskManagers" in text:
+                    served["jobmanager"] = parse_metrics(text)
+                elif text and "flink_taskmanager_Status_JVM_CPU_Load" in text:
+                    served["taskmanager"] = parse_metrics(text)
+            time.sleep(1)
+        assert served["jobmanager"][("flink_jobmanager_numRegisteredTaskManagers", frozenset())] == 1
+        with pytest.raises(CliError, match="serves Prometheus on ports"):
+            check_cluster_metrics(running.rest_url, str(high + 100))
+    finally:
+        cluster_cli.main(["down", "--state-dir", str(state)])
