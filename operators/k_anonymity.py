@@ -937,14 +937,14 @@ class Stager:
 
     def stage_record(self, key: str | None, headers: str, value: str, subject: str, qis: Mapping[str, Any],
                      event_ms: int, now_ms: int) -> tuple[str, str]:
-        keys = self.stage.keys(qis)
+        keys = self.stage.end_keys(qis)
         record = (key, headers, value, subject, orjson.dumps(qis).decode(), event_ms, event_ms if self.event else now_ms)
         return keys[-1], encode_staged(record, keys)
 
 
 def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str, Any]) -> tuple[str, ...]:
     """:func:`class_key` at every level from ``first`` to ``last``."""
-    return _KeyPlan(params, first, last).keys(qis)
+    return _KeyPlan(params, range(first, last + 1)).keys(qis)
 
 
 class _KeyPlan:
@@ -957,9 +957,9 @@ class _KeyPlan:
     age and zip come back with each of its records.
     """
 
-    def __init__(self, params: KAnonymityParams, first: int, last: int) -> None:
+    def __init__(self, params: KAnonymityParams, levels: Sequence[int]) -> None:
         self.qis = params.quasi_identifiers
-        self.rows = [params.path[level] for level in range(first, last + 1)]
+        self.rows = [params.path[level] for level in levels]
         self.used = [sorted({row[q] for row in self.rows}) for q in range(len(self.qis))]
         self.geo_top = [max((qi.levels[i].arg for i in used if qi.levels[i].kind == "geohash"), default=0)
                         for qi, used in zip(self.qis, self.used, strict=True)]
@@ -1102,7 +1102,9 @@ class Stage:
         self._k = params.k
         self._l = params.l_diversity.l if params.l_diversity else 0
         self._attribute = params.l_diversity.attribute.split(".") if params.l_diversity else []
-        self._plan = _KeyPlan(params, first, last)
+        self._plan = _KeyPlan(params, range(first, last + 1))
+        # a record's class at the stage's finest and last level: all that a record of a released class needs
+        self._ends = _KeyPlan(params, (first, last)) if last > first else self._plan
 
     def partition_key(self, qis: Mapping[str, Any]) -> str:
         """The key of the stage's keyed state: the record's class at the stage's last level."""
@@ -1111,6 +1113,14 @@ class Stage:
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         """A record's class at each level of the stage, finest first; the last is its partition key."""
         return self._plan.keys(qis)
+
+    def end_keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
+        """A record's class at the stage's finest level and its partition key: enough to pass a released class.
+
+        The classes in between are counted only for a record that is buffered, so :meth:`on_record`
+        computes them then.
+        """
+        return self._ends.keys(qis)
 
     def timer(self, record: Staged) -> int:
         """The coalesced timer of a record's deadline in this stage (``params.timer(params.deadline(...))``)."""
@@ -1217,7 +1227,7 @@ class Stage:
         return chosen
 
     def on_record(self, part: Partition, record: Staged, keys: tuple[str, ...], now: int) -> list[Release]:
-        """Take one record, with its :meth:`keys`; return what to publish now.
+        """Take one record, with its :meth:`keys` or :meth:`end_keys`; return what to publish now.
 
         That is the record alone when its finest class is released, or the whole finest
         class when the record completes it. ``now`` dates releases and ages released classes (wall-clock ms in Flink).
@@ -1225,6 +1235,8 @@ class Stage:
         finest = keys[0]
         if self._is_released(part, 0, finest, now):
             return [(record, self.first, finest)]
+        if len(keys) != self.depth:  # only its end keys (:meth:`end_keys`): count it at every level
+            keys = self._plan.keys(orjson.loads(record[QIS]))
         self._add(part, record, keys)
         if self._complete(part, 0, finest):
             return self._release(part, 0, finest, list(part.classes[0][finest][0]), now)
@@ -1645,7 +1657,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                     yield self.suppress_tag, out if self.envelope is None else self.envelope(*out, True)
                 else:
                     self.promoted.add()
-                    keys = self.next_stage.keys(orjson.loads(record[QIS]))
+                    keys = self.next_stage.end_keys(orjson.loads(record[QIS]))
                     yield self.promote_tag, self.row(keys[-1], encode_staged(record, keys))
             for tally in self.tallies:
                 tally.flush()
