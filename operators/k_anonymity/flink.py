@@ -1,0 +1,352 @@
+"""The k-anonymity cascade's Flink stages: thin keyed wrappers of :mod:`operators.k_anonymity.core`.
+
+This is the only module of the package that imports PyFlink, and only inside its functions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from operators.flink_compat import state_ttl
+from operators.k_anonymity.core import (
+    CACHE_LIMIT,
+    ENTERED,
+    EVENT_TIME,
+    QIS,
+    Partition,
+    Release,
+    SpanTracker,
+    Stage,
+    Stager,
+    decode_staged,
+    encode_staged,
+    ncp,
+    publish,
+    published_fields,
+    suppress,
+)
+from operators.k_anonymity.params import FLUSH_TIMER, KAnonymityParams
+from operators.quiet_clock import QuietClock
+
+# -- Flink wrappers ---------------------------------------------------------------------
+
+
+def _types(lines: bool):
+    from pyflink.common.typeinfo import Types
+
+    # (partition key in the stage, encoded staged record): keyed in Java on its first field
+    staged = Types.ROW([Types.STRING(), Types.STRING()])
+    # a finished JSON line for sinks that take lines; (key, headers, value) for the others
+    out = Types.STRING() if lines else Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
+    return staged, out
+
+
+def _now_ms() -> int:
+    # Flink's processing time is the wall clock; asking the timer service is a call into the JVM
+    return int(time.time() * 1000)
+
+
+class _Tally:
+    """A counter that reaches the Flink metric every ``every`` increments: each ``inc`` is a JVM call."""
+
+    def __init__(self, counter, every: int = 256) -> None:
+        self.counter, self.every, self.pending = counter, every, 0
+
+    def add(self, n: int = 1) -> None:
+        self.pending += n
+        if self.pending >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.counter.inc(self.pending)
+            self.pending = 0
+
+
+#: the span tracker sees every released record up to this many, then one in SPAN_SAMPLE
+SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
+
+
+def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str,
+                    lines: bool, watermark_delay_ms: int):
+    from pyflink.common import Row
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
+    from pyflink.datastream.state import MapStateDescriptor
+
+    from udfs.record import envelope_line
+
+    first, last = params.stages[number]
+
+    class StageFunction(KeyedProcessFunction):
+        """One keyed stage of the cascade: the :class:`Stage` rules over keyed state and timers.
+
+        Its input is one ``STRING`` per record (:func:`encode_staged`), keyed in Java by its
+        partition key. Keyed state holds the facts of a partition: ``buffer`` (record id ->
+        encoded staged record) and ``released`` (``"level|class"`` -> released at). The
+        :class:`Partition` index over them lives in ``self.partitions`` as a write-through
+        cache: every change is written to state in the same call, so a checkpoint holds it all,
+        and a key whose partition is not cached (after a restore, or once dropped) is rebuilt
+        from its state. A record costs one state write when it is buffered and one when it
+        leaves; a record of a released class costs none.
+        """
+
+        def __init__(self) -> None:
+            self.params = params
+
+        def open(self, runtime_context) -> None:
+            # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
+            staged_type, out_type = _types(lines)
+            self.promote_tag = OutputTag(promote_id, staged_type)
+            self.suppress_tag = OutputTag(suppress_id, out_type)
+            self.row = Row
+            self.envelope = envelope_line if lines else None
+            self.stage = Stage(self.params, first, last)
+            self.next_stage = Stage(self.params, *self.params.stages[number + 1]) if not self.stage.final else None
+            self.processing = self.params.timing == "processing"
+            # timing: event on a quiet input: processing-time ticks settle the deadlines event time has passed
+            self.clock = (QuietClock(self.params.idle_timeout_ms, watermark_delay_ms)
+                          if not self.processing and self.params.idle_timeout_ms is not None else None)
+            self.ticking: set[str] = set()  # partitions with a quiet-input tick pending
+            # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
+            # expired entries go on read and in full snapshots instead
+            ttl = state_ttl(self.params.state_ttl_ms)
+            buffer = MapStateDescriptor("staged", Types.LONG(), Types.STRING())
+            released = MapStateDescriptor("released", Types.STRING(), Types.LONG())
+            buffer.enable_time_to_live(ttl)
+            released.enable_time_to_live(ttl)
+            self.buffer = runtime_context.get_map_state(buffer)
+            self.released_state = runtime_context.get_map_state(released)
+            self.partitions: dict[str, Partition] = {}  # partition key -> its index, over the state of that key
+            self.fields: dict[tuple[int, str], str] = {}  # (level, class key) -> published_fields
+            self.class_ncp: dict[tuple[int, str], float] = {}  # NCP of a class's published form, for the current spans
+            group = runtime_context.get_metrics_group().add_group("k_anonymity").add_group("view", view_name)
+            group = group.add_group("stage", str(number))
+            self.buffered = _Tally(group.counter("buffered"))
+            self.released = {level: _Tally(group.add_group("level", str(level)).counter("released"))
+                             for level in range(first, last + 1)}
+            self.promoted = _Tally(group.counter("promoted"))
+            self.suppressed = _Tally(group.counter("suppressed"))
+            self.tallies = [self.buffered, self.promoted, self.suppressed, *self.released.values()]
+            self.longest_wait = 0
+            self.ncp_total, self.ncp_count, self.seen = 0.0, 0, 0
+            self.spans = SpanTracker(self.params)
+            # counters, not gauges: in thread mode Flink's metric thread would call a Python gauge into
+            # the embedded interpreter, and a REST metrics query then crashes the JVM (SIGSEGV in take_gil).
+            # The running mean NCP is ncp_micro / ncp_records.
+            self.longest_wait_counter = group.counter("longest_wait_ms")
+            self.ncp_micro = _Tally(group.counter("ncp_micro"), every=256_000_000)
+            self.ncp_records = _Tally(group.counter("ncp_records"))
+            self.tallies += [self.ncp_micro, self.ncp_records]
+
+        def _partition(self, key: str, now: int) -> Partition:
+            part = self.partitions.get(key)
+            if part is None:
+                if len(self.partitions) >= CACHE_LIMIT:
+                    self.partitions = {k: p for k, p in self.partitions.items() if not p.empty()}
+                records = ((rid, decode_staged(text)[0]) for rid, text in self.buffer.items())
+                part = self.stage.rebuild(records, self.released_state.items(), now)
+                self.partitions[key] = part
+            return part
+
+        def _write(self, part: Partition, service) -> None:
+            """Write the partition's journal through to keyed state and timers."""
+            puts, removes, marks, unmarks = part.writes()
+            for rid, record in puts:
+                self.buffer.put(rid, encode_staged(record, part.keys[rid]))
+            for rid in removes:
+                self.buffer.remove(rid)
+            for name in unmarks:
+                self.released_state.remove(name)
+            for name, at in marks:
+                self.released_state.put(name, at)
+            for timer in part.armed:
+                if self.processing:
+                    service.register_processing_time_timer(timer)
+                else:
+                    service.register_event_time_timer(timer)
+            if self.processing and part.records and not part.flush_armed:
+                # processing-time timers die with a bounded input; the final watermark flushes
+                service.register_event_time_timer(FLUSH_TIMER)
+                part.flush_armed = True
+            self.buffered.add(len(puts))
+            part.clear_journal()
+
+        def _publish(self, releases: list[Release], now: int):
+            for record, level, key in releases:
+                fields = self.fields.get((level, key))
+                if fields is None:
+                    if len(self.fields) >= CACHE_LIMIT:
+                        self.fields.clear()
+                    fields = self.fields[level, key] = published_fields(self.params, orjson.loads(key))
+                self.seen += 1
+                if self.seen <= SPAN_WARMUP or self.seen % SPAN_SAMPLE == 0:
+                    if self.spans.see(orjson.loads(record[QIS])):
+                        self.class_ncp.clear()
+                cost = self.class_ncp.get((level, key))
+                if cost is None:
+                    if len(self.class_ncp) >= CACHE_LIMIT:
+                        self.class_ncp.clear()
+                    # one record stands for its class: the generalized form fixes every QI's NCP
+                    cost = self.class_ncp[level, key] = ncp(self.params, level, orjson.loads(record[QIS]),
+                                                            self.spans.spans)
+                self.ncp_total += cost
+                self.ncp_count += 1
+                self.ncp_micro.add(int(cost * 1e6))
+                self.ncp_records.add()
+                if self.processing and now - record[ENTERED] > self.longest_wait:
+                    self.longest_wait_counter.inc(now - record[ENTERED] - self.longest_wait)
+                    self.longest_wait = now - record[ENTERED]
+                self.released[level].add()
+                out = publish(self.params, record, level, (), fields)
+                yield out if self.envelope is None else self.envelope(*out, True)
+
+        def process_element(self, payload, ctx):
+            # payload: encode_staged(record, its class keys in this stage); the last key is this partition's
+            now = _now_ms()
+            record, keys = decode_staged(payload)
+            part = self._partition(keys[-1], now)
+            releases = self.stage.on_record(part, record, keys, now)
+            if part.added or part.removed or part.marked or part.unmarked or part.armed:
+                self._write(part, ctx.timer_service())
+            if self.clock is not None:
+                self.clock.saw(record[EVENT_TIME], now)
+                if part.records and keys[-1] not in self.ticking:
+                    self._tick(keys[-1], now, ctx.timer_service())
+            yield from self._publish(releases, now)
+
+        def _tick(self, key: str, now: int, service) -> None:
+            tick = self.clock.tick_ms
+            service.register_processing_time_timer((now // tick + 1) * tick)  # aligned: one per tick and key
+            self.ticking.add(key)
+
+        def on_timer(self, timestamp, ctx):
+            now = _now_ms()
+            part = self._partition(ctx.get_current_key(), now)
+            if ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER:
+                published, leaving = self.stage.flush(part, now)
+                part.flush_armed = False
+            elif ctx.time_domain() == TimeDomain.PROCESSING_TIME and self.clock is not None:
+                # a quiet-input tick: the deadlines that event time, carried on by the wall clock, has passed
+                key = ctx.get_current_key()
+                self.ticking.discard(key)
+                quiet_time = self.clock.event_time(now)
+                published, leaving = (self.stage.on_deadline(part, quiet_time, now) if quiet_time is not None
+                                     else ([], []))
+                if part.records:
+                    self._tick(key, now, ctx.timer_service())
+            else:
+                published, leaving = self.stage.on_deadline(part, timestamp, now)
+            self._write(part, ctx.timer_service())
+            yield from self._publish(published, now)
+            for record in leaving:
+                if self.next_stage is None:
+                    self.suppressed.add()
+                    self.ncp_total += 1.0
+                    self.ncp_count += 1
+                    self.ncp_micro.add(1_000_000)
+                    self.ncp_records.add()
+                    out = suppress(record)
+                    yield self.suppress_tag, out if self.envelope is None else self.envelope(*out, True)
+                else:
+                    self.promoted.add()
+                    keys = self.next_stage.end_keys(orjson.loads(record[QIS]))
+                    yield self.promote_tag, self.row(keys[-1], encode_staged(record, keys))
+            for tally in self.tallies:
+                tally.flush()
+
+        def close(self) -> None:
+            for tally in self.tallies:
+                tally.flush()
+
+    return StageFunction()
+
+
+def attach(stream, params: KAnonymityParams, *, view_name: str):
+    """Wire the cascade onto a stream of k-anonymity tuples (tests, benchmarks, other jobs).
+
+    Parameters
+    ----------
+    stream : DataStream
+        ``(key | None, headers JSON, protected value JSON without the QIs, subject,
+        raw QIs JSON, event time ms)``, typed ``Types.TUPLE([STRING x 5, LONG])``.
+    params : KAnonymityParams
+        From :meth:`KAnonymityParams.from_policy`.
+    view_name : str
+        Used in operator names, uids and metric groups.
+
+    Returns
+    -------
+    released, suppressed : DataStream, DataStream
+        Both ``Types.TUPLE([STRING key, STRING headers JSON, STRING value JSON])``, as
+        :func:`attach_staged` with ``lines=False``.
+
+    A Python map stages each tuple (:class:`Stager`), as the job's protect operator does
+    for its own records, then :func:`attach_staged` runs the cascade.
+    """
+    from pyflink.common import Row
+
+    from operators.flink_compat import keyed_by_first_field
+
+    staged_type, _ = _types(False)
+    stager = Stager(params)
+
+    def stamp(record):
+        key, headers, value, subject, qis, event_ms = record
+        return Row(*stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms, _now_ms()))
+
+    staged = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
+    return attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name, lines=False)
+
+
+def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0):
+    """Wire the cascade onto a keyed stream of staged records.
+
+    Parameters
+    ----------
+    keyed : KeyedStream
+        ``STRING`` payloads of :func:`encode_staged`, keyed by their stage-0 partition key
+        (what :meth:`Stager.stage_record` returns, keyed in Java by
+        :func:`operators.flink_compat.keyed_by_first_field`).
+    params : KAnonymityParams
+    view_name : str
+        Used in operator names, uids and metric groups.
+    lines : bool
+        Emit finished JSON Lines (``STRING``) for a sink that takes them, instead of
+        ``(key, headers, value)`` tuples: no encoding step after the cascade.
+    watermark_delay_ms : int
+        With ``timing: event``: the watermark's out-of-orderness, where the quiet-input clock starts.
+
+    Returns
+    -------
+    released, suppressed : DataStream, DataStream
+        A released value holds the generalized QIs under their names and its headers a
+        ``k_level``; a suppressed one holds the raw QIs (as sensitive as the input) and a
+        ``k_suppressed`` header.
+
+    A promoted record goes to the next stage as a ``(partition key, payload)`` side output,
+    keyed in Java: each record crosses between Java and Python once per stage it visits.
+    """
+    from pyflink.datastream import OutputTag
+
+    from operators.flink_compat import keyed_side_output, side_output
+
+    staged_type, out_type = _types(lines)
+    released_streams, suppressed = [], None
+    suppress_tag = OutputTag(f"kanon-{view_name}-suppress", out_type)
+    current = keyed
+    for number in range(len(params.stages)):
+        promote_tag = OutputTag(f"kanon-{view_name}-promote-{number}", staged_type)
+        function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id, lines,
+                                   watermark_delay_ms)
+        released = (current.process(function, output_type=out_type)
+                    .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
+        released_streams.append(released)
+        if number + 1 < len(params.stages):
+            current = keyed_side_output(released, promote_tag, staged_type)
+        else:
+            suppressed = side_output(released, suppress_tag)
+    out = released_streams[0] if len(released_streams) == 1 else released_streams[0].union(*released_streams[1:])
+    return out, suppressed
