@@ -275,7 +275,7 @@ def _sink_tuple_to_row(record: tuple) -> Row:
         for k, v in json.loads(headers).items():
             if v is not None:
                 hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
-    return Row(k=key or None, headers=hdrs, v=value)
+    return Row(k=key or None, headers=hdrs, v=value or None)  # "" is a tombstone (process mode has no None)
 
 
 def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:

@@ -131,6 +131,10 @@ class LocalPostgres:
             "port": str(self.port),
             "unix_socket_directories": "''",  # TCP on loopback only: no socket file to share
             "max_connections": "100",
+            # logical decoding, for Debezium's change data capture (make cdc-demo, the CDC tests)
+            "wal_level": "logical",
+            "max_replication_slots": "8",
+            "max_wal_senders": "8",
         }
         if not self.durable:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")

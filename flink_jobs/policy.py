@@ -25,7 +25,8 @@ from udfs.record import Node, PathError, build_tree, leaves
 from udfs.registry import ParamError, Transform
 
 TOP_LEVEL_KEYS = ("version", "id", "description", "source", "subject_field", "views", "plugins", "delivery")
-SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay")
+SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay",
+               "schema_changes")
 VIEW_KEYS = ("description", "sink", "fields", "k_anonymity", "differential_privacy", "shuffle")
 SINK_KEYS = ("topic", "compacted")
 DELIVERY_MODES = ("exactly-once", "at-least-once")
@@ -145,8 +146,12 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
     topic = source.get("topic")
     if not isinstance(topic, str) or not topic:
         problems.append(Problem("source.topic", "missing", "the raw topic's name"))
-    if source.get("format", "json") != "json":
-        problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}", "json"))
+    if source.get("format", "json") == "debezium-json":
+        from flink_jobs.cdc import check_source
+
+        problems.extend(Problem(*problem) for problem in check_source(source, doc.get("views")))
+    elif source.get("format", "json") != "json":
+        problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}", "json, debezium-json"))
     timestamp_field = source.get("timestamp_field")
     if not isinstance(timestamp_field, str) or not timestamp_field:
         problems.append(Problem("source.timestamp_field", "missing", "the field holding the event time (ISO-8601)"))

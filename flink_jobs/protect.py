@@ -86,6 +86,13 @@ class Protector:
         self._timestamp_field = policy.timestamp_field
         self._subject_field = policy.subject_field
         self._logged_drops: set[str] = set()
+        # change events (source.format: debezium-json): flink_jobs/cdc.py protects them for the record views
+        self.cdc = None
+        if (policy.document.get("source") or {}).get("format") == "debezium-json":
+            from flink_jobs.cdc import ChangeProtector
+
+            self.cdc = ChangeProtector([(n, tree, self._view_headers[n]) for n, tree in self._record_views],
+                                       policy.document["source"].get("schema_changes", "dead_letter"))
 
     def view_headers(self, view: str) -> str:
         return self._view_headers[view]
@@ -95,6 +102,8 @@ class Protector:
 
         A blank line is not a record (JSON Lines readers skip it) and gives nothing.
         """
+        if self.cdc is not None:
+            return self._process_change(position, key, raw)
         if not raw.strip(BLANK):
             return []
         try:
@@ -132,6 +141,15 @@ class Protector:
             if dropped:
                 self._count_dropped(name, dropped)
         return out
+
+    def _process_change(self, position: str, key: str | None, raw: str) -> list[Routed]:
+        # a change event: every record view, or the dead letters (an empty value is a tombstone)
+        from flink_jobs.cdc import ChangeError
+
+        try:
+            return [Routed(name, value) for name, value in self.cdc.protect(key, raw, self._count_dropped)]
+        except (ChangeError, TransformError) as exc:
+            return [self._dead(position, key, raw, str(exc))]
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
         """``(stage-0 partition key, staged payload, event ms)``: the record as the cascade's first stage takes it."""

@@ -337,7 +337,7 @@ class ProtectFunction(ProcessFunction):
 
     def process_element(self, value: tuple, ctx: Any):
         position, key, raw, _ = value
-        if not raw.strip(BLANK):
+        if not raw.strip(BLANK) and self.protector.cdc is None:  # an empty change event is a tombstone
             return  # a blank line is not a record: records_in counts what the CLI's count_records counts
         self.seen += 1
         for routed in self.protector.process(position, key, raw):

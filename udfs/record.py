@@ -242,5 +242,5 @@ def envelope_line(key: str | None, headers: str, value: str, value_is_json: bool
     ``headers`` and (with ``value_is_json``) ``value`` are JSON text, spliced as they are;
     "" or None as a key is no key.
     """
-    body = value if value_is_json else json.dumps(value, ensure_ascii=False)
+    body = (value or "null") if value_is_json else json.dumps(value, ensure_ascii=False)  # "": a tombstone
     return f'{{"key":{json.dumps(key or None)},"headers":{headers},"value":{body}}}'
