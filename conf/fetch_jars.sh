@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the Kafka broker and the Flink Kafka connector jars from Maven Central into jars/.
+# Fetch the Kafka broker, the Flink Kafka connector, Kafka Connect and Debezium jars from Maven Central into jars/.
 #
 # Idempotent: jars/.stamp holds the sha256 of conf/pom.xml from the last successful fetch,
 # and the script does nothing while that matches and the jar folders are not empty.
@@ -17,7 +17,26 @@ have_jars() {
     compgen -G "$jars/kafka/kafka_2.13-*.jar" >/dev/null && compgen -G "$jars/flink/flink-sql-connector-kafka-*.jar" >/dev/null
 }
 
+# Kafka Connect and Debezium (make cdc-demo, the CDC tests): their own pom and folder, jars/connect/,
+# so none of their dependencies reaches the broker's class path.
+connect_pom="$root/conf/connect/pom.xml"
+connect_stamp="$jars/.stamp-connect"
+fetch_connect() {
+    local want_connect
+    want_connect="$(sha256sum "$connect_pom" | cut -d' ' -f1)"
+    if [[ "${1:-}" != "--force" && -f "$connect_stamp" && "$(cat "$connect_stamp")" == "$want_connect" ]] \
+        && compgen -G "$jars/connect/debezium-connector-postgres-*.jar" >/dev/null; then
+        return 0
+    fi
+    rm -rf "$jars/connect" "$connect_stamp"
+    mkdir -p "$jars"
+    mvn -q -B -Dstyle.color=never -f "$connect_pom" package
+    echo "$want_connect" >"$connect_stamp"
+    echo "fetch_jars: Kafka Connect and Debezium ready in $jars/connect ($(ls "$jars/connect" | wc -l) jars)"
+}
+
 if [[ "${1:-}" != "--force" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && have_jars; then
+    fetch_connect "${1:-}"
     exit 0
 fi
 
@@ -35,4 +54,5 @@ if ! have_jars; then
     exit 1
 fi
 echo "$want" >"$stamp"
+fetch_connect "${1:-}"
 echo "fetch_jars: jars ready in $jars ($(ls "$jars/kafka" | wc -l) broker jars, $(ls "$jars/flink" | wc -l) connector jar)"
