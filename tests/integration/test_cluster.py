@@ -8,14 +8,21 @@ distribution, on free loopback ports, in a temporary folder; the session Kafka b
   or in the dead letters, no raw PII, one DP release per window and group);
 - failure: the TaskManager JVM is killed by pid mid-stream, a new one is started, the job
   restores its last checkpoint, and the exactly-once sinks hold every record exactly once;
-- savepoint: stop with a savepoint, change a stateless masking parameter, resume: nothing lost.
+- savepoint: stop with a savepoint, change a stateless masking parameter, resume: nothing lost;
+- live DP: a job submitted with ``flink-anonymizer submit`` and left running releases every window
+  of the sample within window + watermark delay + allowed lateness + idle timeout (issue 19), and
+  ``flink-anonymizer status`` shows the records read and the DP operators' watermarks as times.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -219,3 +226,95 @@ def test_stop_with_savepoint_change_a_parameter_and_resume_loses_nothing(flink, 
     streets = [r.json()["address"]["street"] for r in masked
                if r.headers["policy_hash"] == changed.hash and "street" in r.json().get("address", {})]
     assert streets and set(streets) == {"[ADDRESS]"}
+
+
+CLI = str(Path(sys.executable).with_name("flink-anonymizer"))
+LIVE_WINDOW_S, LIVE_DELAY_S, LIVE_LATENESS_S, LIVE_IDLE_S = 30, 5, 0, 5
+LIVE_LINES = 5000  # about 250 s of the sample's event time: 9 windows
+#: timer ticks, the Kafka transaction committed at the next checkpoint, a shared 2-core machine
+LIVE_SLACK_S = 30
+
+
+def _cli(*args: str, timeout: float = 200) -> subprocess.CompletedProcess:
+    try:
+        done = subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flink-anonymizer {args[0]} did not end within {timeout:g} s")
+    assert done.returncode == 0, f"flink-anonymizer {args[0]} failed:\n{done.stderr[-3000:]}"
+    return done
+
+
+def _epoch_ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _event_times(lines: list[str]) -> list[int]:
+    """Event times of the well-formed lines, from the raw text."""
+    times = []
+    for line in lines:
+        try:
+            times.append(_epoch_ms(str(json.loads(line)["timestamp"])))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return times
+
+
+@pytest.mark.timeout(240)
+def test_a_submitted_job_left_running_releases_every_window_and_status_shows_its_watermarks(
+        flink, kafka_broker, keyring_ref, tmp_path):
+    topic = "cluster-live-dp"
+    document = json.loads(json.dumps(load_policy(POLICY).document))
+    document["source"]["topic"] = topic
+    document["source"]["watermark_delay"] = f"{LIVE_DELAY_S}s"
+    dp = document["views"]["aggregated"]
+    dp["sink"]["topic"] = f"{topic}.aggregated"
+    dp["differential_privacy"].update(window=f"{LIVE_WINDOW_S}s", idle_timeout=f"{LIVE_IDLE_S}s",
+                                      allowed_lateness=f"{LIVE_LATENESS_S}s")
+    document["views"] = {"aggregated": dp}
+    path = tmp_path / "live-dp.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    lines = _lines(SAMPLE)[:LIVE_LINES]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    times = _event_times(lines)
+    wanted = {ms - ms % (LIVE_WINDOW_S * 1000) for ms in times}
+    # one partition: the sample in its own order, so no window's records fall behind the watermark
+    ensure_topics(kafka_broker.bootstrap, [topic], partitions=1)
+    produced = produce_file(kafka_broker.bootstrap, topic, events)
+
+    # the real `flink run`, unbounded: nothing tells the job that the input has ended
+    submitted = _cli("submit", "--policy", str(path), "--bootstrap-servers", kafka_broker.bootstrap,
+                     "--keyring", keyring_ref, "--state-dir", str(flink.state_dir))
+    job_id = re.search(r"submitted job ([0-9a-f]{32})", submitted.stdout).group(1)
+    first_dp = "dp-bound-contributions[aggregated]"
+    try:
+        # the clock starts when the last event has reached the DP view: its watermark, as status shows it,
+        # is then the last event time less the watermark delay
+        deadline = time.monotonic() + 150
+        while (job_status(flink.rest_url, job_id)["watermarks"].get(first_dp) or 0) < max(times) - LIVE_DELAY_S * 1000 - 1:
+            assert time.monotonic() < deadline, "the sample did not reach the DP view within 150 s"
+            time.sleep(1)
+        bound = LIVE_WINDOW_S + LIVE_DELAY_S + LIVE_LATENESS_S + LIVE_IDLE_S + LIVE_SLACK_S
+        deadline = time.monotonic() + bound
+        while True:
+            releases = consume(kafka_broker.bootstrap, f"{topic}.aggregated", timeout=5)
+            if {_epoch_ms(r.json()["window_start"]) for r in releases} >= wanted or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        shown = _cli("status", job_id, "--state-dir", str(flink.state_dir), timeout=60).stdout
+        status = job_status(flink.rest_url, job_id)
+    finally:
+        cancel_job(flink.rest_url, job_id)
+    windows = Counter((r.json()["window_start"], r.json()["region"]) for r in releases)
+    assert {_epoch_ms(w) for w, _ in windows} == wanted, f"windows of the sample not released within {bound} s:\n{shown}"
+    assert max(windows.values()) == 1, "a window and group was released twice"
+    assert status["job"]["state"] == "RUNNING"
+    # status: the records read, whole operator names, and each DP operator's watermark as a time
+    assert status["source"] == produced
+    assert re.search(rf"source records read\s+{produced:,}\n", shown), shown
+    for operator in (first_dp, "dp-noisy-aggregate[aggregated]", "dp-budget-gate[aggregated]"):
+        mark = status["watermarks"][operator]
+        assert mark is not None and mark >= min(wanted), f"{operator}: watermark {mark}"
+        section = shown.split(f"  {operator}\n", 1)[1]
+        assert re.match(r"\s+watermark\s+20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\n", section), shown
+    assert "records in" in shown and "epsilon spent" in shown
