@@ -8,7 +8,7 @@ POLICY ?= conf/policies/customer-events.yaml
 SAMPLE := conf/samples/customer-events.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down cluster-up cluster-down submit demo-kafka clean help
+.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down cluster-up cluster-down submit demo-kafka cdc-demo clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ vault-down: $(STAMP) ## stop it
 
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
 	$(PY) -m flink_jobs.kafka_demo
+
+cdc-demo: $(STAMP) jars ## PostgreSQL, Kafka Connect + Debezium, the job on conf/policies/customers-cdc.yaml: views beside raw change events
+	$(PY) -m flink_jobs.cdc_demo
 
 BOOTSTRAP ?= 127.0.0.1:9092
 KEYRING ?= file:.local/dev-keyring.json

@@ -1,0 +1,106 @@
+"""Change data capture end to end from real parts: PostgreSQL, Kafka Connect with Debezium, the broker, the job.
+
+Debezium snapshots a seeded customers table, then streams an insert, an update and a delete (with
+its tombstone). The job runs conf/policies/customers-cdc.yaml on the change topic; every change
+must reach every view, with no raw identifier from `before` or `after` in any protected view, and
+the delete must stay a delete and the tombstone a tombstone, under the same view key as the row's
+earlier events.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flink_jobs.cdc_demo import NEW, POLICY, SEED, start_chain
+from flink_jobs.kafka_job import build_kafka_job, prepare_topics
+from flink_jobs.kafka_tools import consume
+from flink_jobs.policy import compile_policy
+from flink_jobs.startup_watch import local_rest_config
+from tests.pg_fixture import postgres_server  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+#: what Debezium writes for the scenario: a snapshot read per seeded row, then c, u, d and a tombstone
+EXPECTED = len(SEED) + 4
+
+
+@pytest.fixture
+def cdc_chain(postgres_server, kafka_broker):  # noqa: F811
+    folder = Path(tempfile.mkdtemp(prefix="anon-cdc-"))
+    chain = start_chain(postgres_server, kafka_broker.bootstrap, folder, database="shop_cdc", prefix="cdctest")
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+def _raw_identifiers() -> set[str]:
+    values = set()
+    for row in [*SEED, NEW]:
+        values.update(row[:5])  # customer id, name, email, ssn, phone
+    values.add("grace@navy.example.mil")
+    return values
+
+
+@pytest.mark.timeout(360)
+def test_debezium_changes_reach_every_view_protected_and_deletes_stay_deletes(cdc_chain, kafka_broker, keyring_ref):
+    document = yaml.safe_load(POLICY.read_text())
+    document["source"]["topic"] = cdc_chain.topic
+    for name, view in document["views"].items():
+        view["sink"]["topic"] = f"{cdc_chain.topic}.{name}"
+    policy = compile_policy(document, file="customers-cdc.yaml")
+    prepare_topics(kafka_broker.bootstrap, policy, create=True)
+    base, rest = local_rest_config()
+    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="at-least-once",
+                          checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
+                          group_id=f"cdc-{time.time_ns()}")
+    job = env.execute_async("cdc-debezium")
+    try:
+        cdc_chain.changes()
+        views: dict[str, list] = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            views = {name: consume(kafka_broker.bootstrap, view.topic, timeout=5, isolation="read_uncommitted")
+                     for name, view in policy.views.items()}
+            if all(len(records) >= EXPECTED for records in views.values()):
+                break
+            time.sleep(2)
+        raw = consume(kafka_broker.bootstrap, cdc_chain.topic, timeout=5)
+        dead = consume(kafka_broker.bootstrap, policy.dlq_topic, timeout=5)
+    finally:
+        job.cancel().result()
+
+    # Debezium wrote the scenario: snapshot reads, then an insert, an update, a delete and a tombstone
+    raw_ops = [json.loads(r.value)["op"] if r.value else None for r in raw]
+    assert raw_ops == ["r"] * len(SEED) + ["c", "u", "d", None]
+    assert not dead, [r.headers.get("reason") for r in dead]
+    secrets = _raw_identifiers()
+    for name, records in views.items():
+        assert len(records) == EXPECTED, f"{name}: {len(records)} of {EXPECTED} changes"
+        ops = [json.loads(r.value)["op"] if r.value else None for r in records]
+        assert ops == raw_ops, name
+        for record in records:
+            text = f"{record.key} {record.value}"
+            leaked = [s for s in secrets if s in text]
+            assert not leaked, f"{name} holds raw identifiers {leaked}"
+        update = json.loads(records[len(SEED) + 1].value)
+        assert update["before"] is not None and update["after"] is not None
+        assert update["before"]["customer_id"] == update["after"]["customer_id"]
+        assert update["before"]["customer_id"].startswith("cus_")
+        assert "query" not in update["source"] and update["source"]["table"] == "customers"
+        # the deleted row (the second seeded customer): snapshot read, delete and tombstone share one view key
+        snapshot, delete, tombstone = records[1], records[len(SEED) + 2], records[len(SEED) + 3]
+        assert json.loads(delete.value)["after"] is None and json.loads(delete.value)["before"] is not None
+        assert tombstone.value is None
+        assert snapshot.key == delete.key == tombstone.key and tombstone.key.startswith('{"id":"row_')
+    # the views differ by audience: support masks the email, analytics never has it
+    support = json.loads(views["support"][0].value)["after"]
+    analytics = json.loads(views["analytics"][0].value)["after"]
+    assert support["email"].endswith("@example.com") and "*" in support["email"]
+    assert "email" not in analytics and analytics["zip"].endswith("**")
