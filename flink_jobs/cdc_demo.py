@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     from flink_jobs.pg_local import LocalPostgres, free_port
     from flink_jobs.policy import load_policy
 
-    folder = Path(tempfile.mkdtemp(prefix="anon-cdc-"))  # under /tmp: the postgres user must reach it
-    server = LocalPostgres(folder / "pg", free_port(), durable=False)
+    folder = Path(tempfile.mkdtemp(prefix="anon-cdc-"))
+    # its own folder right under /tmp: run as root, the server runs as the postgres user, who must reach it
+    pg_folder = tempfile.mkdtemp(prefix="anon-cdc-pg-")
+    server = LocalPostgres(pg_folder, free_port(), durable=False)
     broker = chain = job = None
     try:
         print("starting PostgreSQL (wal_level=logical) and a Kafka broker ...", file=sys.stderr)
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(pg_folder, ignore_errors=True)
 
 
 def _show(value: str | None) -> str:
