@@ -288,6 +288,24 @@ def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str
     return _KeyPlan(params, range(first, last + 1)).keys(qis)
 
 
+def _finest_fixes_coarser(params: KAnonymityParams, first: int, last: int) -> bool:
+    """Whether a record's class at level ``first`` fixes its class at every level up to ``last``.
+
+    Ranges, grids, truncations, geohashes and dates nest by construction (the policy check
+    refuses a level that does not hold whole finer buckets). A category table need not: a value's
+    group in one column may not follow from its group in an earlier one.
+    """
+    for q, qi in enumerate(params.quasi_identifiers):
+        columns = sorted({params.path[level][q] for level in range(first, last + 1)})
+        groups = [qi.levels[i].arg for i in columns if qi.levels[i].kind == "group"]
+        for finer, coarser in zip(groups, groups[1:], strict=False):
+            seen: dict[str, str] = {}
+            for row in qi.groups.values():
+                if seen.setdefault(row[finer - 1], row[coarser - 1]) != row[coarser - 1]:
+                    return False
+    return True
+
+
 class _KeyPlan:
     """Builds a record's class keys at a run of levels, generalizing each value once per hierarchy step.
 
@@ -446,6 +464,8 @@ class Stage:
         self._plan = _KeyPlan(params, range(first, last + 1))
         # a record's class at the stage's finest and last level: all that a record of a released class needs
         self._ends = _KeyPlan(params, (first, last)) if last > first else self._plan
+        self._nested = _finest_fixes_coarser(params, first, last)
+        self._coarser: dict[str, tuple[str, ...]] = {}  # finest class -> its class at every level of the stage
 
     def partition_key(self, qis: Mapping[str, Any]) -> str:
         """The key of the stage's keyed state: the record's class at the stage's last level."""
@@ -454,6 +474,23 @@ class Stage:
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         """A record's class at each level of the stage, finest first; the last is its partition key."""
         return self._plan.keys(qis)
+
+    def all_keys(self, record: Staged, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """A record's class at every level of the stage, from its :meth:`end_keys` (or all of them already).
+
+        Hierarchies nest, so the finest class fixes every coarser one: the keys are computed once
+        per finest class and remembered (up to ``CACHE_LIMIT`` classes), not once per record.
+        """
+        if len(keys) == self.depth:
+            return keys
+        known = self._coarser.get(keys[0]) if self._nested else None
+        if known is None:
+            known = self._plan.keys(orjson.loads(record[QIS]))
+            if self._nested:
+                if len(self._coarser) >= CACHE_LIMIT:
+                    self._coarser.clear()
+                self._coarser[keys[0]] = known
+        return known
 
     def end_keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         """A record's class at the stage's finest level and its partition key: enough to pass a released class.
@@ -576,9 +613,7 @@ class Stage:
         finest = keys[0]
         if self._is_released(part, 0, finest, now):
             return [(record, self.first, finest)]
-        if len(keys) != self.depth:  # only its end keys (:meth:`end_keys`): count it at every level
-            keys = self._plan.keys(orjson.loads(record[QIS]))
-        self._add(part, record, keys)
+        self._add(part, record, self.all_keys(record, keys))
         if self._complete(part, 0, finest):
             return self._release(part, 0, finest, list(part.classes[0][finest][0]), now)
         return []
@@ -712,7 +747,7 @@ class LocalCascade:
 
     def _enter(self, record: Staged, number: int, qis: dict) -> None:
         stage = self.stages[number]
-        keys = stage.keys(qis)
+        keys = stage.end_keys(qis)  # as the Flink stage gets them; on_record counts a buffered one at every level
         key = keys[-1]
         part = self._partition(number, key)
         self._publish(stage.on_record(part, record, keys, self.now))
