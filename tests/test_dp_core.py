@@ -432,3 +432,13 @@ def test_local_aggregator_releases_each_window_once_when_the_watermark_passes_it
     rest = local.finish()
     assert [(g, start) for g, start, _, _ in rest] == [('["a"]', 60_000)]
     assert local.finish() == []  # nothing is released twice
+
+
+@pytest.mark.parametrize("subject", ["CUST1", "a\x1fb", 'q"uote'])  # plain; a separator; a JSON escape
+def test_when_a_contribution_is_encoded_then_it_decodes_with_the_subject_as_its_json_text(subject):
+    from operators.dp.core import BUCKETS, decode_contribution, encode_contribution
+
+    bucket, payload = encode_contribution(subject, '["us-east"]', '{"purchaseAmount":1.5}', 123)
+    subject_id, group, values, ts = decode_contribution(payload)
+    assert json.loads(subject_id) == subject and (group, values, ts) == ('["us-east"]', '{"purchaseAmount":1.5}', 123)
+    assert 0 <= bucket < BUCKETS and encode_contribution(subject, "[]", "{}", 0)[0] == bucket  # stable per subject

@@ -607,3 +607,29 @@ def test_when_a_partition_is_rebuilt_from_its_written_state_then_it_behaves_as_t
     assert stage.flush(restored, now) == stage.flush(kept, now)
 
 
+
+
+@pytest.mark.parametrize("key, subject", [
+    ("cus_1", "CUST1"),             # plain
+    ("", "a\x1fb\x1ec"),            # separators inside a raw subject travel JSON-encoded
+    (None, 'quote " and \\ back'),  # no key; JSON escapes
+])
+def test_when_a_staged_record_is_encoded_then_it_decodes_to_the_same_record_and_keys(key, subject):
+    from operators.k_anonymity import decode_staged, encode_staged
+
+    record = (key, '{"policy_id":"p"}', '{"x":1}', subject, '{"age":34}', 1_700_000_000_000, 1_700_000_000_500)
+    keys = ('[30,"152"]', '["*","15"]')
+    assert decode_staged(encode_staged(record, keys)) == (record, keys)
+
+
+def test_when_the_stager_stages_a_record_then_its_key_is_the_partition_and_its_keys_are_the_stage_ends():
+    from operators.k_anonymity import Stager, decode_staged
+
+    params = KAnonymityParams.from_policy({"k": 2, "quasi_identifiers": QIS, "max_delay": "10s"}, {})
+    qis = {"age": 34, "zip": "15222", "location": {"lat": 40.44, "lon": -80.02}}
+    partition, payload = Stager(params).stage_record("k", "{}", "{}", "s1", qis, 1000, 5000)
+    record, keys = decode_staged(payload)
+    stage = Stage(params, *params.stages[0])
+    assert keys == (stage.keys(qis)[0], stage.keys(qis)[-1]) and partition == keys[-1]
+    assert record[6] == 5000  # processing timing: entered at the wall clock, not the event time
+    assert stage.all_keys(record, keys) == stage.keys(qis)
