@@ -195,3 +195,27 @@ def _protect_row(tree: Any, row: dict, part: str, dropped: list[str]) -> dict:
     except TransformError as exc:
         # the reason names the row part and the column, never the value
         raise TransformError(f"{part}: {exc}") from None
+
+
+def subject_row_keys(records: list[tuple[str | None, str | None]], subject_field: str, protected: str) -> list[str]:
+    """The keys of a change-event view's rows whose ``before`` or ``after`` holds ``protected`` as the subject.
+
+    ``records`` are a view topic's (key, value) pairs in offset order; a row whose last record is
+    already a tombstone is gone and not listed. This is how ``forget`` finds what to tombstone in a
+    compacted CDC view, which is keyed by the row's key columns, not by the subject.
+    """
+    state: dict[str, bool] = {}  # key -> the row is the subject's and still there
+    for key, value in records:
+        if not key:
+            continue
+        if value is None:
+            state[key] = False
+            continue
+        try:
+            change = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        rows = [change.get(part) for part in ("before", "after")] if isinstance(change, dict) else []
+        if any(isinstance(row, dict) and row.get(subject_field) == protected for row in rows):
+            state[key] = True
+    return [key for key, live in state.items() if live]

@@ -116,6 +116,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         keys = [ViewKey(topic, None, "--topic", args.subject) for topic in args.topic]
         if args.policy:
             keys += view_keys(args.policy, keyring, args.subject, vault, resolve_reference(args.vault))
+            keys = change_view_keys(keys, args.policy, args.bootstrap_servers)
         result = vault.forget(args.subject)
     finally:
         vault.close()
@@ -209,6 +210,36 @@ def _view_key(view: Any, name: str, subject_field: str, subject: str, keyring: A
         # the reason names the transform and the field, never the value
         return ViewKey(view.topic, name, f"its key cannot be computed from the subject alone: {exc}", None)
     return ViewKey(view.topic, name, f"its {transform.name} of {subject_field}", str(key))
+
+
+def change_view_keys(keys: list[ViewKey], policy_file: str, bootstrap: str | None) -> list[ViewKey]:
+    """For a change-event policy (``debezium-json``), each view key of the subject becomes its rows' keys.
+
+    A CDC view is keyed by the row's key columns: the rows whose ``before`` or ``after`` holds the
+    subject's protected value are found in the view's topic, and each is tombstoned.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from flink_jobs.cdc import FORMAT, subject_row_keys
+    from flink_jobs.kafka_tools import DEFAULT_BOOTSTRAP, consume
+
+    document = yaml.safe_load(Path(policy_file).read_text()) or {}
+    if (document.get("source") or {}).get("format") != FORMAT:
+        return keys
+    subject_field = document.get("subject_field")
+    out = []
+    for key in keys:
+        if key.view is None or key.key is None:
+            out.append(key)
+            continue
+        records = consume(bootstrap or DEFAULT_BOOTSTRAP, key.topic, timeout=10)
+        rows = subject_row_keys([(r.key, r.value) for r in records], subject_field, key.key)
+        if not rows:
+            out.append(ViewKey(key.topic, key.view, "no live row of the subject in the view", None))
+        out += [ViewKey(key.topic, key.view, f"its row, found by {key.how}", row) for row in rows]
+    return out
 
 
 def write_tombstones(bootstrap: str, tombstones: list[tuple[str, str]], timeout: float = 30) -> None:

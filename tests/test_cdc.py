@@ -190,3 +190,21 @@ def test_parse_change_reads_a_snapshot_read_as_a_row():
     assert change.kind == "row" and change.op == "r" and change.key == {"id": 1}
     with pytest.raises(ChangeError):
         parse_change("42")
+
+
+def test_forget_finds_the_subjects_live_rows_in_a_change_view():
+    from flink_jobs.cdc import subject_row_keys
+
+    def change(subject_before, subject_after):
+        return json.dumps({"op": "u", "before": subject_before and {"customer_id": subject_before},
+                           "after": subject_after and {"customer_id": subject_after}})
+
+    records = [
+        ('{"id":"row_a"}', change(None, "cus_x")),   # the subject's row
+        ('{"id":"row_b"}', change(None, "cus_y")),   # another subject's row
+        ('{"id":"row_c"}', change(None, "cus_x")),   # the subject's second row ...
+        ('{"id":"row_c"}', None),                    # ... already deleted: its tombstone
+        ('{"id":"row_d"}', change("cus_x", "cus_z")),  # a row that moved from the subject to another
+        (None, change(None, "cus_x")),               # no key: nothing to tombstone
+    ]
+    assert subject_row_keys(records, "customer_id", "cus_x") == ['{"id":"row_a"}', '{"id":"row_d"}']

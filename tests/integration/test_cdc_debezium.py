@@ -19,7 +19,7 @@ import yaml
 
 from flink_jobs.cdc_demo import NEW, POLICY, SEED, start_chain
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
-from flink_jobs.kafka_tools import consume
+from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
 from flink_jobs.startup_watch import local_rest_config
 from tests.pg_fixture import postgres_server  # noqa: F401
@@ -49,12 +49,16 @@ def _raw_identifiers() -> set[str]:
 
 
 @pytest.mark.timeout(360)
-def test_debezium_changes_reach_every_view_protected_and_deletes_stay_deletes(cdc_chain, kafka_broker, keyring_ref):
+def test_debezium_changes_reach_every_view_protected_and_deletes_stay_deletes(cdc_chain, kafka_broker, keyring_ref,
+                                                                              tmp_path, capsys):
     document = yaml.safe_load(POLICY.read_text())
     document["source"]["topic"] = cdc_chain.topic
     for name, view in document["views"].items():
         view["sink"]["topic"] = f"{cdc_chain.topic}.{name}"
-    policy = compile_policy(document, file="customers-cdc.yaml")
+    policy_file = tmp_path / "customers-cdc.yaml"
+    policy_file.write_text(yaml.safe_dump(document))
+    policy = compile_policy(document, file=str(policy_file))
+    ensure_topics(kafka_broker.bootstrap, [v.topic for v in policy.views.values()], config={"cleanup.policy": "compact"})
     prepare_topics(kafka_broker.bootstrap, policy, create=True)
     base, rest = local_rest_config()
     env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="at-least-once",
@@ -104,3 +108,15 @@ def test_debezium_changes_reach_every_view_protected_and_deletes_stay_deletes(cd
     analytics = json.loads(views["analytics"][0].value)["after"]
     assert support["email"].endswith("@example.com") and "*" in support["email"]
     assert "email" not in analytics and analytics["zip"].endswith("**")
+
+    # forget the first customer: its row (snapshot read, then updated) is tombstoned in every compacted view
+    from flink_jobs.cli import main
+
+    assert main(["forget", SEED[0][0], "--policy", str(policy_file), "--keyring", keyring_ref,
+                 "--vault", f"sqlite:{tmp_path / 'vault.db'}", "--bootstrap-servers", kafka_broker.bootstrap]) == 0
+    out = capsys.readouterr().out
+    assert SEED[0][0] not in out and out.count("tombstone written") == len(policy.views)
+    for name, view in policy.views.items():
+        after = consume(kafka_broker.bootstrap, view.topic, timeout=10, isolation="read_uncommitted")
+        assert len(after) == EXPECTED + 1, name
+        assert after[-1].value is None and after[-1].key == views[name][0].key  # the first seeded row's key
