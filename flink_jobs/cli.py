@@ -24,7 +24,7 @@ KEYRING_ENV = "ANON_KEYRING"
 
 #: modules that add their own subcommands with ``register(subparsers)``, when present
 _EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault",
-               "flink_jobs.cli_cluster", "flink_jobs.cli_sql")
+               "flink_jobs.cli_cluster", "flink_jobs.cli_sql", "flink_jobs.cli_avro")
 
 
 class CliError(Exception):
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="SECONDS",
                      help="cancel the job and fail when an operator has not opened (or, on a bounded input, no "
                      f"record has moved) within SECONDS (default {DEFAULT_STARTUP_TIMEOUT_S:g})")
+    run.add_argument("--schema", metavar="FILE.avsc",
+                     help="the Avro schema of an avro source (source.format: avro); overrides source.schema")
     run.add_argument("--metrics-port", metavar="PORT[-PORT]",
                      help="serve Flink's metrics to Prometheus at http://HOST:PORT/metrics (a port, or a range "
                      "to take the first free one from)")
@@ -216,7 +218,14 @@ def cmd_transforms(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
     args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
-    policy = load_policy(args.policy, keyring=keyring)
+    if getattr(args, "schema", None):
+        from flink_jobs.cli_avro import load_policy_with_schema
+
+        policy = load_policy_with_schema(args.policy, args.schema, keyring=keyring)
+    else:
+        policy = load_policy(args.policy, keyring=keyring)
+    if not args.bootstrap_servers and policy.document["source"].get("format") == "avro":
+        raise CliError("an avro source is read from Kafka (--bootstrap-servers): JSON Lines files hold no Avro")
     if args.bootstrap_servers:
         from flink_jobs import kafka_job
 

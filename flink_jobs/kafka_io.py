@@ -64,6 +64,11 @@ _SINK_ROW_TYPE = Types.ROW_NAMED(
     ["k", "headers", "v"],
     [Types.STRING(), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())), Types.STRING()],
 )
+#: the same for a binary value (Avro): the value's bytes
+_SINK_ROW_TYPE_BYTES = Types.ROW_NAMED(
+    ["k", "headers", "v"],
+    [Types.STRING(), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
 _STARTS = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
 _DELIVERIES = {"exactly-once", "at-least-once"}
 # The broker caps transaction.timeout.ms at transaction.max.timeout.ms (15 min by default); the
@@ -123,6 +128,7 @@ def kafka_source(
     bounded: bool = False,
     properties: dict[str, str] | None = None,
     name: str | None = None,
+    binary: bool = False,
 ) -> DataStream:
     """A stream of the raw records of a Kafka topic.
 
@@ -155,7 +161,8 @@ def kafka_source(
         Records of :data:`SOURCE_TYPE`: ``("topic/partition/offset", key or None, value, timestamp_ms)``.
         Key and value are the record bytes decoded as UTF-8 (the ``raw`` format: never parsed,
         so a malformed JSON value arrives intact; bytes that are not UTF-8 become U+FFFD).
-        A tombstone's value is None.
+        A tombstone's value is None. With ``binary`` (Avro) the value's bytes arrive as Latin-1
+        text, one character per byte, so they cross every STRING channel of the job unchanged.
     """
     if start not in _STARTS:
         raise ValueError(f"start must be one of {', '.join(_STARTS)}, not {start!r}")
@@ -177,6 +184,7 @@ def kafka_source(
             `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
             `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
             `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL""",
+        value_type="BYTES" if binary else "STRING",
     )
     rows = t_env.to_data_stream(
         t_env.sql_query(
@@ -185,7 +193,8 @@ def kafka_source(
         )
     )
     # No SQL function turns a TIMESTAMP_LTZ into epoch milliseconds, so the Python map does it.
-    return rows.map(_source_row_to_tuple, output_type=SOURCE_TYPE).name(f"{name}-to-tuple").uid(f"{name}-to-tuple")
+    to_tuple = _source_row_to_tuple_binary if binary else _source_row_to_tuple
+    return rows.map(to_tuple, output_type=SOURCE_TYPE).name(f"{name}-to-tuple").uid(f"{name}-to-tuple")
 
 
 def kafka_sink(
@@ -199,6 +208,7 @@ def kafka_sink(
     statement_set: StatementSet,
     properties: dict[str, str] | None = None,
     name: str | None = None,
+    binary: bool = False,
 ) -> StatementSet:
     """Write a stream of ``(key, headers_json, value)`` to a Kafka topic, as an INSERT in a statement set.
 
@@ -244,8 +254,11 @@ def kafka_sink(
     if delivery == "exactly-once":
         options["sink.transactional-id-prefix"] = transactional_id_prefix
         options["properties.transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
-    _create_table(t_env, table, topic, bootstrap, options, properties, "`headers` MAP<STRING, BYTES> METADATA")
-    rows = stream.map(_sink_tuple_to_row, output_type=_SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
+    _create_table(t_env, table, topic, bootstrap, options, properties, "`headers` MAP<STRING, BYTES> METADATA",
+                  value_type="BYTES" if binary else "STRING")
+    # with binary (Avro), the value is Latin-1 text, one character per byte: written as those bytes
+    rows = stream.map(_sink_tuple_to_row_binary if binary else _sink_tuple_to_row,
+                      output_type=_SINK_ROW_TYPE_BYTES if binary else _SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
     # Physical columns first, then the writable metadata column, as the sink table declares them.
     statement_set.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
     return statement_set
@@ -255,6 +268,11 @@ def _source_row_to_tuple(row: Row) -> tuple[str, str, str, int]:
     # process mode cannot encode None in a STRING or LONG field: "" is "no key", -1 "no timestamp"
     timestamp = _epoch_ms(row[3])
     return row[0], row[1] or "", row[2] or "", -1 if timestamp is None else timestamp
+
+
+def _source_row_to_tuple_binary(row: Row) -> tuple[str, str, str, int]:
+    position, key, value, timestamp = _source_row_to_tuple(Row(row[0], row[1], None, row[3]))
+    return position, key, bytes(row[2]).decode("latin-1") if row[2] is not None else "", timestamp
 
 
 def _epoch_ms(ts: Any) -> int | None:
@@ -276,6 +294,11 @@ def _sink_tuple_to_row(record: tuple) -> Row:
             if v is not None:
                 hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
     return Row(k=key or None, headers=hdrs, v=value or None)  # "" is a tombstone (process mode has no None)
+
+
+def _sink_tuple_to_row_binary(record: tuple) -> Row:
+    row = _sink_tuple_to_row(record)
+    return Row(k=row.k, headers=row.headers, v=row.v.encode("latin-1") if row.v else None)
 
 
 def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:
@@ -308,6 +331,7 @@ def _create_table(
     options: dict[str, str],
     properties: dict[str, str] | None,
     metadata_columns: str,
+    value_type: str = "STRING",
 ) -> None:
     """``CREATE TEMPORARY TABLE`` of a Kafka topic: raw key ``k``, raw value ``v``, then `metadata_columns`.
 
@@ -329,7 +353,7 @@ def _create_table(
     t_env.execute_sql(
         f"""CREATE TEMPORARY TABLE `{table}` (
             `k` STRING,
-            `v` STRING,
+            `v` {value_type},
             {metadata_columns}
         ) WITH ({_with(options)})"""
     )

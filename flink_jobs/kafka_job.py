@@ -24,10 +24,10 @@ class KafkaInput:
     """The policy's raw topic, read as raw strings so malformed records still arrive."""
 
     def __init__(self, t_env: Any, *, bootstrap: str, topic: str, group_id: str, start: str,
-                 read_committed: bool, bounded: bool) -> None:
+                 read_committed: bool, bounded: bool, binary: bool = False) -> None:
         self.t_env = t_env
         self.settings = dict(bootstrap=bootstrap, topic=topic, group_id=group_id, start=start,
-                             read_committed=read_committed, bounded=bounded)
+                             read_committed=read_committed, bounded=bounded, binary=binary)
 
     def open_source(self, env: Any) -> Any:
         # shape: (position "topic/partition/offset", key, raw value, Kafka timestamp ms)
@@ -42,6 +42,10 @@ class KafkaOutput:
         self.bootstrap = bootstrap
         self.delivery = delivery
         self.prefix = f"anon-{policy.id}"
+        # Avro channels carry bytes: the avro views, and the dead letters of an avro source (raw bytes kept)
+        avro_source = policy.document["source"].get("format") == "avro"
+        self.binary = {DLQ: avro_source} | {name: (v.get("sink") or {}).get("format") == "avro"
+                                            for name, v in policy.document["views"].items()}
         self.statement_set = t_env.create_statement_set()
 
     encodes_lines = False
@@ -49,7 +53,7 @@ class KafkaOutput:
     def write(self, stream: Any, channel: str, topic: str, *, encoded: bool = False) -> None:
         kafka_sink(self.t_env, stream, bootstrap=self.bootstrap, topic=topic, delivery=self.delivery,
                    transactional_id_prefix=f"{self.prefix}-{channel}", statement_set=self.statement_set,
-                   name=f"sink-{channel}")
+                   name=f"sink-{channel}", binary=self.binary.get(channel, False))
 
     def finish(self) -> None:
         # a statement set nobody attaches is dropped silently: attach it before execute()
@@ -87,7 +91,8 @@ def build_kafka_job(policy: Policy, keyring_ref: str, *, bootstrap: str, deliver
     t_env = StreamTableEnvironment.create(env)
     source = KafkaInput(t_env, bootstrap=bootstrap, topic=policy.source_topic,
                         group_id=group_id or f"flink-anonymizer-{policy.id}", start=start,
-                        read_committed=True, bounded=bounded)
+                        read_committed=True, bounded=bounded,
+                        binary=policy.document["source"].get("format") == "avro")
     sinks = KafkaOutput(t_env, bootstrap=bootstrap, delivery=delivery, policy=policy)
     build(env, policy, source, sinks, options)
     sinks.finish()

@@ -26,9 +26,9 @@ from udfs.registry import ParamError, Transform
 
 TOP_LEVEL_KEYS = ("version", "id", "description", "source", "subject_field", "views", "plugins", "delivery")
 SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay",
-               "schema_changes")
+               "schema_changes", "schema")
 VIEW_KEYS = ("description", "sink", "fields", "k_anonymity", "differential_privacy", "shuffle")
-SINK_KEYS = ("topic", "compacted")
+SINK_KEYS = ("topic", "compacted", "format")
 DELIVERY_MODES = ("exactly-once", "at-least-once")
 
 
@@ -146,12 +146,15 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
     topic = source.get("topic")
     if not isinstance(topic, str) or not topic:
         problems.append(Problem("source.topic", "missing", "the raw topic's name"))
-    if source.get("format", "json") == "debezium-json":
+    if source.get("format", "json") == "avro":
+        pass  # checked with the views below, against its schema (flink_jobs/avro_format.py)
+    elif source.get("format", "json") == "debezium-json":
         from flink_jobs.cdc import check_source
 
         problems.extend(Problem(*problem) for problem in check_source(source, doc.get("views")))
     elif source.get("format", "json") != "json":
-        problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}", "json, debezium-json"))
+        problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}",
+                                "json, debezium-json, avro"))
     timestamp_field = source.get("timestamp_field")
     if not isinstance(timestamp_field, str) or not timestamp_field:
         problems.append(Problem("source.timestamp_field", "missing", "the field holding the event time (ISO-8601)"))
@@ -180,6 +183,11 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
         if view is not None:
             views[str(name)] = view
 
+    if source.get("format") == "avro" or any(isinstance(v, dict) and isinstance(v.get("sink"), dict)
+                                             and "format" in v["sink"] for v in raw_views.values()):
+        from flink_jobs.avro_format import check_policy
+
+        problems.extend(Problem(*problem) for problem in check_policy(doc, views, file))
     if problems:
         raise PolicyError(file, problems)
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from flink_jobs.avro_format import AvroError
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
 from udfs.keyring import Keyring
 from udfs.record import apply_view
@@ -94,6 +95,15 @@ class Protector:
             self.cdc = ChangeProtector([(n, tree, self._view_headers[n]) for n, tree in self._record_views],
                                        policy.document["source"].get("schema_changes", "dead_letter"))
 
+        # Avro in the Confluent wire format (flink_jobs/avro_format.py): the source's records, the avro views'
+        self.avro = None
+        if policy.document["source"].get("format") == "avro" or any(
+                (v.get("sink") or {}).get("format") == "avro" for v in policy.document["views"].values()):
+            from flink_jobs.avro_format import avro_views, codec_for
+
+            self.avro = codec_for(policy.document, policy.views)
+            self._avro_views = set(avro_views(policy.document))
+
     def view_headers(self, view: str) -> str:
         return self._view_headers[view]
 
@@ -107,9 +117,11 @@ class Protector:
         if not raw.strip(BLANK):
             return []
         try:
-            record = orjson.loads(raw)
+            record = orjson.loads(raw) if self.avro is None else self.avro.decode(raw)
         except orjson.JSONDecodeError:
             return [self._dead(position, key, raw, "invalid_json")]
+        except AvroError as exc:  # its message is the reason, never a value
+            return [self._dead(position, key, raw, str(exc))]
         if not isinstance(record, dict):
             return [self._dead(position, key, raw, "not_an_object")]
         for name in self._required:
@@ -125,8 +137,9 @@ class Protector:
             for name, tree in self._record_views:
                 dropped: list[str] = []
                 protected = apply_view(tree, record, dropped)
-                out.append(Routed(name, (self._view_key(protected), self._view_headers[name],
-                                         orjson.dumps(protected).decode())))
+                value = (self.avro.encode_view(name, protected) if self.avro and name in self._avro_views
+                         else orjson.dumps(protected).decode())
+                out.append(Routed(name, (self._view_key(protected), self._view_headers[name], value)))
                 drops.append((name, dropped))
             for name, view in self._kanon_views:
                 dropped = []
@@ -135,7 +148,7 @@ class Protector:
                 drops.append((name, [d for d in dropped if d.split(".")[0] not in consumed]))
             for name, view in self._dp_views:
                 out.append(Routed(name, self._dp_input(view, record, event_ms)))
-        except TransformError as exc:
+        except (TransformError, AvroError) as exc:  # AvroError: a view's record its schema refuses
             return [self._dead(position, key, raw, str(exc))]
         for name, dropped in drops:
             if dropped:

@@ -150,7 +150,8 @@ def test_when_source_is_missing_then_refused():
 
 def test_when_a_source_key_is_unknown_then_refused():
     assert only_problem(doc(source={**BASE["source"], "partitions": 3})) == Problem(
-        "source.partitions", "unknown key", "topic, format, timestamp_field, required_fields, key_field, watermark_delay")
+        "source.partitions", "unknown key",
+        "topic, format, timestamp_field, required_fields, key_field, watermark_delay, schema_changes, schema")
 
 
 def test_when_source_topic_is_missing_then_refused():
@@ -158,9 +159,9 @@ def test_when_source_topic_is_missing_then_refused():
         "source.topic", "missing", "the raw topic's name")
 
 
-def test_when_source_format_is_not_json_then_refused():
-    assert only_problem(doc(source={**BASE["source"], "format": "avro"})) == Problem(
-        "source.format", "unsupported format 'avro'", "json")
+def test_when_source_format_is_unknown_then_refused():
+    assert only_problem(doc(source={**BASE["source"], "format": "protobuf"})) == Problem(
+        "source.format", "unsupported format 'protobuf'", "json, debezium-json, avro")
 
 
 def test_when_timestamp_field_is_missing_then_refused():
@@ -218,7 +219,7 @@ def test_when_a_view_key_is_unknown_then_refused():
 def test_when_a_sink_key_is_unknown_then_refused():
     bad = doc()
     bad["views"]["masked"]["sink"]["partitions"] = 3
-    assert only_problem(bad) == Problem("views.masked.sink.partitions", "unknown key", "topic, compacted")
+    assert only_problem(bad) == Problem("views.masked.sink.partitions", "unknown key", "topic, compacted, format")
 
 
 def test_when_a_sink_has_no_topic_then_refused():

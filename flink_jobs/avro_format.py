@@ -1,0 +1,326 @@
+"""Avro in the Confluent wire format (``source.format: avro``, a view's ``sink.format: avro``), in plain Python.
+
+A record is a magic byte 0, a 4-byte big-endian schema id, then the Avro binary body
+(fastavro's schemaless encoding). Schemas come from one seam, a :class:`SchemaStore`:
+
+- ``file:PATH.avsc`` (:class:`FileSchemaStore`): the source's schema from a file (``--schema``),
+  and each view's schema derived from it. A schema's id is the first 31 bits of the SHA-256 of its
+  parsing canonical form, so a reader holding the ``.avsc`` files finds the same ids
+  (``flink-anonymizer avro-schemas`` writes them, one ``<topic>-value.avsc`` per view).
+- a Confluent-compatible registry (``http://...``) slots in behind the same three methods; none is
+  wired here, because no registry runs on this machine (Apicurio Registry's app cannot be resolved
+  from Maven Central here: see README).
+
+A view's schema is the source's with the columns the view drops left out and the types its
+transforms change: a kept column keeps its type, any other transform publishes a string (a masked
+integer becomes a string, a generalized age the string ``"20-39"``). Every view field is nullable.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any, Protocol
+
+MAGIC = 0
+FORMATS = ("json", "avro")
+#: transforms whose output keeps the column's own type
+_KEEPS = ("keep", "keep.integer", "keep.number", "keep.string")
+_DROPS = ("drop",)
+
+
+class AvroError(ValueError):
+    """A record that cannot be read or written; the message is a dead-letter reason, never a value."""
+
+
+class SchemaStore(Protocol):
+    """Where schemas live: ids to schemas, and each subject's latest."""
+
+    def by_id(self, schema_id: int) -> dict | None: ...
+
+    def register(self, subject: str, schema: dict) -> int: ...
+
+    def latest(self, subject: str) -> tuple[int, dict] | None: ...
+
+
+def _parse(schema: dict) -> Any:
+    from fastavro import parse_schema
+
+    return parse_schema(copy.deepcopy(schema))
+
+
+def schema_id(schema: dict) -> int:
+    """A stable id for ``schema``: the first 31 bits of the SHA-256 of its parsing canonical form."""
+    from fastavro.schema import to_parsing_canonical_form
+
+    canonical = to_parsing_canonical_form(_parse(schema))
+    return int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+class FileSchemaStore:
+    """Schemas from ``.avsc`` files; ids derived from the schemas themselves (see :func:`schema_id`)."""
+
+    def __init__(self, source_schema: Path, source_subject: str) -> None:
+        self._by_id: dict[int, dict] = {}
+        self._latest: dict[str, int] = {}
+        try:
+            schema = json.loads(Path(source_schema).read_text())
+        except (OSError, ValueError) as exc:
+            raise AvroError(f"cannot read the Avro schema {source_schema}: {exc.__class__.__name__}") from None
+        self.register(source_subject, schema)
+
+    def by_id(self, schema_id: int) -> dict | None:
+        return self._by_id.get(schema_id)
+
+    def register(self, subject: str, schema: dict) -> int:
+        sid = schema_id(schema)
+        self._by_id[sid] = schema
+        self._latest[subject] = sid
+        return sid
+
+    def latest(self, subject: str) -> tuple[int, dict] | None:
+        sid = self._latest.get(subject)
+        return None if sid is None else (sid, self._by_id[sid])
+
+
+def open_store(reference: str, source_subject: str) -> SchemaStore:
+    """The seam: ``file:PATH.avsc`` (or a bare path) is a :class:`FileSchemaStore`."""
+    if reference.startswith(("http://", "https://")):
+        raise AvroError("a schema registry URL is not supported here: pass the source schema as a file "
+                        "(--schema FILE.avsc, or source.schema: file:PATH.avsc)")
+    return FileSchemaStore(Path(reference.removeprefix("file:")), source_subject)
+
+
+def encode(record: dict, sid: int, parsed: Any) -> bytes:
+    """Confluent framing around fastavro's schemaless binary encoding."""
+    from fastavro import schemaless_writer
+
+    out = io.BytesIO()
+    out.write(struct.pack(">bI", MAGIC, sid))
+    try:
+        schemaless_writer(out, parsed, record)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # fastavro's message may quote the datum: name the problem's kind only
+        raise AvroError(f"schema_mismatch: the record does not match its schema ({exc.__class__.__name__})") from None
+    return out.getvalue()
+
+
+def split_frame(data: bytes) -> tuple[int, bytes]:
+    """(schema id, Avro body) of a Confluent-framed record."""
+    if len(data) < 5 or data[0] != MAGIC:
+        raise AvroError("not_avro: no Confluent magic byte and schema id")
+    return struct.unpack(">I", data[1:5])[0], data[5:]
+
+
+class AvroCodec:
+    """Decode source records and encode view records, with schemas from a :class:`SchemaStore`.
+
+    Kafka hands binary values over as Latin-1 text (one character per byte, lossless), the
+    shape every channel of the job carries; :meth:`decode` and :meth:`encode_view` speak that.
+    """
+
+    def __init__(self, store: SchemaStore, source_subject: str) -> None:
+        self.store = store
+        latest = store.latest(source_subject)
+        if latest is None:
+            raise AvroError(f"no schema registered under {source_subject}")
+        self.source_schema = latest[1]
+        self._readers: dict[int, Any] = {}
+        self._views: dict[str, tuple[int, Any]] = {}
+
+    def add_view(self, view: str, subject: str, schema: dict) -> int:
+        sid = self.store.register(subject, schema)
+        self._views[view] = (sid, _parse(schema))
+        return sid
+
+    def decode(self, raw: str) -> dict:
+        from fastavro import schemaless_reader
+
+        data = raw.encode("latin-1")
+        sid, body = split_frame(data)
+        parsed = self._readers.get(sid)
+        if parsed is None:
+            schema = self.store.by_id(sid)
+            if schema is None:
+                raise AvroError(f"unknown_schema_id {sid}")
+            parsed = self._readers[sid] = _parse(schema)
+        try:
+            stream = io.BytesIO(body)
+            record = schemaless_reader(stream, parsed, None)
+            if stream.tell() != len(body):
+                raise ValueError("trailing bytes")
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on bad bytes
+            raise AvroError(f"schema_mismatch: the body does not match schema {sid} ({exc.__class__.__name__})") from None
+        if not isinstance(record, dict):
+            raise AvroError("not_an_object: the schema is not a record")
+        return record
+
+    def encode_view(self, view: str, record: dict) -> str:
+        sid, parsed = self._views[view]
+        return encode(record, sid, parsed).decode("latin-1")
+
+
+# -- view schemas ---------------------------------------------------------------------------------
+
+def _nullable(avro_type: Any) -> list:
+    types = avro_type if isinstance(avro_type, list) else [avro_type]
+    return ["null", *[t for t in types if t != "null"]]
+
+
+def _record_of(avro_type: Any) -> dict | None:
+    types = avro_type if isinstance(avro_type, list) else [avro_type]
+    return next((t for t in types if isinstance(t, dict) and t.get("type") == "record"), None)
+
+
+def _array_of(avro_type: Any) -> dict | None:
+    types = avro_type if isinstance(avro_type, list) else [avro_type]
+    return next((t for t in types if isinstance(t, dict) and t.get("type") == "array"), None)
+
+
+def view_schema(source: dict, tree: Any, name: str, namespace: str = "flink_anonymizer") -> dict:
+    """The schema of a view's records: only the columns the view names, each typed by its transform."""
+    return {"type": "record", "name": name, "namespace": namespace,
+            "fields": _fields(source, tree, name)}
+
+
+def _fields(record: dict, node: Any, prefix: str) -> list[dict]:
+    from udfs.record import ArrayOf, Leaf
+
+    by_name = {f["name"]: f for f in record.get("fields", [])}
+    fields = []
+    for child_name, child in node.children.items():
+        source_field = by_name.get(child_name)
+        if source_field is None:
+            continue  # check_paths reports it
+        out_type = _child_type(source_field["type"], child, f"{prefix}_{child_name}", Leaf, ArrayOf)
+        if out_type is not None:
+            fields.append({"name": child_name, "type": _nullable(out_type), "default": None})
+    return fields
+
+
+def _child_type(avro_type: Any, child: Any, name: str, leaf_cls: Any, array_cls: Any) -> Any:
+    if isinstance(child, leaf_cls):
+        transform = child.transform.name
+        if transform in _DROPS:
+            return None
+        if transform in _KEEPS:
+            return avro_type
+        if transform == "null":
+            return "null"
+        return "string"
+    if isinstance(child, array_cls):
+        array = _array_of(avro_type)
+        item = _child_type(array["items"], child.item, name, leaf_cls, array_cls) if array else "string"
+        return {"type": "array", "items": item if item is not None else "null"}
+    record = _record_of(avro_type)
+    return {"type": "record", "name": name, "fields": _fields(record or {}, child, name)}
+
+
+def check_paths(source: dict, views: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every view field path that the source schema does not have, as (path, problem, allowed)."""
+    from udfs.record import ArrayOf, Leaf
+
+    problems = []
+
+    def walk(record: dict | None, node: Any, where: str, path: str) -> None:
+        by_name = {f["name"]: f for f in (record or {}).get("fields", [])}
+        for child_name, child in node.children.items():
+            here = f"{path}.{child_name}" if path else child_name
+            field = by_name.get(child_name)
+            if field is None:
+                problems.append((f"{where}.{here}", f"not in the source schema {source.get('name', '?')}",
+                                 "one of its fields: " + ", ".join(by_name) if by_name else "a record field"))
+                continue
+            inner = child.item if isinstance(child, ArrayOf) else child
+            if isinstance(inner, Leaf):
+                continue
+            target = field["type"]
+            if isinstance(child, ArrayOf):
+                array = _array_of(target)
+                target = array["items"] if array else None
+            walk(_record_of(target), inner, where, here + ("[*]" if isinstance(child, ArrayOf) else ""))
+
+    for view_name, view in views.items():
+        if view.tree is not None:
+            walk(source, view.tree, f"views.{view_name}.fields", "")
+    return problems
+
+
+def source_subject(doc: dict) -> str:
+    return f"{(doc.get('source') or {}).get('topic')}-value"
+
+
+def view_subject(doc: dict, view: str) -> str:
+    return f"{doc['views'][view]['sink'].get('topic')}-value"
+
+
+def avro_views(doc: dict) -> list[str]:
+    """The views whose sink format is avro."""
+    return [name for name, view in (doc.get("views") or {}).items()
+            if isinstance(view, dict) and (view.get("sink") or {}).get("format") == "avro"]
+
+
+def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str, str, str]]:
+    """Problems of an Avro source or Avro sinks: formats, the schema reference, and every field path.
+
+    A relative ``source.schema`` path is resolved against the policy's folder, in ``doc`` itself,
+    so the workers read the same file.
+    """
+    problems = []
+    source = doc.get("source") or {}
+    for name, raw in (doc.get("views") or {}).items():
+        fmt = ((raw or {}).get("sink") or {}).get("format", "json") if isinstance(raw, dict) else "json"
+        if fmt not in FORMATS:
+            problems.append((f"views.{name}.sink.format", f"unknown format {fmt!r}", ", ".join(FORMATS)))
+        elif fmt == "avro":
+            view = views.get(name)
+            if view is not None and not view.is_record_view or (view is not None and view.k_anonymity):
+                problems.append((f"views.{name}.sink.format", "avro is for record views (fields) only",
+                                 "json for k-anonymity and differential privacy views"))
+            if source.get("format") != "avro":
+                problems.append((f"views.{name}.sink.format", "an avro view derives its schema from an avro source",
+                                 "source.format: avro with source.schema, or json"))
+    if source.get("format") != "avro":
+        return problems
+    reference = source.get("schema")
+    if not isinstance(reference, str) or not reference:
+        problems.append(("source.schema", "missing: an avro source needs its schema",
+                         "file:PATH.avsc (relative to the policy), or --schema FILE.avsc"))
+        return problems
+    if not reference.startswith(("http://", "https://")):
+        path = Path(reference.removeprefix("file:"))
+        if not path.is_absolute() and file and not file.startswith("<"):
+            path = Path(file).resolve().parent / path
+        source["schema"] = reference = f"file:{path.resolve()}"
+    try:
+        store = open_store(reference, source_subject(doc))
+    except AvroError as exc:
+        problems.append(("source.schema", str(exc), "a readable .avsc file"))
+        return problems
+    schema = store.latest(source_subject(doc))[1]
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        problems.append(("source.schema", "the schema is not a record", "an Avro record schema"))
+        return problems
+    try:
+        _parse(schema)
+    except Exception as exc:  # noqa: BLE001 - fastavro's SchemaParseError and friends
+        problems.append(("source.schema", f"not a valid Avro schema ({exc})", "an Avro record schema"))
+        return problems
+    problems.extend(check_paths(schema, views))
+    return problems
+
+
+def codec_for(doc: dict, views: dict[str, Any]) -> AvroCodec | None:
+    """The job's codec (None without Avro): the source schema, and each avro view's schema registered."""
+    source = doc.get("source") or {}
+    if source.get("format") != "avro":
+        return None
+    subject = source_subject(doc)
+    codec = AvroCodec(open_store(source["schema"], subject), subject)
+    for name in avro_views(doc):
+        codec.add_view(name, view_subject(doc, name), view_schema(codec.source_schema, views[name].tree, name))
+    return codec
