@@ -209,6 +209,7 @@ def kafka_sink(
     properties: dict[str, str] | None = None,
     name: str | None = None,
     binary: bool = False,
+    rows_ready: bool = False,
 ) -> StatementSet:
     """Write a stream of ``(key, headers_json, value)`` to a Kafka topic, as an INSERT in a statement set.
 
@@ -238,6 +239,11 @@ def kafka_sink(
         Extra Kafka producer properties, without the ``properties.`` prefix.
     name : str, optional
         Base for the table name, operator name and uid (default: ``kafka-sink-<topic>``).
+    binary : bool
+        The value is bytes (Avro), carried as Latin-1 text.
+    rows_ready : bool
+        `stream` already holds the table's rows (:func:`sink_row`, typed :func:`sink_row_type`), as
+        the job's protect operator emits them: the sink adds no Python step of its own.
 
     Returns
     -------
@@ -256,9 +262,13 @@ def kafka_sink(
         options["properties.transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
     _create_table(t_env, table, topic, bootstrap, options, properties, "`headers` MAP<STRING, BYTES> METADATA",
                   value_type="BYTES" if binary else "STRING")
-    # with binary (Avro), the value is Latin-1 text, one character per byte: written as those bytes
-    rows = stream.map(_sink_tuple_to_row_binary if binary else _sink_tuple_to_row,
-                      output_type=_SINK_ROW_TYPE_BYTES if binary else _SINK_ROW_TYPE).name(f"{name}-to-row").uid(f"{name}-to-row")
+    if rows_ready and not binary:
+        rows = stream  # already the table's rows (:func:`sink_row`): no Python step here
+    else:
+        # with binary (Avro), the value is Latin-1 text, one character per byte: written as those bytes
+        rows = stream.map(_sink_tuple_to_row_binary if binary else _sink_tuple_to_row,
+                          output_type=_SINK_ROW_TYPE_BYTES if binary else _SINK_ROW_TYPE).name(
+                              f"{name}-to-row").uid(f"{name}-to-row")
     # Physical columns first, then the writable metadata column, as the sink table declares them.
     statement_set.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
     return statement_set
@@ -286,14 +296,34 @@ def _epoch_ms(ts: Any) -> int | None:
     return int(ts.timestamp() * 1000)
 
 
-def _sink_tuple_to_row(record: tuple) -> Row:
-    key, headers, value = record
-    hdrs: dict[str, bytes] = {}
-    if headers:
-        for k, v in json.loads(headers).items():
+def sink_row_type() -> Any:
+    """``Row(k, headers, v)``: what a Kafka sink table takes (made fresh: a used type info holds a JVM handle)."""
+    return Types.ROW_NAMED(
+        ["k", "headers", "v"],
+        [Types.STRING(), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())), Types.STRING()],
+    )
+
+
+#: headers JSON -> Kafka headers; a view's headers repeat on every record, a dead letter's do not
+_HEADERS: dict[str, dict[str, bytes]] = {}
+_HEADERS_LIMIT = 1024
+
+
+def sink_row(key: str | None, headers: str | None, value: str | None) -> Row:
+    """A ``(key, headers JSON, value)`` record as the Kafka sink table's row ("" is no key, or a tombstone)."""
+    hdrs = _HEADERS.get(headers or "")
+    if hdrs is None:
+        hdrs = {}
+        for k, v in (json.loads(headers) if headers else {}).items():
             if v is not None:
                 hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
+        if len(_HEADERS) < _HEADERS_LIMIT:
+            _HEADERS[headers or ""] = hdrs
     return Row(k=key or None, headers=hdrs, v=value or None)  # "" is a tombstone (process mode has no None)
+
+
+def _sink_tuple_to_row(record: tuple) -> Row:
+    return sink_row(*record)
 
 
 def _sink_tuple_to_row_binary(record: tuple) -> Row:

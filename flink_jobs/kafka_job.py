@@ -50,10 +50,14 @@ class KafkaOutput:
 
     encodes_lines = False
 
+    def takes_rows(self, channel: str) -> bool:
+        """Whether the protect operator may hand this channel's records over as the sink table's rows."""
+        return not self.binary.get(channel, False)
+
     def write(self, stream: Any, channel: str, topic: str, *, encoded: bool = False) -> None:
         kafka_sink(self.t_env, stream, bootstrap=self.bootstrap, topic=topic, delivery=self.delivery,
                    transactional_id_prefix=f"{self.prefix}-{channel}", statement_set=self.statement_set,
-                   name=f"sink-{channel}", binary=self.binary.get(channel, False))
+                   name=f"sink-{channel}", binary=self.binary.get(channel, False), rows_ready=encoded)
 
     def finish(self) -> None:
         # a statement set nobody attaches is dropped silently: attach it before execute()

@@ -40,6 +40,7 @@ from pyflink.datastream.connectors.file_system import (
     StreamFormat,
 )
 
+from flink_jobs.kafka_io import sink_row, sink_row_type
 from flink_jobs.metrics import ProtectMetrics
 from flink_jobs.policy import Policy
 from flink_jobs.protect import BLANK, DLQ, Protector
@@ -81,20 +82,25 @@ def kanon_event_type() -> Any:
     return Types.TUPLE([kanon_type(), Types.LONG()])
 
 
-_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "kanon": kanon_type, "kanon-event": kanon_event_type,
-                  "dp": dp_type}
+_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "row": sink_row_type, "kanon": kanon_type,
+                  "kanon-event": kanon_event_type, "dp": dp_type}
 
 
-def channel_kinds(policy: Policy, lines: bool = False) -> dict[str, str]:
+def channel_kinds(policy: Policy, lines: bool = False, rows: Any = None) -> dict[str, str]:
     """Each output channel of the protect operator and the shape of its records.
 
     With ``lines`` the record channels carry finished JSON Lines, for a sink that writes them
-    as they are: one Python step fewer per record than a separate encoding map.
+    as they are; with ``rows`` (a sink's ``takes_rows(channel)``), a channel it accepts carries
+    the Kafka sink table's rows. Either way one Python step fewer per record than a separate
+    encoding map.
     """
-    record = "line" if lines else "record"
-    kinds = {DLQ: record}
+
+    def record(channel: str) -> str:
+        return "line" if lines else "row" if rows is not None and rows(channel) else "record"
+
+    kinds = {DLQ: record(DLQ)}
     for name, view in policy.views.items():
-        kinds[name] = ("dp" if view.differential_privacy else record if not view.k_anonymity
+        kinds[name] = ("dp" if view.differential_privacy else record(name) if not view.k_anonymity
                        else "kanon-event" if view.k_anonymity.timing == "event" else "kanon")
         if view.shuffle:
             kinds[name] = "record"  # the shuffle operator takes (key, headers, value) tuples
@@ -305,23 +311,26 @@ class FileOutput:
         lines.sink_to(sink).name(f"sink-{channel}").uid(f"sink-{channel}")
 
 
-_KEYED, _TIMED = "keyed", "timed"  # how a k-anonymity and a DP channel leave the protect operator
+# how a Kafka record channel, a k-anonymity and a DP channel leave the protect operator
+_ROW, _KEYED, _TIMED = "row", "keyed", "timed"
+#: the channel kinds a sink writes as they come (``encoded=True``)
+_ENCODED = ("line", "row")
 
 
 class ProtectFunction(ProcessFunction):
     """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
 
-    def __init__(self, policy: Policy, options: JobOptions, lines: bool = False) -> None:
+    def __init__(self, policy: Policy, options: JobOptions, kinds: dict[str, str]) -> None:
         self.protector = Protector(policy.document, policy.file)
         self.keyring_ref = options.keyring_ref
         self.stats_dir = options.stats_dir
-        self.kinds = channel_kinds(policy, lines)
+        self.kinds = kinds  # channel -> its shape (channel_kinds)
 
     def open(self, runtime_context: Any) -> None:
         self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
         # channel -> None (emit the tuple), _KEYED / _TIMED (emit the keyed or timestamped Row), or
         # whether its value is JSON (emit a finished line)
-        shapes = {"line": None, "record": None, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
+        shapes = {"line": None, "record": None, "row": _ROW, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
         self.encode = {c: (c != DLQ if kind == "line" else shapes[kind]) for c, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
         self.subtask = subtask_index(runtime_context)
@@ -349,6 +358,8 @@ class ProtectFunction(ProcessFunction):
             shape = self.encode[channel]
             if shape is None:
                 yield self.tags[channel], routed.value
+            elif shape is _ROW:
+                yield self.tags[channel], sink_row(*routed.value)
             elif shape is _KEYED:
                 key, payload, _ = routed.value
                 yield self.tags[channel], Row(key, payload)
@@ -388,18 +399,19 @@ class ProtectFunction(ProcessFunction):
 def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks: Sinks, options: JobOptions) -> None:
     """Wire the protect_stream graph for ``policy`` into ``env``."""
     lines = getattr(sinks, "encodes_lines", False)
-    tags = {channel: output_tag(channel, kind) for channel, kind in channel_kinds(policy, lines).items()}
+    kinds = channel_kinds(policy, lines, getattr(sinks, "takes_rows", None))
+    tags = {channel: output_tag(channel, kind) for channel, kind in kinds.items()}
 
     raw = source.open_source(env)
     # shape: (position, key, raw value, source ms)
     protected = (
-        raw.process(ProtectFunction(policy, options, lines), output_type=Types.STRING())
+        raw.process(ProtectFunction(policy, options, kinds), output_type=Types.STRING())
         .name("protect").uid("protect")
     )
     # every channel leaves the protect operator in the shape its next operator takes, so no record
     # crosses into Python again before it is keyed or written (operators/flink_compat.py says why)
-    # shape: (key, headers, value), or its JSON line when the sink takes lines
-    sinks.write(side_output(protected, tags[DLQ]), DLQ, policy.dlq_topic, encoded=lines)
+    # shape: (key, headers, value), or its JSON line or Kafka row when the sink takes one
+    sinks.write(side_output(protected, tags[DLQ]), DLQ, policy.dlq_topic, encoded=kinds[DLQ] in _ENCODED)
 
     for name, view in policy.views.items():
         if view.k_anonymity:
@@ -434,8 +446,8 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
                                              policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
             sinks.write(releases, name, view.topic)
         else:
-            # shape: (key, headers, protected value), or its JSON line
-            sinks.write(side_output(protected, tags[name]), name, view.topic, encoded=lines)
+            # shape: (key, headers, protected value), or its JSON line or Kafka row
+            sinks.write(side_output(protected, tags[name]), name, view.topic, encoded=kinds[name] in _ENCODED)
 
 
 def _watermarks(policy: Policy) -> WatermarkStrategy:
