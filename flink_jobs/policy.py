@@ -231,7 +231,8 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
     view = View(name=name, topic=topic or "", compacted=bool(sink.get("compacted", False)))
     if dp is not None:
         if not isinstance(dp, dict):
-            problems.append(Problem(f"{where}.differential_privacy", "must be a mapping", "see DESIGN.md"))
+            problems.append(Problem(f"{where}.differential_privacy", "must be a mapping",
+                                    "see differential_privacy under 'The policy' in the README"))
             return None
         from operators.dp.params import DpParams  # imported late: only aggregate views need it
 

@@ -456,12 +456,9 @@ def _watermarks(policy: Policy) -> WatermarkStrategy:
     return WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(policy.watermark_delay_ms))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``flink run -py flink_jobs/protect_stream.py -- --policy P ...``."""
-    from flink_jobs import cli
-
-    return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
+    # `flink run -py flink_jobs/protect_stream.py` (what `submit` runs) and `-pym flink_jobs.protect_stream`
+    # (conf/k8s): the job on Kafka. Imported here, not at the top, because kafka_job builds on this module.
+    from flink_jobs.kafka_job import main
+
     sys.exit(main())

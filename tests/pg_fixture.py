@@ -5,7 +5,7 @@ Import the fixtures explicitly in a test module::
     from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 
 The server starts once per session, on first use, and stops at the end. Each test
-gets a database of its own. Under root (CI), :mod:`flink_jobs.pg_local` runs the
+gets a database of its own. Under root (CI), :mod:`flink_jobs.devtools.pg_local` runs the
 server as the ``postgres`` user, so the folder lives under ``/tmp`` (pytest's
 ``tmp_path`` is private to root). A machine without the server package fails the
 tests that need it with the install command, rather than skipping them.
@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from flink_jobs.pg_local import LocalPostgres, PostgresSetupError, find_binary, free_port
+from flink_jobs.devtools.pg_local import LocalPostgres, PostgresSetupError, find_binary, free_port
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import stat
 import pytest
 
 from flink_jobs import cli
+from flink_jobs.cli import app, run
+from flink_jobs.keyring_ref import KEYRING_ENV
 from flink_jobs.protect import Protector
 from udfs import registry
 from udfs.keyring import Keyring, load_keyring
@@ -33,7 +35,7 @@ views:
 
 @pytest.fixture(autouse=True)
 def no_ambient_keyring(monkeypatch):
-    monkeypatch.delenv(cli.KEYRING_ENV, raising=False)
+    monkeypatch.delenv(KEYRING_ENV, raising=False)
 
 
 @pytest.fixture
@@ -217,7 +219,7 @@ def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) 
     return found
 
 
-COMMANDS = _command_paths(cli.build_parser())
+COMMANDS = _command_paths(app.build_parser())
 
 
 def test_the_command_tree_has_the_documented_commands():
@@ -246,7 +248,7 @@ def test_run_without_a_keyring_gives_the_clear_error(policy_file, tmp_path, caps
     assert cli.main(["run", "--policy", str(policy_file), "--input", str(tmp_path / "in.jsonl"),
                      "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (
-        f"error: no keyring: pass --keyring env:NAME or file:PATH, or set ${cli.KEYRING_ENV} "
+        f"error: no keyring: pass --keyring env:NAME or file:PATH, or set ${KEYRING_ENV} "
         "(create one with: flink-anonymizer keys new --out keyring.json)\n"
     )
     assert not (tmp_path / "out").exists()
@@ -292,7 +294,7 @@ def test_when_the_job_ends_the_progress_display_prints_a_last_line_with_the_fina
         (tmp_path / f"subtask-{i}.json").write_text(json.dumps({"records_in": n}))
     done = threading.Event()
     done.set()  # a job shorter than the first redraw still ends with a line
-    cli._show_progress(tmp_path, total, done, time.monotonic())
+    run._show_progress(tmp_path, total, done, time.monotonic())
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and re.fullmatch(PROGRESS_LINE, lines[-1]), lines
     assert f"{percent} {sum(seen):,}/{total:,} records" in lines[-1]
@@ -313,7 +315,7 @@ def test_count_records_counts_the_lines_flink_reads_that_are_not_blank(tmp_path,
 
     path = tmp_path / "in.jsonl"
     path.write_bytes(content)
-    assert cli.count_records(path) == records
+    assert run.count_records(path) == records
     # the job reads line_count lines and counts in only those that are not blank
     lines = content.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")[:line_count(path)]
     assert records == sum(1 for line in lines if line.strip(BLANK))
@@ -323,7 +325,7 @@ def test_count_records_is_not_fooled_by_a_crlf_cut_between_two_read_chunks(tmp_p
     path = tmp_path / "in.jsonl"
     head = b"x" * ((1 << 20) - 1)  # its \r is the chunk's last byte, its \n the next chunk's first
     path.write_bytes(head + b"\r\n" + b'{"a":1}\r\n')
-    assert cli.count_records(path) == 2
+    assert run.count_records(path) == 2
 
 
 # -- decrypt -------------------------------------------------------------------------------------------

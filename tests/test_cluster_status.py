@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from flink_jobs.cli_cluster import format_status, iso_time, operator_metrics
+from flink_jobs.cli.submit import format_status, iso_time, operator_metrics
 
 KANON = "k-anon_anonymized_stage_0.k_anonymity.view.anonymized.stage.0."
 DP_BOUND = "dp-bound-contributions[aggregated]___stream_key_by_map_operator."

@@ -11,8 +11,8 @@ from ff3 import FF3Cipher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udfs.ff1 import FPEError
 from udfs.ff3_1 import FF3_1, max_length
+from udfs.fpe_cipher import FPEError
 
 DATA = Path(__file__).parent / "data"
 ACVP = json.loads((DATA / "ff3-1-acvp.json").read_text())["vectors"]

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from flink_jobs import cli
-from flink_jobs.cli_vault import view_keys
+from flink_jobs.keyring_ref import KEYRING_ENV
+from flink_jobs.cli.vault import view_keys
 from flink_jobs.protect import Protector
 from udfs.keyring import Keyring
 from udfs.vault import Vault
@@ -89,7 +90,7 @@ def test_forget_names_the_views_it_cannot_tombstone_and_never_prints_the_subject
         document["views"][name]["sink"]["compacted"] = False
     policy_file.write_text(yaml.safe_dump(document))
     job_keys(policy_file, keyring, {"customerId": SUBJECT, "amount": 3, "timestamp": "2024-03-15T00:00:00Z"})
-    monkeypatch.delenv(cli.KEYRING_ENV, raising=False)
+    monkeypatch.delenv(KEYRING_ENV, raising=False)
     status = cli.main(["forget", SUBJECT, "--policy", str(policy_file), "--keyring", f"file:{ring_file}",
                        "--vault", vault_ref])
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flink_jobs import cli_fpe
+from flink_jobs.cli import fpe as cli_fpe
 from udfs import registry
 from udfs.fpe import luhn_valid
 from udfs.keyring import Keyring

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from flink_jobs.cli import CliError, metrics_config
+from flink_jobs.cli.errors import CliError
+from flink_jobs.cli.run import metrics_config
 from flink_jobs.metrics import (
     PROMETHEUS_FACTORY,
     MetricsConfigError,
@@ -138,7 +139,7 @@ def test_protect_metrics_sum_vault_hits_and_misses_of_every_token_transform():
     0,      # no cache: a repeat is found in the vault
 ])
 def test_a_token_found_is_a_vault_hit_and_a_token_minted_a_miss(tmp_path, keyring, cache_size):
-    import udfs.tokenize  # noqa: F401 - registers tokenize.vault
+    import udfs.tokenization  # noqa: F401 - registers tokenize.vault
     from udfs import registry
 
     make = registry.get("tokenize.vault")

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from flink_jobs import cli_risk
-from flink_jobs.report_html import render_dp_html, render_risk_html
-from operators.risk import QiSpec, Requirement, assess, assess_dp, parse_line, risk_bins
+from flink_jobs.cli import risk as cli_risk
+from flink_jobs.report.page import render_dp_html, render_risk_html
+from flink_jobs.report.risk import QiSpec, Requirement, assess, assess_dp, parse_line, risk_bins
 
 
 def rows(*specs):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-import udfs.tokenize  # noqa: F401 - registers tokenize.vault
+import udfs.tokenization  # noqa: F401 - registers tokenize.vault
 from flink_jobs.policy import compile_policy
 from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 from udfs import registry

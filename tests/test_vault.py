@@ -302,7 +302,7 @@ def test_when_the_reference_is_unknown_then_it_is_refused():
 
 
 def test_when_postgresql_is_unreachable_then_the_error_hides_the_password(keyring):
-    from flink_jobs.pg_local import free_port
+    from flink_jobs.devtools.pg_local import free_port
 
     url = f"postgresql://anon:hunter2secret@127.0.0.1:{free_port()}/vault"
     with pytest.raises(VaultError, match="cannot connect") as info:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conf.samples.generate_events import malformed_plan
-from flink_jobs.cli import count_records, read_channel, run_files
+from flink_jobs.cli.run import count_records, read_channel, run_files
 from flink_jobs.policy import load_policy
 from tests.kanon_checker import assert_k_anonymous
 from tests.leak_scan import record_pii_values

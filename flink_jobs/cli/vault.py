@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from flink_jobs.cli.errors import CliError
+from flink_jobs.keyring_ref import resolve_keyring
 from udfs.vault import DEFAULT_VAULT, VAULT_ENV, Vault, VaultError, resolve_reference
 
 __all__ = ["register"]
@@ -74,8 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> Vault:
-    from flink_jobs.cli import CliError, resolve_keyring
-
     keyring, _ = resolve_keyring(args.keyring)
     try:
         return Vault.open(args.vault, keyring)
@@ -85,7 +85,7 @@ def _open(args: argparse.Namespace) -> Vault:
 
 def cmd_detokenize(args: argparse.Namespace) -> int:
     from udfs.registry import TransformError
-    from udfs.tokenize import detokenize
+    from udfs.tokenization import detokenize
 
     vault = _open(args)
     failed = 0
@@ -107,8 +107,6 @@ def cmd_detokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from flink_jobs.cli import CliError, resolve_keyring
-
     keyring, _ = resolve_keyring(args.keyring)
     vault = _open(args)
     try:
@@ -267,13 +265,13 @@ def write_tombstones(bootstrap: str, tombstones: list[tuple[str, str]], timeout:
 
 
 def cmd_vault_up(args: argparse.Namespace) -> int:
-    from flink_jobs.pg_local import run_action
+    from flink_jobs.devtools.pg_local import run_action
 
     return run_action("up", args.data_dir, args.port)
 
 
 def cmd_vault_down(args: argparse.Namespace) -> int:
-    from flink_jobs.pg_local import run_action
+    from flink_jobs.devtools.pg_local import run_action
 
     return run_action("down", args.data_dir, args.port)
 

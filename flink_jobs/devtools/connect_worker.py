@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.kafka_broker import _die_with_parent, _java
-from flink_jobs.processes import free_port, pid_alive, terminate
+from flink_jobs.devtools.kafka_broker import _die_with_parent, _java
+from flink_jobs.devtools.processes import free_port, pid_alive, terminate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JARS_DIR = ROOT / "jars" / "connect"
 _LOG_FILE = "connect.log"
 _LOG4J2 = """\
@@ -90,7 +90,7 @@ class ConnectWorker:
                                extra: dict[str, str] | None = None) -> dict:
         """Add Debezium's PostgreSQL connector (``pgoutput``, no server plugin) and wait until its task runs.
 
-        The server needs ``wal_level=logical`` (:mod:`flink_jobs.pg_local` sets it). Tables are
+        The server needs ``wal_level=logical`` (:mod:`flink_jobs.devtools.pg_local` sets it). Tables are
         ``schema.table``; their events go to ``<topic_prefix>.<schema>.<table>``.
         """
         config = {

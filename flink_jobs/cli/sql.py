@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from flink_jobs.cli.errors import CliError
+from flink_jobs.keyring_ref import resolve_keyring
 from flink_jobs.sql_job import SqlFileError, build_table_env, run_statements, split_statements
 
 _EPILOG = """\
@@ -49,8 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_values(pairs: list[str]) -> dict[str, str]:
-    from flink_jobs.cli import CliError
-
     values = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -61,8 +61,6 @@ def parse_values(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from flink_jobs.cli import CliError, resolve_keyring
-
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"SQL file {path} does not exist")

@@ -26,15 +26,17 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.cluster import DEFAULT_STATE_DIR, PROJECT_ROOT, flink_home, load_cluster
+from flink_jobs.cli.errors import CliError
+from flink_jobs.cli.flink_rest import TERMINAL_STATES, SubmitError, rest_request
+from flink_jobs.cli.startup_watch import StartupWatch
+from flink_jobs.devtools.cluster import DEFAULT_STATE_DIR, PROJECT_ROOT, flink_home, load_cluster
+from flink_jobs.keyring_ref import KEYRING_ENV
 
 __all__ = [
     "SubmitError",
@@ -52,12 +54,10 @@ __all__ = [
 SCRIPT = PROJECT_ROOT / "flink_jobs" / "protect_stream.py"
 #: the project's packages, shipped to the workers with -pyfs (as one zip)
 PACKAGES = ("udfs", "operators", "flink_jobs")
+#: what the job never imports, so the workers never need it: the command line, the local
+#: servers and demos, and the offline reports
+NOT_SHIPPED = ("flink_jobs/cli", "flink_jobs/devtools", "flink_jobs/report")
 _JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
-TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED", "SUSPENDED"}
-
-
-class SubmitError(RuntimeError):
-    """``flink run`` or a REST call failed; the message holds the end of its output, never a record."""
 
 
 @dataclass
@@ -125,8 +125,9 @@ def pack_project(directory: Path) -> Path:
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for package in PACKAGES:
             for file in sorted((PROJECT_ROOT / package).rglob("*.py")):
-                if "__pycache__" not in file.parts:
-                    zf.write(file, file.relative_to(PROJECT_ROOT).as_posix())
+                name = file.relative_to(PROJECT_ROOT).as_posix()
+                if "__pycache__" not in file.parts and not name.startswith(tuple(f"{d}/" for d in NOT_SHIPPED)):
+                    zf.write(file, name)
         # kafka_io finds the connector next to its own file (../jars/flink); in the client the
         # job imports kafka_io from this zip, so the jar rides along and kafka_io puts it in
         # pipeline.jars, which the client uploads with the job graph
@@ -155,13 +156,12 @@ def submit_command(options: SubmitOptions) -> list[str]:
         cmd += ["-pyexec", options.pyexec or "venv/bin/python"]
     else:
         cmd += ["-pyexec", options.pyexec or python]
-    # one zip holding the packages: a folder given to -pyfs lands on sys.path itself, and then
-    # udfs/tokenize.py would shadow the standard library's tokenize
+    # one zip holding the packages and the Kafka connector (see pack_project)
     cmd += ["-pyfs", str(pack_project(Path(options.state_dir) / "pyfiles"))]
     for key, value in options.config.items():
         cmd.append(f"-D{key}={value}")
     cmd += ["-py", str(SCRIPT)]
-    # after the script: the arguments of `flink-anonymizer run`, which protect_stream.main() parses
+    # after the script: the Kafka arguments of `flink-anonymizer run`, which kafka_job.main() parses
     cmd += ["--policy", str(Path(options.policy).resolve()), "--bootstrap-servers", options.bootstrap,
             "--keyring", _absolute_ref(options.keyring), "--parallelism", str(options.parallelism),
             "--execution-mode", options.execution_mode, "--start", options.start]
@@ -200,21 +200,6 @@ def submit_job(options: SubmitOptions, timeout: float = 180) -> str:
 
 def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(line for line in text.strip().splitlines()[-lines:])
-
-
-def rest_request(base: str, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:500]
-        raise SubmitError(f"{method} {path} at {base}: HTTP {exc.code}: {detail}") from None
-    except OSError as exc:
-        raise SubmitError(f"cannot reach the Flink REST API at {base} ({exc}); is the cluster up?") from None
-    return json.loads(raw) if raw.strip() else {}
 
 
 def list_jobs(base: str) -> list[dict]:
@@ -590,8 +575,6 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOptions:
-    from flink_jobs.cli import KEYRING_ENV, CliError
-
     keyring = args.keyring or (f"env:{KEYRING_ENV}" if os.environ.get(KEYRING_ENV) else None)
     if not keyring:
         raise CliError(f"no keyring: pass --keyring file:PATH (readable on every worker) or set ${KEYRING_ENV}")
@@ -611,8 +594,6 @@ def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOp
 
 
 def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float = 90.0) -> int:
-    from flink_jobs.cli import CliError
-
     if dry_run:
         print(" ".join(submit_command(options)))
         return 0
@@ -623,8 +604,6 @@ def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float 
     base = _rest_base(options.jobmanager, options.state_dir)
     print(f"submitted job {job_id} to {base}" + (f" from savepoint {options.savepoint}" if options.savepoint else ""))
     if options.detached:
-        from flink_jobs.startup_watch import StartupWatch
-
         watch = StartupWatch(base, job_id, timeout_s=startup_timeout_s)
         watch.run()  # in this thread: the command's answer is whether the job started
         if watch.failure is not None:
@@ -646,7 +625,6 @@ def check_cluster_metrics(base: str, ports: str) -> str:
     Reporters are made when a JobManager or TaskManager starts, never per job: a job submitted to
     a running cluster cannot turn one on.
     """
-    from flink_jobs.cli import CliError
     from flink_jobs.metrics import MetricsConfigError, parse_ports
 
     try:
@@ -661,7 +639,7 @@ def check_cluster_metrics(base: str, ports: str) -> str:
     if not have:
         raise CliError(f"the cluster at {base} has no Prometheus reporter, and a job cannot add one (reporters "
                        "start with the cluster's processes); restart it with `make cluster-up METRICS_PORT="
-                       f"{ports}` or `python -m flink_jobs.cluster up --metrics-port {ports}`")
+                       f"{ports}` or `python -m flink_jobs.devtools.cluster up --metrics-port {ports}`")
     low, high = parse_ports(have)
     if high < first or low > last:
         raise CliError(f"the cluster at {base} serves Prometheus on ports {have}, not {ports}")
@@ -675,8 +653,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _single_running(base: str) -> str:
-    from flink_jobs.cli import CliError
-
     running = [j for j in list_jobs(base) if j["state"] == "RUNNING"]
     if len(running) != 1:
         raise CliError(f"{len(running)} jobs are running at {base}; name one (see flink-anonymizer status)")
@@ -684,8 +660,6 @@ def _single_running(base: str) -> str:
 
 
 def _cmd_savepoint(args: argparse.Namespace) -> int:
-    from flink_jobs.cli import CliError
-
     base = _rest_base(args.jobmanager, args.state_dir)
     try:
         job_id = args.job_id or _single_running(base)
@@ -699,8 +673,6 @@ def _cmd_savepoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from flink_jobs.cli import CliError
-
     base = _rest_base(args.jobmanager, args.state_dir)
     try:
         if args.job_id:

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from flink_jobs.cli_cluster import TERMINAL_STATES, SubmitError, rest_request
+from flink_jobs.cli.flink_rest import TERMINAL_STATES, SubmitError, rest_request
 
 #: seconds a job may take to open every operator (and, when bounded, to move a first record)
 DEFAULT_STARTUP_TIMEOUT_S = 90.0
@@ -134,7 +134,7 @@ def wait_watched(job_client: Any, watch: StartupWatch) -> None:
 
 def local_rest_config() -> tuple[str, dict[str, str]]:
     """The REST base URL of a local MiniCluster and the settings that put its endpoint there (loopback)."""
-    from flink_jobs.processes import free_port
+    from flink_jobs.devtools.processes import free_port
 
     port = free_port()
     return f"http://127.0.0.1:{port}", {"rest.bind-port": str(port), "rest.address": "127.0.0.1",

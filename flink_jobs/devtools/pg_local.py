@@ -1,6 +1,6 @@
 """A local PostgreSQL for the token vault: ``initdb`` and ``pg_ctl`` into a folder, on loopback only.
 
-It serves ``make vault-up`` (``python -m flink_jobs.pg_local up --data-dir .local/pg``)
+It serves ``make vault-up`` (``python -m flink_jobs.devtools.pg_local up --data-dir .local/pg``)
 and the tests' session fixture. The server comes from Debian's ``postgresql``
 package (``apt-get install -y postgresql``); its binaries are found on ``PATH`` or
 under ``/usr/lib/postgresql/<version>/bin``.
@@ -206,8 +206,8 @@ def _ids(user: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flink_jobs.pg_local {up,down,status}``: the local vault server."""
-    parser = argparse.ArgumentParser(prog="python -m flink_jobs.pg_local",
+    """``python -m flink_jobs.devtools.pg_local {up,down,status}``: the local vault server."""
+    parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.pg_local",
                                      description="Start or stop a local PostgreSQL for the token vault, on loopback.")
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--data-dir", default=".local/pg", help="cluster folder (default: .local/pg)")

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from flink_jobs import report_html as page
-from operators.risk import QiSpec, Requirement, assess, assess_dp, parse_line
+from flink_jobs.report import page
+from flink_jobs.report.risk import QiSpec, Requirement, assess, assess_dp, parse_line
 
 __all__ = ["register"]
 

@@ -10,9 +10,9 @@ JobManager (``bin/jobmanager.sh start``) and N TaskManagers (``bin/taskmanager.s
 
 ::
 
-    python -m flink_jobs.cluster up        # JobManager + 1 TaskManager, REST on 127.0.0.1:8081
-    python -m flink_jobs.cluster status
-    python -m flink_jobs.cluster down
+    python -m flink_jobs.devtools.cluster up        # JobManager + 1 TaskManager, REST on 127.0.0.1:8081
+    python -m flink_jobs.devtools.cluster status
+    python -m flink_jobs.devtools.cluster down
 
 The tests use :func:`start_cluster` on free ports in a temporary folder, and
 :func:`taskmanager_pids`, :func:`kill_taskmanager` and :func:`add_taskmanager` for the failure test.
@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from flink_jobs.processes import free_port, signal_pid, terminate
+from flink_jobs.devtools.processes import free_port, signal_pid, terminate
 
 __all__ = [
     "Cluster",
@@ -56,7 +56,7 @@ __all__ = [
     "wait_for_taskmanagers",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_TEMPLATE = PROJECT_ROOT / "conf" / "flink" / "config.yaml"
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".local" / "flink"
 _CLUSTER_FILE = "cluster.json"
@@ -483,7 +483,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m flink_jobs.cluster",
+        prog="python -m flink_jobs.devtools.cluster",
         description="Start, stop and inspect a standalone Flink cluster on 127.0.0.1, from the pip-installed "
         "distribution, configured by conf/flink/config.yaml.",
     )

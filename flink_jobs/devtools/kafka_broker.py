@@ -19,8 +19,8 @@ From Python::
 
 From make (detaches, idempotent)::
 
-    python -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092
-    python -m flink_jobs.kafka_broker down --data-dir .local/kafka
+    python -m flink_jobs.devtools.kafka_broker up --data-dir .local/kafka --port 9092
+    python -m flink_jobs.devtools.kafka_broker down --data-dir .local/kafka
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flink_jobs.processes import free_port, pid_alive, terminate
+from flink_jobs.devtools.processes import free_port, pid_alive, terminate
 
 __all__ = [
     "Broker",
@@ -52,7 +52,7 @@ __all__ = [
     "start_broker",
 ]
 
-DEFAULT_JARS_DIR = Path(__file__).resolve().parents[1] / "jars" / "kafka"
+DEFAULT_JARS_DIR = Path(__file__).resolve().parents[2] / "jars" / "kafka"
 HOST = "127.0.0.1"
 _PID_FILE = "broker.pid"
 _STATE_FILE = "broker.json"
@@ -272,7 +272,7 @@ def _check_not_dead(broker: Broker) -> None:
 
 def _server_properties(log_dir: Path, port: int, controller_port: int) -> str:
     return f"""\
-# Written by flink_jobs.kafka_broker; rewritten at every start.
+# Written by flink_jobs.devtools.kafka_broker; rewritten at every start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller_port}
@@ -306,7 +306,7 @@ log.retention.hours=168
 
 
 _LOG4J2 = """\
-# Written by flink_jobs.kafka_broker: INFO to stdout (redirected to broker.log), chatty loggers at WARN.
+# Written by flink_jobs.devtools.kafka_broker: INFO to stdout (redirected to broker.log), chatty loggers at WARN.
 status = warn
 appender.stdout.type = Console
 appender.stdout.name = STDOUT
@@ -417,9 +417,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m flink_jobs.kafka_broker {up,down,status}``."""
+    """Entry point of ``python -m flink_jobs.devtools.kafka_broker {up,down,status}``."""
     parser = argparse.ArgumentParser(
-        prog="python -m flink_jobs.kafka_broker",
+        prog="python -m flink_jobs.devtools.kafka_broker",
         description="Start or stop a single-node KRaft Kafka broker on 127.0.0.1 (for make kafka-up / kafka-down).",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.risk import DpReport, RiskReport, risk_bins
+from flink_jobs.report.risk import DpReport, RiskReport, risk_bins
 
 __all__ = ["dp_summary", "render_dp_html", "render_risk_html", "risk_summary"]
 

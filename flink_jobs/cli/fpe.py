@@ -25,9 +25,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from udfs.ff1 import FF1, FPEError
+from udfs.ff1 import FF1
 from udfs.ff3_1 import FF3_1
 from udfs.fpe import FORMATS, FF1Transform, FF3_1Transform, FPETransform
+from udfs.fpe_cipher import FPEError
 from udfs.keyring import KeyringError, load_keyring
 from udfs.registry import ParamError, TransformError
 

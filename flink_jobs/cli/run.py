@@ -1,9 +1,12 @@
-"""The ``flink-anonymizer`` command line: run jobs, check policies, manage keys, decrypt."""
+"""``flink-anonymizer run``: the job on JSON Lines files in a local MiniCluster, or between Kafka topics.
+
+A file run shows its progress on stderr and ends with a summary whose counts must balance:
+every record read reaches each view (or its suppressed channel) or the dead letters.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
@@ -14,49 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.policy import PolicyError, load_policy
+from flink_jobs.cli.errors import CliError
+from flink_jobs.cli.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, StartupWatch, local_rest_config, wait_watched
+from flink_jobs.keyring_ref import DEV_KEYRING, KEYRING_ENV, resolve_keyring
+from flink_jobs.policy import load_policy
 from flink_jobs.protect import BLANK
-from flink_jobs.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, StartupWatch, local_rest_config, wait_watched
-from udfs.keyring import PURPOSES, Keyring, KeyringError, load_keyring
-
-DEV_KEYRING = Path(".local/dev-keyring.json")
-KEYRING_ENV = "ANON_KEYRING"
-
-#: modules that add their own subcommands with ``register(subparsers)``, when present
-_EXTENSIONS = ("flink_jobs.cli_fpe", "flink_jobs.kafka_tools", "flink_jobs.cli_risk", "flink_jobs.cli_vault",
-               "flink_jobs.cli_cluster", "flink_jobs.cli_sql", "flink_jobs.cli_avro")
 
 
-class CliError(Exception):
-    """A problem the user can fix; printed without a traceback, with what to do next."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (CliError, KeyringError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PolicyError as exc:
-        print(f"error: the policy has {len(exc.problems)} problem(s):\n{exc}", file=sys.stderr)
-        return 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flink-anonymizer",
-        description="Split a raw stream into masked, anonymized and DP-aggregated views with PyFlink.",
-    )
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run the protect_stream job", description="Run the protect_stream job. "
-                         "With --input/--output it reads JSON Lines and writes DIR/<view>/ and DIR/dlq/ in a "
-                         "local MiniCluster; with --bootstrap-servers it reads and writes Kafka topics.")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run the protect_stream job", description="Run the protect_stream job. "
+                                "With --input/--output it reads JSON Lines and writes DIR/<view>/ and DIR/dlq/ in "
+                                "a local MiniCluster; with --bootstrap-servers it reads and writes Kafka topics.")
     run.add_argument("--policy", required=True, help="policy YAML file")
     run.add_argument("--input", help="JSON Lines file or folder to read (bounded run)")
     run.add_argument("--output", help="folder for the views and the dead letters (with --input)")
@@ -87,139 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "to take the first free one from)")
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check a policy", description="Check a policy and say exactly "
-                              "what is wrong: the file, the path inside it, the problem, and what is allowed.")
-    validate.add_argument("policy", help="policy YAML file")
-    validate.add_argument("--keyring", help="also check that every key the policy names is in this keyring")
-    validate.set_defaults(func=cmd_validate)
-
-    keys = sub.add_parser("keys", help="create, rotate and list keyrings", description="Manage JSON keyrings. "
-                          "Key material is never printed.")
-    keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION")
-    new = keys_sub.add_parser("new", help="create a keyring with one active key per purpose",
-                              description="Create a keyring with one active key per purpose.")
-    new.add_argument("--out", required=True, help="file to write (created with mode 0600)")
-    new.add_argument("--force", action="store_true", help="overwrite an existing file")
-    new.set_defaults(func=cmd_keys_new)
-    rotate = keys_sub.add_parser("rotate", help="add a key and make it active",
-                                 description="Add a new key for a purpose and make it the active one. "
-                                 "Old keys stay, so old data still decrypts.")
-    rotate.add_argument("--keyring", required=True, help="keyring file to update")
-    rotate.add_argument("--purpose", required=True, choices=sorted(PURPOSES))
-    rotate.set_defaults(func=cmd_keys_rotate)
-    listing = keys_sub.add_parser("list", help="list key ids, purposes and which are active",
-                                  description="List key ids and purposes (never material).")
-    listing.add_argument("--keyring", required=True, help="keyring reference env:NAME or file:PATH")
-    listing.set_defaults(func=cmd_keys_list)
-    keys.set_defaults(func=lambda _args: keys.print_help() or 2)
-
-    decrypt = sub.add_parser("decrypt", help="decrypt the reversible fields of a view",
-                             description="Read protected records (JSON Lines, as written by run) and print them "
-                             "with every reversible field (encryption, FPE) decrypted. Needs the keyring.")
-    decrypt.add_argument("--policy", required=True, help="the policy that wrote the view")
-    decrypt.add_argument("--view", required=True, help="view name in the policy")
-    decrypt.add_argument("--keyring", default=None, help=f"keyring reference (default: ${KEYRING_ENV})")
-    decrypt.add_argument("input", nargs="?", default="-", help="JSON Lines file or view folder (default: stdin)")
-    decrypt.set_defaults(func=cmd_decrypt)
-
-    transforms = sub.add_parser("transforms", help="list the registered transforms",
-                                description="List every transform a policy can name.")
-    transforms.set_defaults(func=cmd_transforms)
-
-    for module_name in _EXTENSIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
-    return parser
-
-
-# -- keyring -------------------------------------------------------------------
-
-def resolve_keyring(reference: str | None, *, dev: bool = False) -> tuple[Keyring, str]:
-    """The keyring and its reference; with ``dev``, a development keyring under .local/."""
-    if dev:
-        if not DEV_KEYRING.exists():
-            Keyring.generate().save(DEV_KEYRING)
-        banner = "WARNING: using the DEVELOPMENT keyring " + str(DEV_KEYRING) + " - demo only, never for real data"
-        print("!" * len(banner) + "\n" + banner + "\n" + "!" * len(banner), file=sys.stderr)
-        reference = f"file:{DEV_KEYRING.resolve()}"
-    reference = reference or (f"env:{KEYRING_ENV}" if os.environ.get(KEYRING_ENV) else None)
-    if not reference:
-        raise CliError(f"no keyring: pass --keyring env:NAME or file:PATH, or set ${KEYRING_ENV} "
-                       "(create one with: flink-anonymizer keys new --out keyring.json)")
-    if reference.startswith("file:"):
-        # workers load the keyring themselves: give them an absolute path
-        reference = f"file:{Path(reference[5:]).resolve()}"
-    return load_keyring(reference), reference
-
-
-def cmd_keys_new(args: argparse.Namespace) -> int:
-    path = Path(args.out)
-    if path.exists() and not args.force:
-        raise CliError(f"{path} exists; pass --force to overwrite it (its keys would be lost)")
-    ring = Keyring.generate()
-    ring.save(path)
-    print(f"wrote {path} with keys: " + ", ".join(f"{k.purpose}={k.id}" for k in ring.keys.values()))
-    return 0
-
-
-def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    path = Path(args.keyring.removeprefix("file:"))
-    ring = load_keyring(f"file:{path}")
-    old = ring.active.get(args.purpose)
-    key = ring.add(args.purpose)
-    ring.save(path)
-    print(f"{args.purpose}: {key.id} is now active" + (f" (was {old}; kept for old data)" if old else ""))
-    return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    ring = load_keyring(args.keyring)
-    for key in ring.keys.values():
-        mark = "active" if ring.active.get(key.purpose) == key.id else ""
-        print(f"{key.id}\t{key.purpose}\t{key.created}\t{mark}".rstrip())
-    return 0
-
-
-# -- validate / transforms -------------------------------------------------------
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    keyring = load_keyring(args.keyring) if args.keyring else None
-    policy = load_policy(args.policy, keyring=keyring)
-    print(f"ok: {args.policy}: policy {policy.id} (hash {policy.hash}), source {policy.source_topic}")
-    for name, view in policy.views.items():
-        if view.differential_privacy:
-            detail = "differential privacy"
-        else:
-            detail = f"{len(view.fields)} fields" + (", k-anonymity" if view.k_anonymity else "")
-            detail += ", shuffled" if view.shuffle else ""
-        print(f"  view {name} -> {view.topic}: {detail}")
-    if keyring is None:
-        print("  (keys not checked: pass --keyring to check them)")
-    return 0
-
-
-def cmd_transforms(args: argparse.Namespace) -> int:
-    from udfs import registry
-
-    for name in registry.names():
-        cls = registry.get(name)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:28} {doc[0] if doc else ''}")
-    return 0
-
-
-# -- run ---------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
     keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
     args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
     if getattr(args, "schema", None):
-        from flink_jobs.cli_avro import load_policy_with_schema
+        from flink_jobs.cli.avro import load_policy_with_schema
 
         policy = load_policy_with_schema(args.policy, args.schema, keyring=keyring)
     else:
@@ -227,9 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.bootstrap_servers and policy.document["source"].get("format") == "avro":
         raise CliError("an avro source is read from Kafka (--bootstrap-servers): JSON Lines files hold no Avro")
     if args.bootstrap_servers:
-        from flink_jobs import kafka_job
-
-        return kafka_job.run(args, policy, reference)
+        return run_kafka(args, policy, reference)
     if not args.input or not args.output:
         raise CliError("pass --input FILE and --output DIR for a file run, or --bootstrap-servers HOST:PORT for Kafka")
     return run_files(policy, reference, Path(args.input), Path(args.output), parallelism=args.parallelism,
@@ -407,36 +249,6 @@ def summarize(output: Path, channels: list[str], total: int, elapsed: float, pol
     return {"text": "\n".join(lines), "balanced": balanced, "counts": counts, "dropped": dropped}
 
 
-# -- decrypt -------------------------------------------------------------------------
-
-def cmd_decrypt(args: argparse.Namespace) -> int:
-    from udfs.record import invert_view
-
-    keyring, _ = resolve_keyring(args.keyring)
-    policy = load_policy(args.policy, keyring=keyring)
-    view = policy.views.get(args.view)
-    if view is None or view.tree is None:
-        raise CliError(f"policy has no record view {args.view!r}; views: {', '.join(policy.views)}")
-    for leaf_transform in policy.transforms():
-        leaf_transform.open(keyring)
-    for line in _input_lines(args.input):
-        doc = json.loads(line)
-        value = doc["value"] if isinstance(doc, dict) and "value" in doc and "headers" in doc else doc
-        print(json.dumps(invert_view(view.tree, value), ensure_ascii=False))
-    return 0
-
-
-def _input_lines(source: str):
-    if source == "-":
-        yield from (line for line in sys.stdin if line.strip())
-        return
-    path = Path(source)
-    files = sorted(f for f in path.rglob("*.jsonl") if not f.name.startswith(".")) if path.is_dir() else [path]
-    for file in files:
-        with open(file) as fh:
-            yield from (line for line in fh if line.strip())
-
-
 def run_watched(env: Any, job_name: str, rest_base: str, startup_timeout_s: float, *, expect_records: bool) -> None:
     """Execute a local job; cancel it and fail with a clear message if it does not start in time."""
     job = env.execute_async(job_name)
@@ -450,5 +262,27 @@ def run_watched(env: Any, job_name: str, rest_base: str, startup_timeout_s: floa
         raise CliError(watch.failure) from exc
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_kafka(args: argparse.Namespace, policy: Any, keyring_ref: str) -> int:
+    """``run --bootstrap-servers``: runs until cancelled, or to the end with --bounded."""
+    from flink_jobs.kafka_job import TOPICS_HINT, prepare_job
+    from flink_jobs.kafka_tools import KafkaToolsError, TopicsMissingError
+
+    # under `flink run` the cluster runs the job and `submit` watches its start; locally, this does
+    local = "PYFLINK_GATEWAY_PORT" not in os.environ
+    rest_base, rest_config = local_rest_config() if local else ("", {})
+    try:
+        env = prepare_job(policy, keyring_ref, bootstrap=args.bootstrap_servers, delivery=args.delivery,
+                          start=args.start, bounded=getattr(args, "bounded", False),
+                          create_topics=not args.no_create_topics,
+                          config={**rest_config, **getattr(args, "metrics_config", {})},
+                          parallelism=args.parallelism, execution_mode=args.execution_mode)
+    except TopicsMissingError as exc:
+        raise CliError(f"{exc}; {TOPICS_HINT}") from None
+    except KafkaToolsError as exc:
+        raise CliError(str(exc)) from None
+    if local:
+        run_watched(env, f"protect_stream[{policy.id}]", rest_base,
+                    getattr(args, "startup_timeout", DEFAULT_STARTUP_TIMEOUT_S), expect_records=False)
+    else:
+        env.execute(f"protect_stream[{policy.id}]")
+    return 0

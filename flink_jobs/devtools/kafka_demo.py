@@ -12,17 +12,17 @@ import json
 import sys
 from pathlib import Path
 
-from flink_jobs.cli import resolve_keyring
-from flink_jobs.kafka_broker import running_broker, start_broker
+from flink_jobs.devtools.kafka_broker import running_broker, start_broker
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
+from flink_jobs.keyring_ref import resolve_keyring
 from flink_jobs.policy import load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flink_jobs.kafka_demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.kafka_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=str(ROOT / "conf/policies/customer-events.yaml"))
     parser.add_argument("--sample", default=str(ROOT / "conf/samples/customer-events.jsonl"))

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.connect_worker import ConnectWorker, start_worker
+from flink_jobs.devtools.connect_worker import ConnectWorker, start_worker
 from flink_jobs.kafka_tools import ensure_topics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "conf/policies/customers-cdc.yaml"
 TABLE_DDL = """CREATE TABLE IF NOT EXISTS customers (
     id serial PRIMARY KEY, customer_id text NOT NULL, name text, email text, ssn text, phone text,
@@ -75,7 +75,7 @@ def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "s
                 seed: bool = True) -> CdcChain:
     """Create the table (seeded), start a Connect worker and Debezium's connector; events go to ``<prefix>.public.customers``.
 
-    ``server`` is a running :class:`flink_jobs.pg_local.LocalPostgres` (it sets ``wal_level=logical``).
+    ``server`` is a running :class:`flink_jobs.devtools.pg_local.LocalPostgres` (it sets ``wal_level=logical``).
     """
     import psycopg
 
@@ -100,16 +100,16 @@ def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flink_jobs.cdc_demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.cdc_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=str(POLICY))
     args = parser.parse_args(argv)
 
-    from flink_jobs.cli import resolve_keyring
-    from flink_jobs.kafka_broker import start_broker
+    from flink_jobs.devtools.kafka_broker import start_broker
+    from flink_jobs.devtools.pg_local import LocalPostgres, free_port
     from flink_jobs.kafka_job import build_kafka_job, prepare_topics
     from flink_jobs.kafka_tools import consume
-    from flink_jobs.pg_local import LocalPostgres, free_port
+    from flink_jobs.keyring_ref import resolve_keyring
     from flink_jobs.policy import load_policy
 
     folder = Path(tempfile.mkdtemp(prefix="anon-cdc-"))
