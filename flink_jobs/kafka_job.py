@@ -129,12 +129,12 @@ TOPICS_HINT = "create them, or drop --no-create-topics to let the job create the
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The job on a cluster: ``flink run -py flink_jobs/protect_stream.py --policy P ...`` runs this.
+    """The job on a cluster: ``flink run -py flink_jobs/kafka_job.py --policy P ...`` runs this.
 
     It takes the Kafka arguments of ``flink-anonymizer run`` that ``submit`` passes on, and
     needs no command line module: the workers are not shipped one.
     """
-    parser = argparse.ArgumentParser(prog="flink_jobs/protect_stream.py", description="protect_stream on Kafka")
+    parser = argparse.ArgumentParser(prog="flink_jobs/kafka_job.py", description="protect_stream on Kafka")
     parser.add_argument("--policy", required=True)
     parser.add_argument("--bootstrap-servers", required=True)
     parser.add_argument("--keyring")
@@ -163,3 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     env.execute(f"protect_stream[{policy.id}]")
     return 0
 
+
+if __name__ == "__main__":
+    # `flink run -py flink_jobs/kafka_job.py` (what `submit` runs) and `-pym flink_jobs.kafka_job` (conf/k8s)
+    sys.exit(main())

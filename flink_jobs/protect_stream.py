@@ -454,11 +454,3 @@ def _watermarks(policy: Policy) -> WatermarkStrategy:
     # no with_idleness: on an unbounded source the idle mark it sets kept every watermark from
     # leaving the protect chain (issue 19); a quiet input is the DP stages' idle_timeout instead
     return WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(policy.watermark_delay_ms))
-
-
-if __name__ == "__main__":
-    # `flink run -py flink_jobs/protect_stream.py` (what `submit` runs) and `-pym flink_jobs.protect_stream`
-    # (conf/k8s): the job on Kafka. Imported here, not at the top, because kafka_job builds on this module.
-    from flink_jobs.kafka_job import main
-
-    sys.exit(main())

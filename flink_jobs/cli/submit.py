@@ -1,6 +1,6 @@
 r"""Cluster commands of ``flink-anonymizer``: submit, savepoint, resume, status.
 
-``submit`` runs the real ``flink run -py flink_jobs/protect_stream.py`` of the pip-installed
+``submit`` runs the real ``flink run -py flink_jobs/kafka_job.py`` of the pip-installed
 distribution against a standalone (or remote) cluster. The project's packages travel with the
 job (``-pyfs``, one zip), and so does the Kafka connector (in the zip; ``kafka_io`` adds it to
 ``pipeline.jars``, which ``flink run`` uploads); the workers' interpreter is given
@@ -51,7 +51,7 @@ __all__ = [
     "wait_for_job",
 ]
 
-SCRIPT = PROJECT_ROOT / "flink_jobs" / "protect_stream.py"
+SCRIPT = PROJECT_ROOT / "flink_jobs" / "kafka_job.py"
 #: the project's packages, shipped to the workers with -pyfs (as one zip)
 PACKAGES = ("udfs", "operators", "flink_jobs")
 #: what the job never imports, so the workers never need it: the command line, the local
@@ -498,7 +498,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``submit``, ``savepoint``, ``resume`` and ``status``; each sets ``func(args) -> int``."""
     submit = subparsers.add_parser(
         "submit", help="submit protect_stream to a Flink cluster with `flink run`",
-        description="Run `flink run -py flink_jobs/protect_stream.py` of the pip-installed Flink against a cluster "
+        description="Run `flink run -py flink_jobs/kafka_job.py` of the pip-installed Flink against a cluster "
         "(the local one of `make cluster-up` by default). The project's packages go with the job (-pyfs), and so "
         "does the Kafka connector (pipeline.jars). The job runs detached; its id is printed.")
     _job_args(submit)

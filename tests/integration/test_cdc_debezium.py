@@ -22,7 +22,7 @@ from flink_jobs.devtools.cdc_demo import NEW, POLICY, SEED, start_chain
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
-from tests.pg_fixture import postgres_server  # noqa: F401
+from tests.support.pg_fixture import postgres_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ from flink_jobs.cli.submit import (
 from flink_jobs.devtools import cluster as flink_cluster
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
-from tests.leak_scan import pii_values
+from tests.support.leak_scan import pii_values
 
 pytestmark = pytest.mark.integration
 

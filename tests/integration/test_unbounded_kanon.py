@@ -24,7 +24,7 @@ from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
-from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from tests.support.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
 

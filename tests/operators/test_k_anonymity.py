@@ -20,7 +20,7 @@ from operators.k_anonymity import (
     fast_geohash,
     ncp,
 )
-from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from tests.support.kanon_checker import assert_accounted, assert_k_anonymous
 from udfs.generalize import geohash
 from udfs.registry import ParamError, TransformError
 

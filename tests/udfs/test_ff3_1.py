@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from udfs.ff3_1 import FF3_1, max_length
 from udfs.fpe_cipher import FPEError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 ACVP = json.loads((DATA / "ff3-1-acvp.json").read_text())["vectors"]
 FF3_SAMPLES = json.loads((DATA / "ff3-nist-samples.json").read_text())["vectors"]
 

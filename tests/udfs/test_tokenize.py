@@ -9,14 +9,15 @@ import pytest
 
 import udfs.tokenization  # noqa: F401 - registers tokenize.vault
 from flink_jobs.policy import compile_policy
-from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
+from tests.support.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 from udfs import registry
 from udfs.record import apply_view, invert_view
 from udfs.registry import ParamError, TransformError
 from udfs.vault import Vault
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# the PostgreSQL runs start a server: integration tests, so `-m "not integration"` needs none
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def vault_ref(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'vault.db'}"

@@ -16,7 +16,7 @@ from conf.samples.generate_events import (
     malformed_plan,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "conf" / "samples" / "generate_events.py"
 SAMPLE = ROOT / "conf" / "samples" / "customer-events.jsonl"
 ADVERSARIAL = ROOT / "tests" / "data" / "adversarial-events.jsonl"

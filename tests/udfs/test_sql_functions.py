@@ -13,7 +13,7 @@ from udfs.keyring import Keyring
 from udfs.record import apply_view
 from udfs.registry import ParamError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SQL_FILE = ROOT / "conf/sql/mask_customer_events.sql"
 
 

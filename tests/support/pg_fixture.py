@@ -2,7 +2,7 @@
 
 Import the fixtures explicitly in a test module::
 
-    from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
+    from tests.support.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 
 The server starts once per session, on first use, and stops at the end. Each test
 gets a database of its own. Under root (CI), :mod:`flink_jobs.devtools.pg_local` runs the

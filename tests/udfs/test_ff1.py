@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from udfs.ff1 import FF1, FF1_MAX_LEN
 from udfs.fpe_cipher import Alphabet, FPEError, min_length
 
-SAMPLES = json.loads((Path(__file__).parent / "data" / "nist-ff1-samples.json").read_text())["samples"]
+SAMPLES = json.loads((Path(__file__).parents[1] / "data" / "nist-ff1-samples.json").read_text())["samples"]
 SAMPLE_IDS = [f"sample{s['sample']}" for s in SAMPLES]
 
 

@@ -185,5 +185,5 @@ def test_the_operator_module_does_not_import_the_dp_stack():
 
     code = "import sys, operators.shuffle; print('diffprivlib' in sys.modules, 'scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+                         cwd=str(Path(__file__).resolve().parents[2])).stdout
     assert out.split() == ["False", "False"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
+from tests.support.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 from udfs import registry
 from udfs.keyring import Keyring
 from udfs.registry import ParamError, TransformError
@@ -23,7 +23,8 @@ from udfs.vault import (
 TABLES = ("tokens", "subject_keys", "audit", "meta", "schema_version")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# the PostgreSQL runs start a server: integration tests, so `-m "not integration"` needs none
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def vault_ref(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'vault.db'}"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from flink_jobs import cli
-from flink_jobs.keyring_ref import KEYRING_ENV
 from flink_jobs.cli.vault import view_keys
+from flink_jobs.keyring_ref import KEYRING_ENV
 from flink_jobs.protect import Protector
 from udfs.keyring import Keyring
 from udfs.vault import Vault

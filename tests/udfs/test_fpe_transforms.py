@@ -20,7 +20,7 @@ from udfs.registry import MISSING, ParamError, TransformError
 
 ALGORITHMS = ["ff1", "ff3_1"]
 RING = Keyring.generate(["fpe"])
-SAMPLES = json.loads((Path(__file__).parent / "data" / "nist-ff1-samples.json").read_text())["samples"]
+SAMPLES = json.loads((Path(__file__).parents[1] / "data" / "nist-ff1-samples.json").read_text())["samples"]
 
 
 def make(spec: dict, domain: str = "card", keyring: Keyring | None = RING):

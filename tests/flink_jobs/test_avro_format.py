@@ -19,7 +19,7 @@ from flink_jobs.policy import PolicyError, compile_policy
 from flink_jobs.protect import DLQ, Protector
 from udfs.keyring import Keyring
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "conf/policies/customer-events-avro.yaml"
 SCHEMA = ROOT / "conf/schemas/customer-event.avsc"
 EVENT = {"customerId": "CUST303148", "name": "Seo-yeon Wright", "email": "seoyeon.wright1992@example.net",
