@@ -148,17 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keyring, reference = resolve_keyring(args.keyring)
         policy = load_policy(args.policy, keyring=keyring)
-        env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery, start=args.start,
-                    bounded=args.bounded, create_topics=not args.no_create_topics, parallelism=args.parallelism,
-                    execution_mode=args.execution_mode)
-    except TopicsMissingError as exc:
-        print(f"error: {exc}; {TOPICS_HINT}", file=sys.stderr)
-        return 2
-    except (KafkaToolsError, KeyringError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PolicyError as exc:
-        print(f"error: the policy has {len(exc.problems)} problem(s):\n{exc}", file=sys.stderr)
+        env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery,
+                          start=args.start, bounded=args.bounded, create_topics=not args.no_create_topics,
+                          parallelism=args.parallelism, execution_mode=args.execution_mode)
+    except (KafkaToolsError, KeyringError, PolicyError) as exc:
+        # as `flink-anonymizer run` says it; `flink run` shows it when the script fails
+        hint = f"; {TOPICS_HINT}" if isinstance(exc, TopicsMissingError) else ""
+        print(f"error: {exc.summary() if isinstance(exc, PolicyError) else exc}{hint}", file=sys.stderr)
         return 2
     env.execute(f"protect_stream[{policy.id}]")
     return 0

@@ -51,6 +51,10 @@ class PolicyError(ValueError):
         self.problems = problems
         super().__init__("\n".join(p.render(file) for p in problems))
 
+    def summary(self) -> str:
+        """What the command line prints: how many problems, then each on its own line."""
+        return f"the policy has {len(self.problems)} problem(s):\n{self}"
+
 
 @dataclass
 class View:

@@ -30,11 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CliError, KeyringError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PolicyError as exc:
-        print(f"error: the policy has {len(exc.problems)} problem(s):\n{exc}", file=sys.stderr)
+    except (CliError, KeyringError, PolicyError) as exc:
+        print(f"error: {exc.summary() if isinstance(exc, PolicyError) else exc}", file=sys.stderr)
         return 2
 
 
