@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flink_jobs import kafka_job
 from flink_jobs.keyring_ref import KEYRING_ENV
 from udfs.keyring import Keyring
 
-POLICY = """\
-version: 3
-id: entry-test
-source: {topic: raw, timestamp_field: timestamp}
-subject_field: customerId
-views:
-  masked:
-    sink: {topic: masked}
-    fields:
-      customerId: {pseudonymize: hmac_sha256}
-"""
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = (ROOT / "conf/policies/customer-events.yaml").read_text()
 
 
 def test_a_bad_policy_exits_2_with_the_command_lines_message(tmp_path, capsys):
     policy, ring = tmp_path / "bad.yaml", tmp_path / "keyring.json"
-    policy.write_text(POLICY)
+    policy.write_text(POLICY.replace("version: 1", "version: 3", 1))
     Keyring.generate().save(ring)
     status = kafka_job.main(["--policy", str(policy), "--bootstrap-servers", "127.0.0.1:9", "--keyring", f"file:{ring}"])
     assert status == 2
@@ -34,6 +27,6 @@ def test_a_bad_policy_exits_2_with_the_command_lines_message(tmp_path, capsys):
 def test_no_keyring_exits_2_and_says_how_to_give_one(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(KEYRING_ENV, raising=False)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.replace("version: 3", "version: 1"))
+    policy.write_text(POLICY)
     assert kafka_job.main(["--policy", str(policy), "--bootstrap-servers", "127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.startswith("error: no keyring: pass --keyring env:NAME or file:PATH")
