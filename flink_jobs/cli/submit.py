@@ -116,8 +116,9 @@ def pack_project(directory: Path) -> Path:
     """Zip the project's packages (sources only) into `directory`; the path of the zip.
 
     The zip is extracted on every worker and its root put on ``PYTHONPATH``, so
-    ``import udfs``, ``operators`` and ``flink_jobs`` work on a cluster without the project.
-    It also holds ``jars/flink/`` (the Kafka connector), where ``kafka_io`` looks for it.
+    ``import udfs``, ``operators`` and ``flink_jobs`` work on a cluster without the project;
+    :data:`NOT_SHIPPED` stays out (the job never imports it). It also holds ``jars/flink/``
+    (the Kafka connector), where ``kafka_io`` looks for it.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / "flink_anonymizer.zip"
