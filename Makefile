@@ -42,31 +42,31 @@ bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
 	$(PY) bench/scaling.py
 
 kafka-up: $(STAMP) jars ## start a single-node KRaft broker on 127.0.0.1:9092, data in .local/kafka
-	$(PY) -m flink_jobs.kafka_broker up --data-dir .local/kafka --port 9092
+	$(PY) -m flink_jobs.devtools.kafka_broker up --data-dir .local/kafka --port 9092
 
 kafka-down: $(STAMP) ## stop it
-	$(PY) -m flink_jobs.kafka_broker down --data-dir .local/kafka
+	$(PY) -m flink_jobs.devtools.kafka_broker down --data-dir .local/kafka
 
 vault-up: $(STAMP) ## start a local PostgreSQL for the token vault on 127.0.0.1:5433, data in .local/pg
-	$(PY) -m flink_jobs.pg_local up --data-dir .local/pg --port 5433
+	$(PY) -m flink_jobs.devtools.pg_local up --data-dir .local/pg --port 5433
 
 vault-down: $(STAMP) ## stop it
-	$(PY) -m flink_jobs.pg_local down --data-dir .local/pg
+	$(PY) -m flink_jobs.devtools.pg_local down --data-dir .local/pg
 
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
-	$(PY) -m flink_jobs.kafka_demo
+	$(PY) -m flink_jobs.devtools.kafka_demo
 
 cdc-demo: $(STAMP) jars ## PostgreSQL, Kafka Connect + Debezium, the job on conf/policies/customers-cdc.yaml: views beside raw change events
-	$(PY) -m flink_jobs.cdc_demo
+	$(PY) -m flink_jobs.devtools.cdc_demo
 
 BOOTSTRAP ?= 127.0.0.1:9092
 KEYRING ?= file:.local/dev-keyring.json
 
 cluster-up: $(STAMP) jars ## start a standalone Flink cluster on 127.0.0.1:8081 (conf/flink; state in .local/flink); METRICS_PORT=9249-9259 for Prometheus
-	$(PY) -m flink_jobs.cluster up --state-dir .local/flink --rest-port 8081 --rpc-port 6123 $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+	$(PY) -m flink_jobs.devtools.cluster up --state-dir .local/flink --rest-port 8081 --rpc-port 6123 $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 cluster-down: $(STAMP) ## stop it
-	$(PY) -m flink_jobs.cluster down --state-dir .local/flink
+	$(PY) -m flink_jobs.devtools.cluster down --state-dir .local/flink
 
 submit: $(STAMP) jars ## flink run protect_stream on the cluster: make submit POLICY=... BOOTSTRAP=... KEYRING=file:...
 	$(CLI) submit --policy $(POLICY) --bootstrap-servers $(BOOTSTRAP) --keyring $(KEYRING)

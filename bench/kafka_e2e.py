@@ -3,7 +3,7 @@
 A pass-through job (raw value to the output topic, through the same Kafka source and sink
 adapters) and the masked view of ``conf/policies/customer-events.yaml`` run side by side in one
 run, at parallelism 1 in thread mode, at-least-once, on a broker started here on loopback
-(``flink_jobs.kafka_broker``). Every output topic is created with
+(``flink_jobs.devtools.kafka_broker``). Every output topic is created with
 ``message.timestamp.type=LogAppendTime``, so each output record carries the broker's clock at
 the moment the sink's write reached the log.
 
@@ -62,7 +62,7 @@ from pyflink.datastream import MapFunction  # noqa: E402
 from pyflink.table import StreamTableEnvironment  # noqa: E402
 
 from conf.samples.generate_events import iter_events  # noqa: E402
-from flink_jobs.kafka_broker import start_broker  # noqa: E402
+from flink_jobs.devtools.kafka_broker import start_broker  # noqa: E402
 from flink_jobs.kafka_io import add_connector_jars, kafka_sink, kafka_source  # noqa: E402
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics  # noqa: E402
 from flink_jobs.kafka_tools import ensure_topics  # noqa: E402

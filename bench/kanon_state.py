@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyflink.datastream.connectors.number_seq import NumberSequenceSource
     from pyflink.java_gateway import get_gateway
 
-    from flink_jobs.processes import free_port
+    from flink_jobs.devtools.processes import free_port
     from operators.k_anonymity import attach
 
     n = int(args.rate * args.seconds)

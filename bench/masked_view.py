@@ -6,7 +6,7 @@ through the same file sink, in thread mode:
 - no-op: parse each record's JSON and serialize it again (into the same JSON Lines envelope);
 - masked: the protect_stream job with the masked view of conf/policies/customer-events.yaml.
 
-It prints records per second for each and their ratio (DESIGN.md target: >= 0.7),
+It prints records per second for each and their ratio (target in the README's Performance table: >= 0.7),
 then, with ``--scaling``, the masked view at parallelism 2 against 1.
 
     .venv/bin/python bench/masked_view.py --n 1000000 [--scaling]

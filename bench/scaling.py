@@ -5,7 +5,7 @@ free loopback ports, produces N generated events to a raw topic with 2 partition
 the masked view of conf/policies/customer-events.yaml with the real ``flink run -py``, bounded,
 once at parallelism 1 and once at 2, each to its own output topics. Throughput is the records
 divided by the job's own running time as the JobManager reports it (first task running to
-finished); the submission is not counted. DESIGN.md's target for the ratio is >= 1.7.
+finished); the submission is not counted. The README's Performance table sets >= 1.7 for the ratio.
 
     .venv/bin/python bench/scaling.py --n 200000
     .venv/bin/python bench/scaling.py --bootstrap-servers 127.0.0.1:9092 --state-dir .local/flink
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conf.samples.generate_events import iter_events  # noqa: E402
-from flink_jobs import cluster as flink_cluster  # noqa: E402
-from flink_jobs.cli_cluster import SubmitOptions, submit_job, wait_for_job  # noqa: E402
+from flink_jobs.cli.submit import SubmitOptions, submit_job, wait_for_job  # noqa: E402
+from flink_jobs.devtools import cluster as flink_cluster  # noqa: E402
 from flink_jobs.kafka_tools import ensure_topics, produce_file  # noqa: E402
 from flink_jobs.policy import load_policy  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> int:
         if args.bootstrap_servers:
             bootstrap = args.bootstrap_servers
         else:
-            from flink_jobs.kafka_broker import start_broker
+            from flink_jobs.devtools.kafka_broker import start_broker
 
             broker = start_broker(work / "kafka", timeout=90)
             bootstrap = broker.bootstrap

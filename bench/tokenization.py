@@ -27,8 +27,8 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import udfs.tokenize  # noqa: E402,F401
-from flink_jobs.pg_local import LocalPostgres, free_port  # noqa: E402
+import udfs.tokenization  # noqa: E402,F401
+from flink_jobs.devtools.pg_local import LocalPostgres, free_port  # noqa: E402
 from udfs import registry  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
 

@@ -2,22 +2,23 @@
 
 Sources and sinks go through the Table API Kafka connector (``kafka_io``), because only it
 reads offsets and writes record headers from PyFlink. The graph itself is the same
-``protect_stream.build`` that the file runs use.
+``protect_stream.build`` that the file runs use. :func:`main` is what ``flink run -py``
+runs on a cluster (``flink-anonymizer submit``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from flink_jobs.kafka_io import add_connector_jars, kafka_sink, kafka_source
 from flink_jobs.kafka_tools import KafkaToolsError, TopicsMissingError, check_reachable, ensure_topics
-from flink_jobs.policy import Policy
+from flink_jobs.keyring_ref import resolve_keyring
+from flink_jobs.policy import Policy, PolicyError, load_policy
 from flink_jobs.protect import DLQ
 from flink_jobs.protect_stream import JobOptions, build, make_env
-from flink_jobs.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, local_rest_config
+from udfs.keyring import KeyringError
 
 
 class KafkaInput:
@@ -103,35 +104,62 @@ def build_kafka_job(policy: Policy, keyring_ref: str, *, bootstrap: str, deliver
     return env
 
 
-def run(args: argparse.Namespace, policy: Policy, keyring_ref: str) -> int:
-    """``flink-anonymizer run --bootstrap-servers``: runs until cancelled, or to the end with --bounded."""
-    from flink_jobs.cli import CliError
+def prepare_job(policy: Policy, keyring_ref: str, *, bootstrap: str, delivery: str | None = None,
+                start: str = "earliest", bounded: bool = False, create_topics: bool = True, parallelism: int = 1,
+                execution_mode: str = "thread", config: dict[str, str] | None = None) -> Any:
+    """Check the topics (creating missing output topics when allowed), build the job, say on stderr what it runs.
 
-    delivery = args.delivery or policy.delivery
-    try:
-        created = prepare_topics(args.bootstrap_servers, policy, create=not args.no_create_topics)
-    except TopicsMissingError as exc:
-        raise CliError(f"{exc}; create them, or drop --no-create-topics to let the job create them") from None
-    except KafkaToolsError as exc:
-        raise CliError(str(exc)) from None
+    Returns the environment, ready to execute. Raises :class:`TopicsMissingError` (see
+    :data:`TOPICS_HINT`) or another :class:`KafkaToolsError` when the topics are not ready.
+    """
+    delivery = delivery or policy.delivery
+    created = prepare_topics(bootstrap, policy, create=create_topics)
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    bounded = getattr(args, "bounded", False)
-    # under `flink run` the cluster runs the job and `submit` watches its start; locally, this does
-    local = "PYFLINK_GATEWAY_PORT" not in os.environ
-    rest_base, rest_config = local_rest_config() if local else ("", {})
-    env = build_kafka_job(policy, keyring_ref, bootstrap=args.bootstrap_servers, delivery=delivery,
-                          start=args.start, bounded=bounded,
-                          config={**rest_config, **getattr(args, "metrics_config", {})},
-                          parallelism=args.parallelism, execution_mode=args.execution_mode)
+    env = build_kafka_job(policy, keyring_ref, bootstrap=bootstrap, delivery=delivery, start=start, bounded=bounded,
+                          config=config, parallelism=parallelism, execution_mode=execution_mode)
     views = ", ".join(f"{name} -> {view.topic}" for name, view in policy.views.items())
-    print(f"protect_stream[{policy.id}] on {args.bootstrap_servers}: {policy.source_topic} -> {views}, "
+    print(f"protect_stream[{policy.id}] on {bootstrap}: {policy.source_topic} -> {views}, "
           f"{DLQ} -> {policy.dlq_topic} ({delivery})", file=sys.stderr)
-    if local:
-        from flink_jobs.cli import run_watched
+    return env
 
-        run_watched(env, f"protect_stream[{policy.id}]", rest_base,
-                    getattr(args, "startup_timeout", DEFAULT_STARTUP_TIMEOUT_S), expect_records=False)
-    else:
-        env.execute(f"protect_stream[{policy.id}]")
+
+#: what to do about missing topics, after the error's own text
+TOPICS_HINT = "create them, or drop --no-create-topics to let the job create them"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The job on a cluster: ``flink run -py flink_jobs/kafka_job.py --policy P ...`` runs this.
+
+    It takes the Kafka arguments of ``flink-anonymizer run`` that ``submit`` passes on, and
+    needs no command line module: the workers are not shipped one.
+    """
+    parser = argparse.ArgumentParser(prog="flink_jobs/kafka_job.py", description="protect_stream on Kafka")
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--bootstrap-servers", required=True)
+    parser.add_argument("--keyring")
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument("--execution-mode", choices=("thread", "process"), default="thread")
+    parser.add_argument("--start", choices=("earliest", "latest", "group-offsets"), default="earliest")
+    parser.add_argument("--delivery", choices=("exactly-once", "at-least-once"))
+    parser.add_argument("--bounded", action="store_true")
+    parser.add_argument("--no-create-topics", action="store_true")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        keyring, reference = resolve_keyring(args.keyring)
+        policy = load_policy(args.policy, keyring=keyring)
+        env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery,
+                          start=args.start, bounded=args.bounded, create_topics=not args.no_create_topics,
+                          parallelism=args.parallelism, execution_mode=args.execution_mode)
+    except (KafkaToolsError, KeyringError, PolicyError) as exc:
+        # as `flink-anonymizer run` says it; `flink run` shows it when the script fails
+        hint = f"; {TOPICS_HINT}" if isinstance(exc, TopicsMissingError) else ""
+        print(f"error: {exc.summary() if isinstance(exc, PolicyError) else exc}{hint}", file=sys.stderr)
+        return 2
+    env.execute(f"protect_stream[{policy.id}]")
     return 0
+
+
+if __name__ == "__main__":
+    # `flink run -py flink_jobs/kafka_job.py` (what `submit` runs) and `-pym flink_jobs.kafka_job` (conf/k8s)
+    sys.exit(main())

@@ -51,6 +51,10 @@ class PolicyError(ValueError):
         self.problems = problems
         super().__init__("\n".join(p.render(file) for p in problems))
 
+    def summary(self) -> str:
+        """What the command line prints: how many problems, then each on its own line."""
+        return f"the policy has {len(self.problems)} problem(s):\n{self}"
+
 
 @dataclass
 class View:
@@ -231,7 +235,8 @@ def _compile_view(name: str, raw: Any, keyring: Keyring | None, problems: list[P
     view = View(name=name, topic=topic or "", compacted=bool(sink.get("compacted", False)))
     if dp is not None:
         if not isinstance(dp, dict):
-            problems.append(Problem(f"{where}.differential_privacy", "must be a mapping", "see DESIGN.md"))
+            problems.append(Problem(f"{where}.differential_privacy", "must be a mapping",
+                                    "see differential_privacy under 'The policy' in the README"))
             return None
         from operators.dp.params import DpParams  # imported late: only aggregate views need it
 

@@ -454,14 +454,3 @@ def _watermarks(policy: Policy) -> WatermarkStrategy:
     # no with_idleness: on an unbounded source the idle mark it sets kept every watermark from
     # leaving the protect chain (issue 19); a quiet input is the DP stages' idle_timeout instead
     return WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(policy.watermark_delay_ms))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``flink run -py flink_jobs/protect_stream.py -- --policy P ...``."""
-    from flink_jobs import cli
-
-    return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

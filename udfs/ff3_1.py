@@ -15,7 +15,7 @@ References
 
 from __future__ import annotations
 
-from udfs.ff1 import Alphabet, FPECipher, FPEError
+from udfs.fpe_cipher import Alphabet, FPECipher, FPEError
 
 __all__ = ["FF3_1", "max_length"]
 

@@ -32,8 +32,9 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from udfs.ff1 import DOMAIN_MIN, FF1, FF1_MAX_LEN, Alphabet, FPEError, min_length
+from udfs.ff1 import FF1, FF1_MAX_LEN
 from udfs.ff3_1 import FF3_1, max_length
+from udfs.fpe_cipher import DOMAIN_MIN, Alphabet, FPEError, min_length
 from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
 
 __all__ = ["FF1Transform", "FF3_1Transform", "FPETransform", "country_code_length", "luhn_valid"]

@@ -301,7 +301,7 @@ _BUILTIN_MODULES = (
     "udfs.encryption",
     "udfs.generalize",
     "udfs.fpe",
-    "udfs.tokenize",
+    "udfs.tokenization",
     "udfs.redact_pii",
     "udfs.geo",
 )

@@ -1,6 +1,6 @@
 """The README's example of user transforms: one decorated function and one class.
 
-A policy loads it with ``plugins: [conf.examples.my_udfs]``; tests/test_plugins.py runs it.
+A policy loads it with ``plugins: [conf.examples.my_udfs]``; tests/flink_jobs/test_plugins.py runs it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ pybind11 extension modules deadlock PyFlink's embedded (thread-mode) interpreter
 operator opens (issue 14: a masked-only job hung at start, stuck in ``scipy/spatial``). So
 the worker draws noise from these classes, which follow diffprivlib 0.6's samplers line by
 line, floating-point care included; diffprivlib stays the reference, and
-``tests/test_dp_mechanisms.py`` checks that both give the same variance and distribution.
+``tests/operators/test_dp_mechanisms.py`` checks that both give the same variance and distribution.
 
 Every mechanism takes ``rng``: ``secrets.SystemRandom()`` (the operating system's secure
 generator) unless a test passes a seeded :class:`random.Random` (see :func:`make_random`).

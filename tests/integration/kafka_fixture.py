@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs.kafka_broker import Broker, start_broker
+from flink_jobs.devtools.kafka_broker import Broker, start_broker
 
 REPO = Path(__file__).resolve().parents[2]
 

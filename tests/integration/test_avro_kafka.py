@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from flink_jobs.avro_format import encode, schema_id, split_frame
-from flink_jobs.cli_avro import write_view_schemas
+from flink_jobs.cli.avro import write_view_schemas
+from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
-from flink_jobs.startup_watch import local_rest_config
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flink_jobs.cdc_demo import NEW, POLICY, SEED, start_chain
+from flink_jobs.cli.startup_watch import local_rest_config
+from flink_jobs.devtools.cdc_demo import NEW, POLICY, SEED, start_chain
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
-from flink_jobs.startup_watch import local_rest_config
-from tests.pg_fixture import postgres_server  # noqa: F401
+from tests.support.pg_fixture import postgres_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

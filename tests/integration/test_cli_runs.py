@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flink_jobs.cli import read_channel
+from flink_jobs.cli.run import read_channel
 from operators.shuffle import SUPPRESSED_HEADER, WINDOW_HEADER
 
 pytestmark = pytest.mark.integration

@@ -29,8 +29,7 @@ import pytest
 import yaml
 
 from conf.samples.generate_events import iter_events
-from flink_jobs import cluster as flink_cluster
-from flink_jobs.cli_cluster import (
+from flink_jobs.cli.submit import (
     SubmitOptions,
     cancel_job,
     job_status,
@@ -38,9 +37,10 @@ from flink_jobs.cli_cluster import (
     submit_job,
     wait_for_job,
 )
+from flink_jobs.devtools import cluster as flink_cluster
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
-from tests.leak_scan import pii_values
+from tests.support.leak_scan import pii_values
 
 pytestmark = pytest.mark.integration
 

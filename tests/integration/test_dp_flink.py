@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs.processes import free_port
+from flink_jobs.devtools.processes import free_port
 from operators.dp.flink import attach
 from operators.dp.params import DpParams
 from tests.integration import restart

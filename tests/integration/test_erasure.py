@@ -19,9 +19,9 @@ import orjson
 import pytest
 import yaml
 
-import udfs.tokenize  # noqa: F401 - registers tokenize.vault
+import udfs.tokenization  # noqa: F401 - registers tokenize.vault
 from flink_jobs.protect import DLQ, Protector
-from tests.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
+from tests.support.pg_fixture import pg_vault_url, postgres_server  # noqa: F401
 from udfs.keyring import Keyring
 from udfs.record import invert_view
 from udfs.registry import TransformError

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from operators import risk
+from flink_jobs.report import risk
 from operators.k_anonymity import KAnonymityParams, extract_quasi_identifiers
 from tests.integration import restart
-from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from tests.support.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
 

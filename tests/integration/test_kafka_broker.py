@@ -8,7 +8,8 @@ import time
 import pytest
 
 from flink_jobs import kafka_tools
-from flink_jobs.kafka_broker import BrokerError, free_port, start_broker
+from flink_jobs.cli import kafka as kafka_cli
+from flink_jobs.devtools.kafka_broker import BrokerError, free_port, start_broker
 from flink_jobs.kafka_tools import TopicsMissingError, UnreachableError, consume, ensure_topics, produce_file
 from tests.integration.kafka_fixture import kafka_broker  # noqa: F401
 
@@ -84,12 +85,12 @@ def test_cli_produce_and_consume(tmp_path, kafka_broker, capsys):  # noqa: F811
     path = tmp_path / "cli.jsonl"
     path.write_text('{"customerId": "a", "v": 1}\nbroken {\n', encoding="utf-8")
     b = kafka_broker.bootstrap
-    assert kafka_tools.main(["produce", str(path), "--topic", "cli-topic", "--bootstrap-servers", b]) == 0
+    assert kafka_cli.main(["produce", str(path), "--topic", "cli-topic", "--bootstrap-servers", b]) == 0
     capsys.readouterr()
-    assert kafka_tools.main(["consume", "--topic", "cli-topic", "-n", "10", "--bootstrap-servers", b, "--timeout", "3"]) == 0
+    assert kafka_cli.main(["consume", "--topic", "cli-topic", "-n", "10", "--bootstrap-servers", b, "--timeout", "3"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(o["key"], o["value"]) for o in out] == [("a", {"customerId": "a", "v": 1}), (None, "broken {")]
-    assert kafka_tools.main(["consume", "--topic", "nope", "--bootstrap-servers", b]) == 1
+    assert kafka_cli.main(["consume", "--topic", "nope", "--bootstrap-servers", b]) == 1
     assert "missing Kafka topic" in capsys.readouterr().err
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flink_jobs.devtools.processes import free_port
 from flink_jobs.kafka_tools import ensure_topics, produce_file
-from flink_jobs.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def total(series: dict, name: str, **labels: str) -> float | None:
 def _policy(tmp_path: Path, topic: str) -> Path:
     document = yaml.safe_load(POLICY.read_text())
     document["source"]["topic"] = topic
-    document["plugins"] = ["udfs.tokenize"]
+    document["plugins"] = ["udfs.tokenization"]
     for name, view in document["views"].items():
         view["sink"]["topic"] = f"{topic}.{name}"
     # a token per customer from the vault: the same customer again is a hit
@@ -150,9 +150,9 @@ def _scrape(port: int) -> str | None:
 
 @pytest.mark.timeout(300)
 def test_cluster_up_with_metrics_port_serves_the_jobmanager_and_taskmanager_and_submit_checks_it(tmp_path, capsys):
-    from flink_jobs import cluster as cluster_cli
-    from flink_jobs.cli import CliError
-    from flink_jobs.cli_cluster import check_cluster_metrics
+    from flink_jobs.cli.errors import CliError
+    from flink_jobs.cli.submit import check_cluster_metrics
+    from flink_jobs.devtools import cluster as cluster_cli
 
     first = free_port()
     state = tmp_path / "flink"

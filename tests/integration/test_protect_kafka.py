@@ -13,7 +13,7 @@ from flink_jobs import cli
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import compile_policy, load_policy
-from tests.leak_scan import pii_values
+from tests.support.leak_scan import pii_values
 from udfs.keyring import Keyring
 
 pytestmark = pytest.mark.integration

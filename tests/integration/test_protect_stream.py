@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conf.samples.generate_events import malformed_plan
-from flink_jobs.cli import count_records, read_channel, run_files
+from flink_jobs.cli.run import count_records, read_channel, run_files
 from flink_jobs.policy import load_policy
-from tests.kanon_checker import assert_k_anonymous
-from tests.leak_scan import record_pii_values
+from tests.support.kanon_checker import assert_k_anonymous
+from tests.support.leak_scan import record_pii_values
 from udfs.keyring import Keyring
 from udfs.record import invert_view
 
@@ -29,7 +29,7 @@ ADVERSARIAL = ROOT / "tests/data/adversarial-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
 #: the protected record views (the suppressed output and the dead letters are as sensitive as raw)
 PROTECTED = ("masked", "anonymized", "aggregated")
-# names are checked per record (a fake may be another customer's real name), not by tests.leak_scan
+# names are checked per record (a fake may be another customer's real name), not by tests.support.leak_scan
 
 # generator kind -> the start of the dead-letter reason the job must give
 EXPECTED_REASONS = {

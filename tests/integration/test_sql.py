@@ -17,7 +17,7 @@ from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
 from flink_jobs.protect import DLQ, Protector
 from flink_jobs.sql_job import build_table_env, split_statements, substitute
-from tests.leak_scan import pii_values
+from tests.support.leak_scan import pii_values
 from udfs.keyring import Keyring, load_keyring
 
 pytestmark = pytest.mark.integration

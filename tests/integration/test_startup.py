@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
-# the console script, as a user runs it (``python -m flink_jobs.cli`` would load the module twice)
+# the console script, as a user runs it
 CLI = [str(Path(sys.executable).with_name("flink-anonymizer"))]
 #: one job on the 10,040-event sample; "what good looks like" is 120 s, so this leaves room for a loaded machine
 RUN_TIMEOUT_S = 240

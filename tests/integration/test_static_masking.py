@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 from flink_jobs import cli
-from flink_jobs.cli import count_records, read_channel
+from flink_jobs.cli.run import count_records, read_channel
 from operators.dp.core import laplace_threshold
 from operators.dp.params import DpParams
-from tests.kanon_checker import assert_k_anonymous
+from tests.support.kanon_checker import assert_k_anonymous
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import compile_policy
-from flink_jobs.startup_watch import local_rest_config
 
 pytestmark = pytest.mark.integration
 

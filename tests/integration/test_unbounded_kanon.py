@@ -20,11 +20,11 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
+from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import compile_policy
-from flink_jobs.startup_watch import local_rest_config
-from tests.kanon_checker import assert_accounted, assert_k_anonymous
+from tests.support.kanon_checker import assert_accounted, assert_k_anonymous
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,140 @@
+"""Avro in the Confluent wire format: framing, schemas derived per view, policy checks, the Protector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flink_jobs.avro_format import (
+    AvroError,
+    FileSchemaStore,
+    encode,
+    schema_id,
+    split_frame,
+)
+from flink_jobs.policy import PolicyError, compile_policy
+from flink_jobs.protect import DLQ, Protector
+from udfs.keyring import Keyring
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "conf/policies/customer-events-avro.yaml"
+SCHEMA = ROOT / "conf/schemas/customer-event.avsc"
+EVENT = {"customerId": "CUST303148", "name": "Seo-yeon Wright", "email": "seoyeon.wright1992@example.net",
+         "ssn": "703-40-3708", "card": "4511939257737224", "phone": "+1-412-555-0133", "age": 37, "zip": "15222",
+         "lat": 40.438295, "lon": -80.022002, "region": "us-east", "purchaseAmount": 24.79,
+         "timestamp": "2024-03-15T00:00:00Z", "address": {"street": "12 Elm St", "city": "Pittsburgh", "zip": "15222"},
+         "notes": "VIP"}
+
+
+def source_frame(record: dict = EVENT) -> str:
+    from fastavro import parse_schema
+
+    schema = json.loads(SCHEMA.read_text())
+    return encode(record, schema_id(schema), parse_schema(schema)).decode("latin-1")
+
+
+@pytest.fixture(scope="module")
+def protector() -> Protector:
+    policy = compile_policy(yaml.safe_load(POLICY.read_text()), file=str(POLICY))
+    opened = Protector(policy.document, policy.file)
+    opened.open(Keyring.generate())
+    return opened
+
+
+def read_view(protector: Protector, view: str, raw: str) -> dict:
+    import io
+
+    from fastavro import parse_schema, schemaless_reader
+
+    sid, body = split_frame(raw.encode("latin-1"))
+    schema = protector.avro.store.by_id(sid)
+    return schemaless_reader(io.BytesIO(body), parse_schema(schema), None)
+
+
+def test_an_avro_record_is_protected_into_each_views_own_format(protector):
+    out = {r.channel: r.value for r in protector.process("raw/0/1", None, source_frame())}
+    masked = read_view(protector, "masked", out["masked"][2])
+    assert masked["customerId"].startswith("cus_") and masked["email"] == "s***@example.net"
+    assert masked["age"] == "20-39"                     # an int column, published as a string range
+    assert masked["address"]["zip"] == "152**" and masked["address"]["street"] != "12 Elm St"
+    assert "notes" not in masked and "lat" not in masked  # columns the view does not name
+    support = json.loads(out["support"][2])             # a JSON view beside it
+    assert support == {"customerId": masked["customerId"], "email": "s***@example.net", "region": "us-east",
+                       "timestamp": "2024-03-15T00:00:00Z"}
+
+
+def test_each_views_schema_drops_its_columns_and_changes_its_types(protector):
+    sid, _ = split_frame(protector.process("p", None, source_frame())[0].value[2].encode("latin-1"))
+    schema = protector.avro.store.by_id(sid)
+    fields = {f["name"]: f["type"] for f in schema["fields"]}
+    assert fields["age"] == ["null", "string"] and fields["purchaseAmount"] == ["null", "double"]
+    assert "notes" not in fields and "lat" not in fields
+    address = next(t for t in fields["address"] if isinstance(t, dict))
+    assert [f["name"] for f in address["fields"]] == ["street", "zip"]
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("{\"customerId\": 1}", "not_avro"),                                    # JSON, not the wire format
+    ("\x00\x00\x00\x00\x2a" + "\x02", "unknown_schema_id 42"),              # a schema id nobody registered
+    (source_frame()[:5] + "\x07\x01", "schema_mismatch"),                   # a body that is not the schema's
+    (source_frame() + "\x00", "schema_mismatch"),                           # trailing bytes after the record
+])
+def test_bad_bytes_are_dead_letters_with_a_reason_and_their_bytes_kept(protector, raw, reason):
+    [routed] = protector.process("raw/0/9", None, raw)
+    assert routed.channel == DLQ and routed.value[2] == raw
+    assert json.loads(routed.value[1])["reason"].startswith(reason)
+
+
+def test_a_record_its_schema_refuses_is_an_error_that_never_quotes_the_value():
+    from fastavro import parse_schema
+
+    schema = parse_schema({"type": "record", "name": "R", "fields": [{"name": "age", "type": "int"}]})
+    with pytest.raises(AvroError) as caught:
+        encode({"age": "703-40-3708"}, 7, schema)
+    assert str(caught.value).startswith("schema_mismatch") and "703-40-3708" not in str(caught.value)
+
+
+def test_a_path_the_schema_does_not_have_is_refused_naming_both():
+    document = yaml.safe_load(POLICY.read_text())
+    document["views"]["masked"]["fields"]["loyaltyTier"] = "keep"
+    document["views"]["masked"]["fields"]["address.country"] = "keep"
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(document, file=str(POLICY))
+    text = str(caught.value)
+    assert "views.masked.fields.loyaltyTier: not in the source schema CustomerEvent" in text
+    assert "views.masked.fields.address.country: not in the source schema CustomerEvent" in text
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"source": {"format": "avro", "schema": None}}, "source.schema: missing"),             # no schema
+    ({"source": {"format": "avro", "schema": "nope.avsc"}}, "cannot read the Avro schema"),  # no such file
+    ({"source": {"format": "json"}}, "derives its schema from an avro source"),            # avro view, JSON source
+    ({"sink_format": "xml"}, "unknown format 'xml'"),                                       # no such format
+])
+def test_avro_settings_are_checked(change, problem):
+    document = yaml.safe_load(POLICY.read_text())
+    document["source"].update(change.get("source", {}))
+    if "sink_format" in change:
+        document["views"]["support"]["sink"]["format"] = change["sink_format"]
+    with pytest.raises(PolicyError, match=problem):
+        compile_policy(document, file=str(POLICY))
+
+
+def test_schema_ids_are_stable_and_a_store_finds_them():
+    schema = json.loads(SCHEMA.read_text())
+    store = FileSchemaStore(SCHEMA, "raw-value")
+    assert store.latest("raw-value") == (schema_id(schema), schema) and store.by_id(schema_id(schema)) == schema
+    with pytest.raises(AvroError, match="not_avro"):
+        split_frame(b"\x01abcd")
+
+
+def test_avro_schemas_writes_each_avro_views_schema(tmp_path, capsys):
+    from flink_jobs.cli import main
+
+    assert main(["avro-schemas", "--policy", str(POLICY), "--schema", str(SCHEMA), "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "masked-customer-events-avro-value.avsc").read_text())
+    assert f"schema id {schema_id(written)}" in capsys.readouterr().out
+    assert not (tmp_path / "support-customer-events-value.avsc").exists()  # a JSON view has none
