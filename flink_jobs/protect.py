@@ -20,9 +20,9 @@ import orjson
 
 from flink_jobs.avro_format import AvroError
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
+from udfs.errors import TransformError
 from udfs.keyring import Keyring
 from udfs.record import apply_view
-from udfs.registry import TransformError
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from operators.flink_compat import state_ttl
 from udfs.durations import parse_duration
-from udfs.registry import ParamError
+from udfs.errors import ParamError
 
 __all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "WINDOW_HEADER", "Shuffler", "ShuffleParams", "attach", "partition_key"]
 

@@ -20,7 +20,7 @@ explicit, by naming ``key_id`` in the policy.
 
 A value that does not fit (a symbol outside the alphabet, too short for a
 domain of a million values, a card of the wrong length) raises
-:class:`~udfs.registry.TransformError`, so the record goes to the dead-letter
+:class:`~udfs.errors.TransformError`, so the record goes to the dead-letter
 output; it is never passed through in the clear.
 """
 
@@ -32,10 +32,11 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from udfs.errors import MISSING, ParamError, TransformError
 from udfs.ff1 import FF1, FF1_MAX_LEN
 from udfs.ff3_1 import FF3_1, max_length
 from udfs.fpe_cipher import DOMAIN_MIN, Alphabet, FPEError, min_length
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.registry import Transform, transform
 
 __all__ = ["FF1Transform", "FF3_1Transform", "FPETransform", "country_code_length", "luhn_valid"]
 

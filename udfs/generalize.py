@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.errors import MISSING, ParamError, TransformError
+from udfs.registry import Transform, transform
 
 _GEOHASH_ALPHABET = "0123456789bcdefghjkmnpqrstuvwxyz"
 

@@ -3,7 +3,7 @@
 A view is a tree compiled from dotted paths (``address.zip``, ``items[*].card``).
 Only named paths reach the output (deny by default); the names of the others are
 reported so the job can count them. A value that does not fit its transform
-raises :class:`~udfs.registry.TransformError` with the field's path in the reason.
+raises :class:`~udfs.errors.TransformError` with the field's path in the reason.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from udfs.errors import MISSING, TransformError
 from udfs.masking import DROP, Keep
-from udfs.registry import MISSING, Transform, TransformError
+from udfs.registry import Transform
 
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z_$][\w$-]*)(?P<array>\[\*\])?$")
 

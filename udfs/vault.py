@@ -48,8 +48,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from udfs.errors import ParamError, TransformError
 from udfs.keyring import Keyring, KeyringError, derive
-from udfs.registry import ParamError, Transform, TransformError
+from udfs.registry import Transform
 
 __all__ = [
     "DEFAULT_VAULT",

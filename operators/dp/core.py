@@ -17,7 +17,7 @@ from typing import Any
 
 from operators.dp.mechanisms import GaussianAnalytic, Geometric, Laplace, make_random
 from operators.dp.params import DpParams, Metric, group_key, scalar_group_value
-from udfs.registry import MISSING, TransformError
+from udfs.errors import MISSING, TransformError
 
 _Z95 = 1.959963984540054
 

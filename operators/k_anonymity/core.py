@@ -25,8 +25,8 @@ from operators.k_anonymity.params import (
     epoch_seconds,
     qi_ncp,
 )
+from udfs.errors import TransformError
 from udfs.generalize import cut_datetime, numeric_range, truncate
-from udfs.registry import TransformError
 
 #: past this many cached partitions, or cached published fields and class NCPs, the idle ones are dropped
 CACHE_LIMIT = 100_000
@@ -63,7 +63,7 @@ def extract_quasi_identifiers(params: KAnonymityParams, record: Mapping[str, Any
     """Raw QI values of one input record, ``{qi_name: value}``, checked against their hierarchies.
 
     A ``geo`` QI gives ``{"lat": .., "lon": ..}``. Raises
-    :class:`~udfs.registry.TransformError` (``"field age: missing"``) when a value is
+    :class:`~udfs.errors.TransformError` (``"field age: missing"``) when a value is
     missing or of the wrong type, so the record goes to the dead-letter output; the
     reason never holds the value.
     """

@@ -1,7 +1,7 @@
 """The checked ``k_anonymity:`` block of a policy: quasi-identifiers, hierarchies, the cascade's path.
 
 :meth:`KAnonymityParams.from_policy` checks a block once, when the policy is checked, and raises
-:class:`~udfs.registry.ParamError` only, naming the parameter and what is allowed.
+:class:`~udfs.errors.ParamError` only, naming the parameter and what is allowed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
-from udfs.registry import ParamError
+from udfs.errors import ParamError
 
 STAR = "*"
 BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path",
