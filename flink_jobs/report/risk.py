@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from udfs.record import lookup
+
 __all__ = ["DpReport", "QiSpec", "Requirement", "RiskReport", "assess", "assess_dp", "parse_line", "risk_bins"]
 
 STAR = "*"
@@ -184,13 +186,6 @@ def parse_line(line: str) -> tuple[dict, dict]:
     return {}, item
 
 
-def _get(record: Mapping[str, Any], path: str) -> Any:
-    node: Any = record
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
 def assess(records: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], quasi_identifiers: Sequence[str | QiSpec],
            subject: str, *, sensitive: str | None = None, threshold: float = 0.2,
            requirement: Requirement | None = None) -> RiskReport:
@@ -213,11 +208,11 @@ def assess(records: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], quasi
             reasons[str(headers["k_suppressed"])] += 1
             continue
         level = headers.get("k_level")
-        qis = tuple(_get(value, q) for q in names)
+        qis = tuple(lookup(value, q, None) for q in names)
         combo = json.dumps(qis, sort_keys=True)
-        members[combo].add(json.dumps(_get(value, subject)))
+        members[combo].add(json.dumps(lookup(value, subject, None)))
         if sensitive is not None:
-            values[combo].add(json.dumps(_get(value, sensitive), sort_keys=True))
+            values[combo].add(json.dumps(lookup(value, sensitive, None), sort_keys=True))
         record_class.append(combo)
         record_level.append(None if level is None else str(level))
         published.append(qis)

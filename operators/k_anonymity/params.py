@@ -18,6 +18,7 @@ from typing import Any
 from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
 from udfs.errors import ParamError
+from udfs.record import is_plain_path
 
 STAR = "*"
 BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path",
@@ -30,7 +31,6 @@ DATE_UNITS = ("hour", "day", "month", "year")
 _DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
 _LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "grid": "geo", "date": "date",
                 "group": "category"}
-_PATH = re.compile(r"^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$")
 #: timestamp of the event-time timer that flushes a buffer when a bounded input ends
 FLUSH_TIMER = 2**63 - 2
 
@@ -354,7 +354,7 @@ def _parse_path(raw: Any, qis: Sequence[QuasiIdentifier]) -> tuple[tuple[int, ..
 
 def _paths(raw: Any, param: str) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not items or not all(isinstance(p, str) and _PATH.match(p) for p in items):
+    if not isinstance(items, list) or not items or not all(is_plain_path(p) for p in items):
         raise ParamError(param, "must be a dotted path or a non-empty list of them", "e.g. zip or [zip, address.zip]")
     return tuple(items)
 
@@ -570,7 +570,7 @@ def _parse_l_diversity(raw: Any, field_paths: set[str], qis: Sequence[QuasiIdent
     if not isinstance(raw, Mapping) or set(raw) - {"attribute", "l"}:
         raise ParamError("l_diversity", "must be {attribute: ..., l: ...}", "{attribute: purchaseBand, l: 2}")
     attribute, l_value = raw.get("attribute"), raw.get("l")
-    if not isinstance(attribute, str) or not _PATH.match(attribute):
+    if not is_plain_path(attribute):
         raise ParamError("l_diversity.attribute", "missing or not a field path", "a field of the view")
     if field_paths and attribute not in field_paths:
         raise ParamError("l_diversity.attribute", f"{attribute!r} is not among the view's fields",
