@@ -32,7 +32,6 @@ References
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import re
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from udfs.record import lookup
+from udfs.timestamps import epoch_seconds
 
 __all__ = ["DpReport", "QiSpec", "Requirement", "RiskReport", "assess", "assess_dp", "parse_line", "risk_bins"]
 
@@ -355,10 +355,8 @@ def _read_date(value: Any) -> _Cell | None:
     for unit, pattern in _DATES:
         if pattern.match(value):
             text = value if unit == "hour" else value + "-01" * {"year": 2, "month": 1, "day": 0}[unit]
-            start = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if start.tzinfo is None:
-                start = start.replace(tzinfo=dt.UTC)
-            return _Cell(f"{{date: {unit}}}", span=(start.timestamp(), start.timestamp() + _UNIT_SECONDS[unit]))
+            start = epoch_seconds(text.replace("Z", "+00:00"))
+            return _Cell(f"{{date: {unit}}}", span=(start, start + _UNIT_SECONDS[unit]))
     return None
 
 

@@ -22,12 +22,12 @@ from operators.k_anonymity.params import (
     KAnonymityParams,
     Level,
     QuasiIdentifier,
-    epoch_seconds,
     qi_ncp,
 )
 from udfs.errors import TransformError
 from udfs.generalize import cut_datetime, numeric_range, truncate
 from udfs.record import lookup
+from udfs.timestamps import epoch_seconds
 
 #: past this many cached partitions, or cached published fields and class NCPs, the idle ones are dropped
 CACHE_LIMIT = 100_000

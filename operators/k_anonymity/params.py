@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
 from udfs.errors import ParamError
 from udfs.record import is_plain_path
+from udfs.timestamps import epoch_seconds
 
 STAR = "*"
 BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path",
@@ -580,15 +580,6 @@ def _parse_l_diversity(raw: Any, field_paths: set[str], qis: Sequence[QuasiIdent
     if isinstance(l_value, bool) or not isinstance(l_value, int) or l_value < 2:
         raise ParamError("l_diversity.l", "must be an integer >= 2", "such as 2")
     return LDiversity(attribute=attribute, l=l_value)
-
-
-def epoch_seconds(value: Any) -> float:
-    if not isinstance(value, str):
-        raise TypeError("not a string")
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
 
 
 def qi_ncp(qi: QuasiIdentifier, level: Level, value: Any, spans: Mapping[str, tuple[float, float]]) -> float:
