@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+#: timestamp of the event-time timer that flushes a buffer when a bounded input ends: processing-time
+#: timers never fire after the end of input, the final watermark does reach this one
+FLUSH_TIMER = 2**63 - 2
+
+
+def now_ms() -> int:
+    """Flink's processing time, read from the wall clock.
+
+    Asking the timer service is a call into the JVM, and in BATCH mode it has no clock at all.
+    """
+    return int(time.time() * 1000)
+
+
+class BatchedCounter:
+    """A Flink counter increased once every ``every`` counts: each ``inc`` is a call into the JVM.
+
+    ``add`` says whether it reached the counter; call ``flush`` in timers and ``close`` so
+    that nothing stays pending.
+    """
+
+    __slots__ = ("counter", "every", "pending")
+
+    def __init__(self, counter: Any, every: int = 1024) -> None:
+        self.counter, self.every, self.pending = counter, every, 0
+
+    def add(self, n: int = 1) -> bool:
+        self.pending += n
+        if self.pending >= self.every:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        if self.pending:
+            self.counter.inc(self.pending)
+            self.pending = 0
 
 
 def subtask_index(runtime_context: Any) -> int:

@@ -18,6 +18,9 @@ from udfs.errors import MISSING, TransformError
 from udfs.masking import DROP, Keep
 from udfs.registry import Transform
 
+#: a record as the job's operators pass it on: (key or None, headers JSON, value JSON)
+Record = tuple[str | None, str, str]
+
 # the one grammar of field paths: names joined by dots; a view's paths may add [*] after a name
 _NAME = r"[A-Za-z_$][\w$-]*"
 _SEGMENT = re.compile(rf"^(?P<name>{_NAME})(?P<array>\[\*\])?$")

@@ -29,7 +29,7 @@ from operators.dp.core import (
 )
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
-from operators.flink_compat import state_ttl, subtask_index
+from operators.flink_compat import BatchedCounter, state_ttl, subtask_index
 from operators.quiet_clock import QuietClock
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,7 @@ class _BoundContributions(_SeededProcess):
         metrics = ctx.get_metrics_group()
         self.late = metrics.counter("dp_late_records_dropped")
         self.full = metrics.counter("dp_records_dropped_buffer_full")
-        self.records = metrics.counter("dp_records_in")
-        self.uncounted = 0  # records not yet added to the counter: one JVM call per 1024 records
+        self.records = BatchedCounter(metrics.counter("dp_records_in"))
         # public-group markers already sent per window; duplicates after a restore are harmless
         self.announced: set[int] = set()
         self.tumbling = self.params.slide_ms is None
@@ -272,10 +271,7 @@ class _BoundContributions(_SeededProcess):
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
         subject, group_json, values_json, ts = decode_contribution(value)
-        self.uncounted += 1
-        if self.uncounted >= 1024:
-            self.records.inc(self.uncounted)
-            self.uncounted = 0
+        self.records.add()
         bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key (encode_contribution), without a JVM call
         windows = self.buckets.get(bucket)
         if windows is None:
@@ -334,9 +330,7 @@ class _BoundContributions(_SeededProcess):
         from pyflink.datastream import TimeDomain
 
         p = self.params
-        if self.uncounted:
-            self.records.inc(self.uncounted)
-            self.uncounted = 0
+        self.records.flush()
         bucket = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             yield from self._on_quiet(bucket, timestamp, ctx)

@@ -31,8 +31,6 @@ DATE_UNITS = ("hour", "day", "month", "year")
 _DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
 _LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "grid": "geo", "date": "date",
                 "group": "category"}
-#: timestamp of the event-time timer that flushes a buffer when a bounded input ends
-FLUSH_TIMER = 2**63 - 2
 
 
 MICRO = 1_000_000  # grid cells are whole millionths of a degree, so every level's cell is exact integer arithmetic
