@@ -182,7 +182,7 @@ class Protector:
 
     def _view_key(self, protected: dict) -> str:
         # a view's key is its own protected subject, never the raw input key ("" when it has none:
-        # process mode cannot encode None in a STRING field; the sinks turn "" into no key)
+        # PyFlink workaround [no None] in operators.flink_compat)
         subject = protected.get(self._subject_field)
         return "" if subject is None else str(subject)
 

@@ -162,10 +162,8 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     checkpointing = options.checkpoint_interval_ms > 0 and not options.batch
     config.set_string("execution.runtime-mode", "BATCH" if options.batch else "STREAMING")
     if options.batch:
-        # BATCH mode with chained Python operators hangs in thread mode: a chained operator's
-        # embedded interpreter deadlocks importing scipy's pybind11 modules (PyGILState_Ensure on a
-        # thread whose GIL it already holds, under another thread state). One operator per task
-        # avoids it; the exchanges of a batch job are blocking anyway.
+        # one operator per task: PyFlink workaround [pybind11] in operators.flink_compat (the
+        # exchanges of a batch job are blocking anyway)
         config.set_string("pipeline.operator-chaining.enabled", "false")
     if checkpointing:
         config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
@@ -177,7 +175,7 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
             LOCAL_CHECKPOINTS.mkdir(mode=0o700, exist_ok=True)
             LOCAL_CHECKPOINTS.chmod(0o700)
             config.set_string("execution.checkpointing.dir", LOCAL_CHECKPOINTS.as_uri())
-    # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
+    # PyFlink workaround [site-packages] in operators.flink_compat
     project_root = str(Path(__file__).resolve().parent.parent)
     config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")
     if options.restart_attempts:
@@ -219,7 +217,7 @@ class NumberLines(MapFunction):
         while self.index + 1 < len(self.files) and self.line > self.files[self.index][1]:
             self.line -= self.files[self.index][1]
             self.index += 1
-        # "" is "no key": process mode cannot encode None in a STRING field
+        # "" is "no key": PyFlink workaround [no None] in operators.flink_compat
         return (f"{self.files[self.index][0]}line {self.line}", "", value, 0)
 
 

@@ -121,9 +121,7 @@ def attach_keyed(
     Notes
     -----
     Vectors travel and rest as ``STRING`` (comma-joined floats), never as
-    ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
-    serializer on the Java side but stores the ``java.util.ArrayList`` its converter
-    makes, so the first checkpoint fails (``ArrayList cannot be cast to [B``).
+    ``Types.LIST``: PyFlink workaround [list state] in :mod:`operators.flink_compat`.
     """
     from pyflink.common.typeinfo import Types
 
@@ -525,9 +523,8 @@ class _BudgetGate(_KeyedProcess):
         self.last = ctx.get_state(ValueStateDescriptor("last_window", Types.LONG()))
         metrics = ctx.get_metrics_group()
         self.refused = metrics.counter("dp_releases_refused_budget")
-        # a counter raised to the spend, not a gauge: in thread mode Flink's metric thread calls a
-        # Python gauge into the embedded interpreter, and a REST metrics query crashed the JVM so
-        # (SIGSEGV in take_gil). It starts at 0 in a restored job and catches up at its first release.
+        # a counter raised to the spend, not a gauge: PyFlink workaround [gauges] in operators.flink_compat.
+        # It starts at 0 in a restored job and catches up at its first release.
         self.spent_counter = metrics.counter("dp_epsilon_spent_micro")
         self.spent_micro = 0
         self.warned = False

@@ -109,8 +109,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.longest_wait = 0
             self.ncp_total, self.ncp_count, self.seen = 0.0, 0, 0
             self.spans = SpanTracker(self.params)
-            # counters, not gauges: in thread mode Flink's metric thread would call a Python gauge into
-            # the embedded interpreter, and a REST metrics query then crashes the JVM (SIGSEGV in take_gil).
+            # counters, not gauges: PyFlink workaround [gauges] in operators.flink_compat.
             # The running mean NCP is ncp_micro / ncp_records.
             self.longest_wait_counter = group.counter("longest_wait_ms")
             self.ncp_micro = BatchedCounter(group.counter("ncp_micro"), every=256_000_000)
@@ -144,7 +143,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 else:
                     service.register_event_time_timer(timer)
             if self.processing and part.records and not part.flush_armed:
-                # processing-time timers die with a bounded input; the final watermark flushes
+                # PyFlink workaround [end of input] in operators.flink_compat
                 service.register_event_time_timer(FLUSH_TIMER)
                 part.flush_armed = True
             self.buffered.add(len(puts))
