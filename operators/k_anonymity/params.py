@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +363,7 @@ def _parse_quasi_identifiers(raw: Any, field_paths: set[str]) -> tuple[QuasiIden
     out = []
     for name, spec in raw.items():
         where = f"quasi_identifiers.{name}"
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_$][\w$-]*$", name):
+        if not is_plain_path(name) or "." in name:  # one field name of the path grammar
             raise ParamError(where, "a quasi-identifier name must be a plain field name", "letters, digits, _ and -")
         qi = _parse_quasi_identifier(name, spec, where)
         clash = [p for p in (qi.name, *qi.paths, *qi.lat_paths, *qi.lon_paths) if p in field_paths]
