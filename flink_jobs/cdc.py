@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
+from udfs.errors import TransformError
 from udfs.record import apply_view
-from udfs.registry import TransformError
 
 FORMAT = "debezium-json"
 SCHEMA_CHANGES = ("dead_letter", "pass")
@@ -147,7 +147,7 @@ class ChangeProtector:
         """``[(view, (key, headers, value JSON or "" for a tombstone))]`` for every record view.
 
         Raises :class:`ChangeError` (not a change event, or a schema change to dead-letter) or
-        :class:`~udfs.registry.TransformError` (a value its rule refuses): the caller dead-letters
+        :class:`~udfs.errors.TransformError` (a value its rule refuses): the caller dead-letters
         the raw record with the message as its reason. A record is protected for every view or none.
         """
         change = parse_change(raw_value, raw_key)

@@ -275,7 +275,7 @@ def kafka_sink(
 
 
 def _source_row_to_tuple(row: Row) -> tuple[str, str, str, int]:
-    # process mode cannot encode None in a STRING or LONG field: "" is "no key", -1 "no timestamp"
+    # "" is "no key", -1 "no timestamp": PyFlink workaround [no None] in operators.flink_compat
     timestamp = _epoch_ms(row[3])
     return row[0], row[1] or "", row[2] or "", -1 if timestamp is None else timestamp
 
@@ -286,7 +286,7 @@ def _source_row_to_tuple_binary(row: Row) -> tuple[str, str, str, int]:
 
 
 def _epoch_ms(ts: Any) -> int | None:
-    # Thread mode hands over the java.time.Instant itself; process mode a pyflink Instant or a datetime.
+    # a java.time.Instant, a pyflink Instant or a datetime: PyFlink workaround [instants] in operators.flink_compat
     if ts is None:
         return None
     if hasattr(ts, "toEpochMilli"):
@@ -319,7 +319,7 @@ def sink_row(key: str | None, headers: str | None, value: str | None) -> Row:
                 hdrs[str(k)] = (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))).encode()
         if len(_HEADERS) < _HEADERS_LIMIT:
             _HEADERS[headers or ""] = hdrs
-    return Row(k=key or None, headers=hdrs, v=value or None)  # "" is a tombstone (process mode has no None)
+    return Row(k=key or None, headers=hdrs, v=value or None)  # "" is a tombstone (PyFlink workaround [no None])
 
 
 def _sink_tuple_to_row(record: tuple) -> Row:

@@ -20,9 +20,10 @@ import yaml
 
 from udfs import registry
 from udfs.durations import parse_duration
+from udfs.errors import ParamError
 from udfs.keyring import Keyring, KeyringError
 from udfs.record import Node, PathError, build_tree, leaves
-from udfs.registry import ParamError, Transform
+from udfs.registry import Transform
 
 TOP_LEVEL_KEYS = ("version", "id", "description", "source", "subject_field", "views", "plugins", "delivery")
 SOURCE_KEYS = ("topic", "format", "timestamp_field", "required_fields", "key_field", "watermark_delay",

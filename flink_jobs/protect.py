@@ -8,7 +8,6 @@ entry. A record is protected for every view or for none, so for each record view
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -20,9 +19,10 @@ import orjson
 
 from flink_jobs.avro_format import AvroError
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
+from udfs.errors import TransformError
 from udfs.keyring import Keyring
 from udfs.record import apply_view
-from udfs.registry import TransformError
+from udfs.timestamps import epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Protector:
         for name in self._required:
             if record.get(name) is None:
                 return [self._dead(position, key, raw, f"missing_field {name}")]
-        event_ms = _event_time_ms(record.get(self._timestamp_field))
+        event_ms = epoch_ms(record.get(self._timestamp_field))
         if event_ms is None:
             return [self._dead(position, key, raw, f"field {self._timestamp_field}: expected an ISO-8601 timestamp")]
         out: list[Routed] = []
@@ -182,7 +182,7 @@ class Protector:
 
     def _view_key(self, protected: dict) -> str:
         # a view's key is its own protected subject, never the raw input key ("" when it has none:
-        # process mode cannot encode None in a STRING field; the sinks turn "" into no key)
+        # PyFlink workaround [no None] in operators.flink_compat)
         subject = protected.get(self._subject_field)
         return "" if subject is None else str(subject)
 
@@ -209,15 +209,3 @@ class Protector:
         self.counts["dlq:" + reason.split(":")[0]] += 1
         headers = json.dumps({**self._dlq_base, "reason": reason, "position": position})
         return Routed(DLQ, (key or "", headers, raw))
-
-
-def _event_time_ms(value: Any) -> int | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp() * 1000)

@@ -44,7 +44,13 @@ from flink_jobs.kafka_io import sink_row, sink_row_type
 from flink_jobs.metrics import ProtectMetrics
 from flink_jobs.policy import Policy
 from flink_jobs.protect import BLANK, DLQ, Protector
-from operators.flink_compat import keyed_event_time_side_output, keyed_side_output, side_output, subtask_index
+from operators.flink_compat import (
+    BatchedCounter,
+    keyed_event_time_side_output,
+    keyed_side_output,
+    side_output,
+    subtask_index,
+)
 from udfs.keyring import load_keyring
 from udfs.record import envelope_line
 
@@ -156,10 +162,8 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     checkpointing = options.checkpoint_interval_ms > 0 and not options.batch
     config.set_string("execution.runtime-mode", "BATCH" if options.batch else "STREAMING")
     if options.batch:
-        # BATCH mode with chained Python operators hangs in thread mode: a chained operator's
-        # embedded interpreter deadlocks importing scipy's pybind11 modules (PyGILState_Ensure on a
-        # thread whose GIL it already holds, under another thread state). One operator per task
-        # avoids it; the exchanges of a batch job are blocking anyway.
+        # one operator per task: PyFlink workaround [pybind11] in operators.flink_compat (the
+        # exchanges of a batch job are blocking anyway)
         config.set_string("pipeline.operator-chaining.enabled", "false")
     if checkpointing:
         config.set_string("execution.checkpointing.interval", f"{options.checkpoint_interval_ms}ms")
@@ -171,7 +175,7 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
             LOCAL_CHECKPOINTS.mkdir(mode=0o700, exist_ok=True)
             LOCAL_CHECKPOINTS.chmod(0o700)
             config.set_string("execution.checkpointing.dir", LOCAL_CHECKPOINTS.as_uri())
-    # pemja's embedded interpreter (thread mode) does not see the venv's site-packages by itself
+    # PyFlink workaround [site-packages] in operators.flink_compat
     project_root = str(Path(__file__).resolve().parent.parent)
     config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")
     if options.restart_attempts:
@@ -213,7 +217,7 @@ class NumberLines(MapFunction):
         while self.index + 1 < len(self.files) and self.line > self.files[self.index][1]:
             self.line -= self.files[self.index][1]
             self.index += 1
-        # "" is "no key": process mode cannot encode None in a STRING field
+        # "" is "no key": PyFlink workaround [no None] in operators.flink_compat
         return (f"{self.files[self.index][0]}line {self.line}", "", value, 0)
 
 
@@ -335,11 +339,10 @@ class ProtectFunction(ProcessFunction):
         self.protector.open(load_keyring(self.keyring_ref))
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
-        self.metric_in = group.counter("records_in")
+        self.metric_in = BatchedCounter(group.counter("records_in"))
         self.metric_dlq = group.counter("dead_letters")
         self.metrics = ProtectMetrics(group, list(self.kinds))  # per view, reason, dropped field; vault
         self.seen = 0
-        self.reported = 0  # records added to metric_in so far
         self.dead = 0
         self.routed = dict.fromkeys(self.kinds, 0)  # records per channel, for the run's accounting
         self.next_progress = time.monotonic() + 1.0
@@ -368,11 +371,10 @@ class ProtectFunction(ProcessFunction):
                 yield self.tags[channel], (Row(key, payload), event_ms)
             else:
                 yield self.tags[channel], envelope_line(*routed.value, shape)
-        if not self.seen & 1023 or self.seen == 1:
-            # metrics in batches: a counter call per record costs more than the record's masking. The
-            # first record is reported at once: the start-up watchdog waits for it
-            self.metric_in.inc(self.seen - self.reported)
-            self.reported = self.seen
+        # metrics in batches: a counter call per record costs more than the record's masking. The
+        # first record is reported at once: the start-up watchdog waits for it
+        if self.metric_in.add() or self.seen == 1:
+            self.metric_in.flush()
             self.metrics.update(self.routed, self.protector)
             if self.stats_dir and time.monotonic() > self.next_progress:
                 self.next_progress = time.monotonic() + 1.0
@@ -380,7 +382,7 @@ class ProtectFunction(ProcessFunction):
 
     def close(self) -> None:
         if hasattr(self, "metric_in"):
-            self.metric_in.inc(self.seen - self.reported)
+            self.metric_in.flush()
             self.metrics.update(self.routed, self.protector)
             if self.stats_dir:
                 self._write_stats("final")

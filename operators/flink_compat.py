@@ -1,16 +1,91 @@
-"""Small shims over PyFlink 2.2: differences between process and thread mode, and crossings it adds."""
+"""Every PyFlink 2.2 workaround of the project, described once, and the shims that apply them.
+
+The code that applies one carries a one-line pointer here, by the name in brackets.
+
+Thread mode (Python operators in the JVM's embedded pemja interpreter)
+    - [subtask index] ``get_index_of_this_subtask`` forwards to a Java method that Flink 2.x moved
+      to ``getTaskInfo()``: :func:`subtask_index` asks the task info instead.
+    - [ttl cleanup] incremental heap cleanup of state with a TTL fails ("Failed to incrementally
+      clean up state with TTL"): :func:`state_ttl` expires entries on read and in full snapshots.
+    - [gauges] Flink's metric thread would call a Python gauge into the embedded interpreter, and a
+      REST metrics query then crashes the JVM (SIGSEGV in ``take_gil``): the operators report
+      counters only, never gauges (k-anonymity's NCP and longest wait, DP's spent epsilon).
+    - [list state] LIST state gets a pickled-bytes serializer on the Java side but stores the
+      ``java.util.ArrayList`` its converter makes, so the first checkpoint fails (``ArrayList
+      cannot be cast to [B``): DP's vectors travel and rest as comma-joined ``STRING``.
+    - [instants] a Table-API timestamp arrives as a ``java.time.Instant``; in process mode it is a
+      PyFlink ``Instant`` or a ``datetime`` (``flink_jobs.kafka_io``).
+    - [site-packages] the embedded interpreter does not see the venv's site-packages by itself:
+      the job sets ``python.pythonpath`` (``flink_jobs.protect_stream.make_env``).
+    - [pybind11] scipy's pybind11 modules deadlock the embedded interpreter: a chained operator
+      imports them on a thread whose GIL it already holds. So BATCH jobs run with operator
+      chaining off (``make_env``), and DP draws noise without diffprivlib
+      (``operators.dp.mechanisms``).
+
+Process mode (Python operators in Beam worker processes)
+    - [no None] a STRING or LONG field cannot carry None: ``""`` stands for "no key" (the sinks
+      turn it back into none) and ``-1`` for "no timestamp".
+
+Both modes
+    - [end of input] processing-time timers never fire once a bounded input has ended: a buffer
+      also holds an event-time timer at :data:`FLUSH_TIMER`, which the final watermark fires.
+    - [idleness] with ``with_idleness`` the watermark never left the source chain on an unbounded
+      Kafka source (issue 19): event-time operators keep a :class:`~operators.quiet_clock.QuietClock`.
+    - [jvm calls] every metric ``inc`` and every timer-service clock read is a call into the JVM:
+      :class:`BatchedCounter` and :func:`now_ms` keep them off the per-record path.
+    - [crossings] every record a Python operator hands to Java, and every record Java hands back,
+      is a crossing: a few microseconds for a string, several times that for a tuple or Row.
+      PyFlink adds crossings of its own: ``DataStream.get_side_output`` appends an identity Python
+      map to every side output; ``DataStream.key_by`` runs the key selector in a Python operator
+      that emits ``Row(key, value)``; ``assign_timestamps_and_watermarks`` with a Python timestamp
+      assigner adds another Python operator that emits ``(value, timestamp)``. So the job's Python
+      operators emit those shapes themselves, and Java does the rest: ``Row(key, payload)`` is
+      keyed with PyFlink's own Java ``KeyByKeySelector``, and ``(Row(key, payload), event ms)``
+      gets its timestamp from PyFlink's Java ``CustomTimestampAssigner`` (:func:`side_output`,
+      :func:`keyed_by_first_field`, :func:`keyed_side_output`, :func:`keyed_event_time_side_output`).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+#: timestamp of the event-time timer that flushes a buffer when a bounded input ends [end of input]
+FLUSH_TIMER = 2**63 - 2
+
+
+def now_ms() -> int:
+    """Flink's processing time, read from the wall clock [jvm calls]; in BATCH mode the timer service has none."""
+    return int(time.time() * 1000)
+
+
+class BatchedCounter:
+    """A Flink counter increased once every ``every`` counts [jvm calls].
+
+    ``add`` says whether it reached the counter; call ``flush`` in timers and ``close`` so
+    that nothing stays pending.
+    """
+
+    __slots__ = ("counter", "every", "pending")
+
+    def __init__(self, counter: Any, every: int = 1024) -> None:
+        self.counter, self.every, self.pending = counter, every, 0
+
+    def add(self, n: int = 1) -> bool:
+        self.pending += n
+        if self.pending >= self.every:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        if self.pending:
+            self.counter.inc(self.pending)
+            self.pending = 0
 
 
 def subtask_index(runtime_context: Any) -> int:
-    """Index of this parallel subtask, in both execution modes.
-
-    In thread mode PyFlink 2.2 forwards ``get_index_of_this_subtask`` to a Java method that
-    Flink 2.x moved to ``getTaskInfo()``, so the call fails there; ask the task info instead.
-    """
+    """Index of this parallel subtask, in both execution modes [subtask index]."""
     try:
         return runtime_context.get_index_of_this_subtask()
     except AttributeError:
@@ -26,29 +101,13 @@ def state_ttl(ms: int) -> Any:
         StateTtlConfig.new_builder(Time.milliseconds(ms))
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        # incremental heap cleanup fails in thread mode ("Failed to incrementally clean up
-        # state with TTL"); expired entries go on read and in full snapshots instead
-        .disable_cleanup_in_background()
+        .disable_cleanup_in_background()  # PyFlink workaround [ttl cleanup], see the module docstring
         .cleanup_full_snapshot()
         .build()
     )
 
 
-# -- crossings between Java and Python ----------------------------------------------------
-#
-# Every record a Python operator hands to Java, and every record Java hands back, is a crossing:
-# a few microseconds for a string, several times that for a tuple or Row. PyFlink adds crossings
-# of its own that these helpers avoid:
-#
-# - ``DataStream.get_side_output`` appends an identity Python map to every side output, so a side
-#   output bound for a Java sink crosses into Python and back for nothing;
-# - ``DataStream.key_by`` runs the key selector in a Python operator that emits ``Row(key, value)``;
-# - ``assign_timestamps_and_watermarks`` with a Python timestamp assigner adds another Python
-#   operator that emits ``(value, timestamp)``.
-#
-# So the job's Python operators emit those shapes themselves, and Java does the rest:
-# ``Row(key, payload)`` is keyed with PyFlink's own Java ``KeyByKeySelector``, and
-# ``(Row(key, payload), event ms)`` gets its timestamp from PyFlink's Java ``CustomTimestampAssigner``.
+# -- crossings between Java and Python [crossings] -------------------------------------
 
 
 def side_output(stream: Any, tag: Any) -> Any:

@@ -28,9 +28,9 @@ class QuietClock:
 
     Once no record has arrived for ``idle_timeout_ms``, event time is the last event time seen,
     minus the watermark delay, plus the wall-clock time since the last record. Flink's watermark
-    needs records to advance (and with ``with_idleness`` PyFlink 2.2's watermark never left the
-    source chain on an unbounded Kafka source: issue 19), so the operators keep this clock
-    themselves. It lives per subtask, not in state: after a restore it starts at the first record.
+    needs records to advance (and ``with_idleness`` did not help: PyFlink workaround [idleness] in
+    :mod:`operators.flink_compat`), so the operators keep this clock themselves. It lives per
+    subtask, not in state: after a restore it starts at the first record.
     """
 
     def __init__(self, idle_timeout_ms: int | None, delay_ms: int) -> None:

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.flink_compat import state_ttl
+from operators.flink_compat import FLUSH_TIMER, now_ms, state_ttl
 from udfs.durations import parse_duration
-from udfs.registry import ParamError
+from udfs.errors import ParamError
+from udfs.record import Record
 
 __all__ = ["BLOCK_KEYS", "SMALL_WINDOW", "WINDOW_HEADER", "Shuffler", "ShuffleParams", "attach", "partition_key"]
 
@@ -50,11 +50,6 @@ SUPPRESSED_HEADER = "shuffle_suppressed"
 #: header set on a released record: a random id shared by the records shuffled together
 WINDOW_HEADER = "shuffle_window"
 
-#: timestamp of the event-time timer that closes a partition's last window when a bounded input ends
-#: (processing-time timers never fire after the end of input; the final watermark does reach this)
-FLUSH_TIMER = 2**63 - 2
-
-Record = tuple[str | None, str, str]  # (key, headers JSON, value JSON)
 
 @dataclass(frozen=True)
 class ShuffleParams:
@@ -273,11 +268,6 @@ def attach(stream, params: ShuffleParams, *, view_name: str):  # noqa: ANN001, A
     return shuffled, shuffled.get_side_output(suppress_tag)
 
 
-def _now_ms() -> int:
-    # the wall clock, as Flink's processing time; also in BATCH mode, whose timer service has no clock
-    return int(time.time() * 1000)
-
-
 def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN202 - PyFlink types
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, TimeDomain
@@ -311,7 +301,7 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
             self.header = runtime_context.get_state(header)
 
         def process_element(self, record, ctx):  # noqa: ANN001, ANN201
-            now = _now_ms()
+            now = now_ms()
             size, due = self.header.value() or (0, 0)
             if size == 0:
                 ctx.timer_service().register_event_time_timer(FLUSH_TIMER)
@@ -331,7 +321,7 @@ def _shuffle_function(params: ShuffleParams, suppress_tag):  # noqa: ANN001, ANN
             size, due = self.header.value() or (0, 0)
             if ctx.time_domain() == TimeDomain.EVENT_TIME:
                 if size and timestamp >= FLUSH_TIMER:
-                    yield from self._close(ctx, _now_ms(), due, final=True)
+                    yield from self._close(ctx, now_ms(), due, final=True)
                 return
             if size and due == timestamp:  # else a window that already closed by count or at the end
                 # BATCH mode fires a partition's timers when its records are done, under the final

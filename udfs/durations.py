@@ -24,7 +24,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from udfs.registry import ParamError
+from udfs.errors import ParamError
 
 __all__ = ["ALLOWED", "UNIT_MS", "parse_duration"]
 

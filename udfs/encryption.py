@@ -25,8 +25,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
+from udfs.errors import MISSING, ParamError, TransformError
 from udfs.keyring import KeyringError, derive
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.registry import Transform, transform
 
 
 def _b64(data: bytes) -> str:

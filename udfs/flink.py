@@ -37,9 +37,9 @@ from pyflink.table import DataTypes
 from pyflink.table.udf import ScalarFunction, udf
 
 from udfs import registry
+from udfs.errors import ParamError, TransformError
 from udfs.keyring import Keyring, load_keyring
 from udfs.record import PathError, apply_view, build_tree, parse_path
-from udfs.registry import ParamError, TransformError
 
 __all__ = [
     "NOT_IN_SQL",

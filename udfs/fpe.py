@@ -20,7 +20,7 @@ explicit, by naming ``key_id`` in the policy.
 
 A value that does not fit (a symbol outside the alphabet, too short for a
 domain of a million values, a card of the wrong length) raises
-:class:`~udfs.registry.TransformError`, so the record goes to the dead-letter
+:class:`~udfs.errors.TransformError`, so the record goes to the dead-letter
 output; it is never passed through in the clear.
 """
 
@@ -32,10 +32,12 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from udfs.errors import MISSING, ParamError, TransformError
 from udfs.ff1 import FF1, FF1_MAX_LEN
 from udfs.ff3_1 import FF3_1, max_length
 from udfs.fpe_cipher import DOMAIN_MIN, Alphabet, FPEError, min_length
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.record import is_plain_path, scalar_at
+from udfs.registry import Transform, transform
 
 __all__ = ["FF1Transform", "FF3_1Transform", "FPETransform", "country_code_length", "luhn_valid"]
 
@@ -197,7 +199,7 @@ class FPETransform(Transform):
             raise ParamError("min_length", "an ssn has 9 digits", "leave min_length and max_length out")
         self.fixed_tweak = self._tweak_option()
         self.tweak_field = self.option("tweak_field")
-        if self.tweak_field is not None and (not isinstance(self.tweak_field, str) or not self.tweak_field):
+        if self.tweak_field is not None and not is_plain_path(self.tweak_field):
             raise ParamError("tweak_field", "must be a field path", "a dotted path such as orderId or order.id")
         self.tweak_path = tuple(self.tweak_field.split(".")) if self.tweak_field else ()
         # the engine reads this per instance: only a context tweak needs the record
@@ -349,14 +351,8 @@ class FPETransform(Transform):
         return self._decrypt(value, self._context(record))
 
     def _context(self, record: Mapping[str, Any]) -> str:
-        node: Any = record
-        for part in self.tweak_path:
-            if not isinstance(node, Mapping) or node.get(part) is None:
-                raise TransformError(f"tweak field {self.tweak_field} is missing")
-            node = node[part]
-        if isinstance(node, Mapping | list):
-            raise TransformError(f"tweak field {self.tweak_field} is not a scalar")
-        return node if isinstance(node, str) else str(node)
+        value = scalar_at(record, self.tweak_path, "tweak")
+        return value if isinstance(value, str) else str(value)
 
     # -- the format-aware core -------------------------------------------------
     def _run(self, text: str, context: str | None, decrypt: bool) -> str:

@@ -7,12 +7,13 @@ the k-anonymity operator uses them for its hierarchies too.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.errors import MISSING, ParamError, TransformError
+from udfs.registry import Transform, transform
+from udfs.timestamps import parse_timestamp
 
 _GEOHASH_ALPHABET = "0123456789bcdefghjkmnpqrstuvwxyz"
 
@@ -62,7 +63,7 @@ _DATE_UNITS = ("hour", "day", "month", "year")
 
 def cut_datetime(value: str, unit: str) -> str:
     """Cut an ISO-8601 timestamp to ``hour``, ``day``, ``month`` or ``year``."""
-    moment = dt.datetime.fromisoformat(value)
+    moment = parse_timestamp(value)
     if unit == "hour":
         text = moment.replace(minute=0, second=0, microsecond=0).isoformat()
         return text.replace("+00:00", "Z")

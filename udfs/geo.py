@@ -31,8 +31,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from udfs.errors import ParamError, TransformError
 from udfs.generalize import CoordinateTransform
-from udfs.registry import ParamError, TransformError, transform
+from udfs.registry import transform
 
 __all__ = ["City", "CityIndex", "EARTH_RADIUS_KM", "city_index"]
 

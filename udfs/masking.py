@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.errors import MISSING, ParamError, TransformError
+from udfs.registry import Transform, transform
 
 DROP = object()
 """Returned by a transform to remove the field from the view."""

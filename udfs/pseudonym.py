@@ -18,8 +18,9 @@ import hashlib
 import hmac
 from typing import Any
 
+from udfs.errors import MISSING, ParamError, TransformError
 from udfs.keyring import derive
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.registry import Transform, transform
 
 
 @transform("pseudonymize.hmac_sha256")

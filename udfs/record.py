@@ -3,21 +3,28 @@
 A view is a tree compiled from dotted paths (``address.zip``, ``items[*].card``).
 Only named paths reach the output (deny by default); the names of the others are
 reported so the job can count them. A value that does not fit its transform
-raises :class:`~udfs.registry.TransformError` with the field's path in the reason.
+raises :class:`~udfs.errors.TransformError` with the field's path in the reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from udfs.errors import MISSING, TransformError
 from udfs.masking import DROP, Keep
-from udfs.registry import MISSING, Transform, TransformError
+from udfs.registry import Transform
 
-_SEGMENT = re.compile(r"^(?P<name>[A-Za-z_$][\w$-]*)(?P<array>\[\*\])?$")
+#: a record as the job's operators pass it on: (key or None, headers JSON, value JSON)
+Record = tuple[str | None, str, str]
+
+# the one grammar of field paths: names joined by dots; a view's paths may add [*] after a name
+_NAME = r"[A-Za-z_$][\w$-]*"
+_SEGMENT = re.compile(rf"^(?P<name>{_NAME})(?P<array>\[\*\])?$")
+_PLAIN_PATH = re.compile(rf"^{_NAME}(\.{_NAME})*$")
 
 
 class PathError(ValueError):
@@ -51,6 +58,39 @@ def parse_path(path: str) -> list[tuple[str, bool]]:
             raise PathError(f"segment {part!r} is not a field name, optionally followed by [*]")
         segments.append((match["name"], match["array"] is not None))
     return segments
+
+
+def is_plain_path(path: Any) -> bool:
+    """True for a dotted path of field names without ``[*]`` (``zip``, ``address.zip``)."""
+    return isinstance(path, str) and _PLAIN_PATH.match(path) is not None
+
+
+def lookup(record: Any, path: str | Sequence[str], absent: Any = MISSING) -> Any:
+    """The value at a dotted ``path`` (or its names), or ``absent`` when the record has none there.
+
+    A step into something that is not an object is absent too; a null value is returned as None,
+    so callers tell "null" from "absent" by their choice of ``absent``.
+    """
+    node = record
+    for part in path.split(".") if isinstance(path, str) else path:
+        if not isinstance(node, Mapping) or part not in node:
+            return absent
+        node = node[part]
+    return node
+
+
+def scalar_at(record: Any, path: Sequence[str], role: str) -> Any:
+    """The non-null scalar at ``path``, which names the record's ``role`` field (subject, tweak).
+
+    Raises :class:`TransformError` when it is absent, null or an object or list; the reason
+    names the field, never the value.
+    """
+    value = lookup(record, path, None)
+    if value is None:
+        raise TransformError(f"{role} field {'.'.join(path)} is missing")
+    if isinstance(value, Mapping | list):
+        raise TransformError(f"{role} field {'.'.join(path)} is not a scalar")
+    return value
 
 
 def build_tree(rules: Iterable[tuple[str, Transform]]) -> Node:

@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from udfs import registry
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.errors import MISSING, ParamError, TransformError
+from udfs.registry import Transform, transform
 
 __all__ = ["DETECTORS", "TAGS", "Detection", "RedactPII", "detect", "luhn_ok", "iban_ok"]
 

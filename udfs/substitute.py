@@ -13,8 +13,9 @@ import hashlib
 import hmac
 from typing import Any, ClassVar
 
+from udfs.errors import TransformError
 from udfs.keyring import derive
-from udfs.registry import Transform, TransformError, transform
+from udfs.registry import Transform, transform
 
 FIRST_NAMES = (
     "Aaliyah Aaron Abigail Adrian Aisha Alejandro Alexander Alice Amara Amelia Ana Andre Anna Arjun Ava Benjamin Bianca "

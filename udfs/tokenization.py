@@ -21,7 +21,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from udfs.registry import MISSING, ParamError, Transform, TransformError, transform
+from udfs.errors import MISSING, ParamError, TransformError
+from udfs.registry import Transform, transform
 from udfs.vault import TtlLru, Vault, VaultError, check_subject_field, check_vault_reference, subject_of
 
 __all__ = ["VaultToken", "detokenize"]

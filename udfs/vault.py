@@ -48,8 +48,10 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from udfs.errors import ParamError, TransformError
 from udfs.keyring import Keyring, KeyringError, derive
-from udfs.registry import ParamError, Transform, TransformError
+from udfs.record import is_plain_path, scalar_at
+from udfs.registry import Transform
 
 __all__ = [
     "DEFAULT_VAULT",
@@ -582,7 +584,7 @@ class Vault:
 def check_subject_field(transform: Transform) -> tuple[str, ...]:
     """The ``subject_field`` parameter as a path; :class:`ParamError` when it is missing or not a name."""
     raw = transform.option("subject_field")
-    if not isinstance(raw, str) or not raw or not all(part.isidentifier() for part in raw.split(".")):
+    if not is_plain_path(raw):
         raise ParamError("subject_field", f"{transform.name} needs the field that names the record's subject",
                          "the policy's subject_field, e.g. subject_field: customerId")
     return tuple(raw.split("."))
@@ -604,14 +606,7 @@ def check_vault_reference(transform: Transform) -> str | None:
 
 def subject_of(record: Any, path: tuple[str, ...]) -> Any:
     """The subject value at a dotted ``path`` of a record; :class:`TransformError` when it is absent."""
-    node = record
-    for part in path:
-        if not isinstance(node, dict) or node.get(part) is None:
-            raise TransformError(f"subject field {'.'.join(path)} is missing")
-        node = node[part]
-    if isinstance(node, (dict, list)):
-        raise TransformError(f"subject field {'.'.join(path)} is not a scalar")
-    return node
+    return scalar_at(record, path, "subject")
 
 
 def _text(value: Any) -> str:

@@ -25,12 +25,12 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from udfs.errors import ParamError, TransformError
 from udfs.ff1 import FF1
 from udfs.ff3_1 import FF3_1
 from udfs.fpe import FORMATS, FF1Transform, FF3_1Transform, FPETransform
 from udfs.fpe_cipher import FPEError
 from udfs.keyring import KeyringError, load_keyring
-from udfs.registry import ParamError, TransformError
 
 __all__ = ["register"]
 

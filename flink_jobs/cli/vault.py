@@ -84,7 +84,7 @@ def _open(args: argparse.Namespace) -> Vault:
 
 
 def cmd_detokenize(args: argparse.Namespace) -> int:
-    from udfs.registry import TransformError
+    from udfs.errors import TransformError
     from udfs.tokenization import detokenize
 
     vault = _open(args)
@@ -176,8 +176,8 @@ def view_keys(policy_file: str, keyring: Any, subject: str, vault: Vault, vault_
 
 def _view_key(view: Any, name: str, subject_field: str, subject: str, keyring: Any, vault: Vault,
               vault_reference: str) -> ViewKey:
+    from udfs.errors import TransformError
     from udfs.record import Leaf
-    from udfs.registry import TransformError
 
     leaf = view.tree.children.get(subject_field)
     transform = leaf.transform if isinstance(leaf, Leaf) else None

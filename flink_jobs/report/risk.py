@@ -32,7 +32,6 @@ References
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import re
@@ -40,6 +39,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from udfs.record import lookup
+from udfs.timestamps import epoch_seconds
 
 __all__ = ["DpReport", "QiSpec", "Requirement", "RiskReport", "assess", "assess_dp", "parse_line", "risk_bins"]
 
@@ -184,13 +186,6 @@ def parse_line(line: str) -> tuple[dict, dict]:
     return {}, item
 
 
-def _get(record: Mapping[str, Any], path: str) -> Any:
-    node: Any = record
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
 def assess(records: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], quasi_identifiers: Sequence[str | QiSpec],
            subject: str, *, sensitive: str | None = None, threshold: float = 0.2,
            requirement: Requirement | None = None) -> RiskReport:
@@ -213,11 +208,11 @@ def assess(records: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], quasi
             reasons[str(headers["k_suppressed"])] += 1
             continue
         level = headers.get("k_level")
-        qis = tuple(_get(value, q) for q in names)
+        qis = tuple(lookup(value, q, None) for q in names)
         combo = json.dumps(qis, sort_keys=True)
-        members[combo].add(json.dumps(_get(value, subject)))
+        members[combo].add(json.dumps(lookup(value, subject, None)))
         if sensitive is not None:
-            values[combo].add(json.dumps(_get(value, sensitive), sort_keys=True))
+            values[combo].add(json.dumps(lookup(value, sensitive, None), sort_keys=True))
         record_class.append(combo)
         record_level.append(None if level is None else str(level))
         published.append(qis)
@@ -360,10 +355,8 @@ def _read_date(value: Any) -> _Cell | None:
     for unit, pattern in _DATES:
         if pattern.match(value):
             text = value if unit == "hour" else value + "-01" * {"year": 2, "month": 1, "day": 0}[unit]
-            start = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if start.tzinfo is None:
-                start = start.replace(tzinfo=dt.UTC)
-            return _Cell(f"{{date: {unit}}}", span=(start.timestamp(), start.timestamp() + _UNIT_SECONDS[unit]))
+            start = epoch_seconds(text.replace("Z", "+00:00"))
+            return _Cell(f"{{date: {unit}}}", span=(start, start + _UNIT_SECONDS[unit]))
     return None
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from operators.dp.mechanisms import GaussianAnalytic, Geometric, Laplace, make_random
 from operators.dp.params import DpParams, Metric, group_key, scalar_group_value
-from udfs.registry import MISSING, TransformError
+from udfs.errors import MISSING, TransformError
+from udfs.record import lookup
 
 _Z95 = 1.959963984540054
 
@@ -36,15 +37,6 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------
 # records -> contributions (called by the job per record)
 # ---------------------------------------------------------------------------
-def _lookup(record: Mapping[str, Any], path: str) -> Any:
-    node: Any = record
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
-
-
 def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[str, str]:
     """Group key and metric values of one parsed record, as the job feeds stage 1.
 
@@ -62,7 +54,7 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
     """
     group = []
     for name in params.group_by:
-        value = _lookup(record, name)
+        value = lookup(record, name)
         if value is MISSING or value is None:
             raise TransformError(f"field {name}: missing group field")
         if not scalar_group_value(value):
@@ -73,7 +65,7 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
         name = metric.field
         if name in values:
             continue
-        value = _lookup(record, name)
+        value = lookup(record, name)
         if value is MISSING or value is None:
             values[name] = None
         elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

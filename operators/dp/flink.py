@@ -29,7 +29,7 @@ from operators.dp.core import (
 )
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
-from operators.flink_compat import state_ttl, subtask_index
+from operators.flink_compat import BatchedCounter, state_ttl, subtask_index
 from operators.quiet_clock import QuietClock
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,7 @@ def attach_keyed(
     Notes
     -----
     Vectors travel and rest as ``STRING`` (comma-joined floats), never as
-    ``Types.LIST``: in thread mode PyFlink 2.2 gives LIST state a pickled-bytes
-    serializer on the Java side but stores the ``java.util.ArrayList`` its converter
-    makes, so the first checkpoint fails (``ArrayList cannot be cast to [B``).
+    ``Types.LIST``: PyFlink workaround [list state] in :mod:`operators.flink_compat`.
     """
     from pyflink.common.typeinfo import Types
 
@@ -240,8 +238,7 @@ class _BoundContributions(_SeededProcess):
         metrics = ctx.get_metrics_group()
         self.late = metrics.counter("dp_late_records_dropped")
         self.full = metrics.counter("dp_records_dropped_buffer_full")
-        self.records = metrics.counter("dp_records_in")
-        self.uncounted = 0  # records not yet added to the counter: one JVM call per 1024 records
+        self.records = BatchedCounter(metrics.counter("dp_records_in"))
         # public-group markers already sent per window; duplicates after a restore are harmless
         self.announced: set[int] = set()
         self.tumbling = self.params.slide_ms is None
@@ -272,10 +269,7 @@ class _BoundContributions(_SeededProcess):
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
         subject, group_json, values_json, ts = decode_contribution(value)
-        self.uncounted += 1
-        if self.uncounted >= 1024:
-            self.records.inc(self.uncounted)
-            self.uncounted = 0
+        self.records.add()
         bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key (encode_contribution), without a JVM call
         windows = self.buckets.get(bucket)
         if windows is None:
@@ -334,9 +328,7 @@ class _BoundContributions(_SeededProcess):
         from pyflink.datastream import TimeDomain
 
         p = self.params
-        if self.uncounted:
-            self.records.inc(self.uncounted)
-            self.uncounted = 0
+        self.records.flush()
         bucket = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             yield from self._on_quiet(bucket, timestamp, ctx)
@@ -531,9 +523,8 @@ class _BudgetGate(_KeyedProcess):
         self.last = ctx.get_state(ValueStateDescriptor("last_window", Types.LONG()))
         metrics = ctx.get_metrics_group()
         self.refused = metrics.counter("dp_releases_refused_budget")
-        # a counter raised to the spend, not a gauge: in thread mode Flink's metric thread calls a
-        # Python gauge into the embedded interpreter, and a REST metrics query crashed the JVM so
-        # (SIGSEGV in take_gil). It starts at 0 in a restored job and catches up at its first release.
+        # a counter raised to the spend, not a gauge: PyFlink workaround [gauges] in operators.flink_compat.
+        # It starts at 0 in a restored job and catches up at its first release.
         self.spent_counter = metrics.counter("dp_epsilon_spent_micro")
         self.spent_micro = 0
         self.warned = False

@@ -1,8 +1,8 @@
 """The noise mechanisms the DP view draws from, in plain Python (``math`` and ``secrets`` only).
 
 Why not diffprivlib in the job: importing it pulls in scikit-learn and scipy, and scipy's
-pybind11 extension modules deadlock PyFlink's embedded (thread-mode) interpreter when an
-operator opens (issue 14: a masked-only job hung at start, stuck in ``scipy/spatial``). So
+pybind11 extension modules deadlock PyFlink's embedded interpreter (PyFlink workaround [pybind11]
+in :mod:`operators.flink_compat`; issue 14: a masked-only job hung at start, stuck in ``scipy/spatial``). So
 the worker draws noise from these classes, which follow diffprivlib 0.6's samplers line by
 line, floating-point care included; diffprivlib stays the reference, and
 ``tests/operators/test_dp_mechanisms.py`` checks that both give the same variance and distribution.

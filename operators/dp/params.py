@@ -1,6 +1,6 @@
 """The checked parameters of a ``differential_privacy:`` block, checked in one place.
 
-Every problem is a :class:`~udfs.registry.ParamError` naming the parameter; the policy loader
+Every problem is a :class:`~udfs.errors.ParamError` naming the parameter; the policy loader
 prefixes the policy path.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
-from udfs.registry import ParamError
+from udfs.errors import ParamError
 
 MECHANISMS = ("laplace", "gaussian")
 METRIC_KINDS = ("count", "sum", "mean")

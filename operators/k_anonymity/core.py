@@ -22,11 +22,12 @@ from operators.k_anonymity.params import (
     KAnonymityParams,
     Level,
     QuasiIdentifier,
-    epoch_seconds,
     qi_ncp,
 )
+from udfs.errors import TransformError
 from udfs.generalize import cut_datetime, numeric_range, truncate
-from udfs.registry import TransformError
+from udfs.record import lookup
+from udfs.timestamps import epoch_seconds
 
 #: past this many cached partitions, or cached published fields and class NCPs, the idle ones are dropped
 CACHE_LIMIT = 100_000
@@ -35,21 +36,12 @@ CACHE_LIMIT = 100_000
 # -- per record: extract and generalize -------------------------------------------------
 
 
-def _lookup(record: Mapping[str, Any], path: str) -> Any:
-    node: Any = record
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
-
-
 _ABSENT = object()
 
 
 def _first(record: Mapping[str, Any], paths: Sequence[str]) -> Any:
     for path in paths:
-        value = _lookup(record, path)
+        value = lookup(record, path, _ABSENT)
         if value is not _ABSENT and value is not None:
             return value
     return _ABSENT
@@ -63,7 +55,7 @@ def extract_quasi_identifiers(params: KAnonymityParams, record: Mapping[str, Any
     """Raw QI values of one input record, ``{qi_name: value}``, checked against their hierarchies.
 
     A ``geo`` QI gives ``{"lat": .., "lon": ..}``. Raises
-    :class:`~udfs.registry.TransformError` (``"field age: missing"``) when a value is
+    :class:`~udfs.errors.TransformError` (``"field age: missing"``) when a value is
     missing or of the wrong type, so the record goes to the dead-letter output; the
     reason never holds the value.
     """
@@ -506,10 +498,7 @@ class Stage:
 
     def sensitive(self, record: Staged) -> str:
         """The l-diversity value of a record, as text; a missing one counts as one value, ``null``."""
-        node: Any = orjson.loads(record[VALUE])
-        for part in self._attribute:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        return orjson.dumps(node).decode()
+        return orjson.dumps(lookup(orjson.loads(record[VALUE]), self._attribute, None)).decode()
 
     def _is_released(self, part: Partition, index: int, key: str, now: int) -> bool:
         at = part.released[index].get(key)

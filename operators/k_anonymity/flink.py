@@ -5,11 +5,9 @@ This is the only module of the package that imports PyFlink, and only inside its
 
 from __future__ import annotations
 
-import time
-
 import orjson
 
-from operators.flink_compat import state_ttl
+from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, state_ttl
 from operators.k_anonymity.core import (
     CACHE_LIMIT,
     ENTERED,
@@ -27,7 +25,7 @@ from operators.k_anonymity.core import (
     published_fields,
     suppress,
 )
-from operators.k_anonymity.params import FLUSH_TIMER, KAnonymityParams
+from operators.k_anonymity.params import KAnonymityParams
 from operators.quiet_clock import QuietClock
 
 # -- Flink wrappers ---------------------------------------------------------------------
@@ -41,28 +39,6 @@ def _types(lines: bool):
     # a finished JSON line for sinks that take lines; (key, headers, value) for the others
     out = Types.STRING() if lines else Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
     return staged, out
-
-
-def _now_ms() -> int:
-    # Flink's processing time is the wall clock; asking the timer service is a call into the JVM
-    return int(time.time() * 1000)
-
-
-class _Tally:
-    """A counter that reaches the Flink metric every ``every`` increments: each ``inc`` is a JVM call."""
-
-    def __init__(self, counter, every: int = 256) -> None:
-        self.counter, self.every, self.pending = counter, every, 0
-
-    def add(self, n: int = 1) -> None:
-        self.pending += n
-        if self.pending >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.counter.inc(self.pending)
-            self.pending = 0
 
 
 #: the span tracker sees every released record up to this many, then one in SPAN_SAMPLE
@@ -124,21 +100,20 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.class_ncp: dict[tuple[int, str], float] = {}  # NCP of a class's published form, for the current spans
             group = runtime_context.get_metrics_group().add_group("k_anonymity").add_group("view", view_name)
             group = group.add_group("stage", str(number))
-            self.buffered = _Tally(group.counter("buffered"))
-            self.released = {level: _Tally(group.add_group("level", str(level)).counter("released"))
+            self.buffered = BatchedCounter(group.counter("buffered"), every=256)
+            self.released = {level: BatchedCounter(group.add_group("level", str(level)).counter("released"), every=256)
                              for level in range(first, last + 1)}
-            self.promoted = _Tally(group.counter("promoted"))
-            self.suppressed = _Tally(group.counter("suppressed"))
+            self.promoted = BatchedCounter(group.counter("promoted"), every=256)
+            self.suppressed = BatchedCounter(group.counter("suppressed"), every=256)
             self.tallies = [self.buffered, self.promoted, self.suppressed, *self.released.values()]
             self.longest_wait = 0
             self.ncp_total, self.ncp_count, self.seen = 0.0, 0, 0
             self.spans = SpanTracker(self.params)
-            # counters, not gauges: in thread mode Flink's metric thread would call a Python gauge into
-            # the embedded interpreter, and a REST metrics query then crashes the JVM (SIGSEGV in take_gil).
+            # counters, not gauges: PyFlink workaround [gauges] in operators.flink_compat.
             # The running mean NCP is ncp_micro / ncp_records.
             self.longest_wait_counter = group.counter("longest_wait_ms")
-            self.ncp_micro = _Tally(group.counter("ncp_micro"), every=256_000_000)
-            self.ncp_records = _Tally(group.counter("ncp_records"))
+            self.ncp_micro = BatchedCounter(group.counter("ncp_micro"), every=256_000_000)
+            self.ncp_records = BatchedCounter(group.counter("ncp_records"), every=256)
             self.tallies += [self.ncp_micro, self.ncp_records]
 
         def _partition(self, key: str, now: int) -> Partition:
@@ -168,7 +143,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 else:
                     service.register_event_time_timer(timer)
             if self.processing and part.records and not part.flush_armed:
-                # processing-time timers die with a bounded input; the final watermark flushes
+                # PyFlink workaround [end of input] in operators.flink_compat
                 service.register_event_time_timer(FLUSH_TIMER)
                 part.flush_armed = True
             self.buffered.add(len(puts))
@@ -205,7 +180,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
         def process_element(self, payload, ctx):
             # payload: encode_staged(record, its class keys in this stage); the last key is this partition's
-            now = _now_ms()
+            now = now_ms()
             record, keys = decode_staged(payload)
             part = self._partition(keys[-1], now)
             releases = self.stage.on_record(part, record, keys, now)
@@ -223,7 +198,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.ticking.add(key)
 
         def on_timer(self, timestamp, ctx):
-            now = _now_ms()
+            now = now_ms()
             part = self._partition(ctx.get_current_key(), now)
             if ctx.time_domain() == TimeDomain.EVENT_TIME and timestamp >= FLUSH_TIMER:
                 published, leaving = self.stage.flush(part, now)
@@ -295,7 +270,7 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
 
     def stamp(record):
         key, headers, value, subject, qis, event_ms = record
-        return Row(*stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms, _now_ms()))
+        return Row(*stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms, now_ms()))
 
     staged = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
     return attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name, lines=False)

@@ -1,15 +1,13 @@
 """The checked ``k_anonymity:`` block of a policy: quasi-identifiers, hierarchies, the cascade's path.
 
 :meth:`KAnonymityParams.from_policy` checks a block once, when the policy is checked, and raises
-:class:`~udfs.registry.ParamError` only, naming the parameter and what is allowed.
+:class:`~udfs.errors.ParamError` only, naming the parameter and what is allowed.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,9 @@ from typing import Any
 
 from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
-from udfs.registry import ParamError
+from udfs.errors import ParamError
+from udfs.record import is_plain_path
+from udfs.timestamps import epoch_seconds
 
 STAR = "*"
 BLOCK_KEYS = ("k", "quasi_identifiers", "max_delay", "timing", "on_timeout", "l_diversity", "state_ttl", "path",
@@ -30,9 +30,6 @@ DATE_UNITS = ("hour", "day", "month", "year")
 _DATE_SECONDS = {"hour": 3600.0, "day": 86400.0, "month": 30.44 * 86400.0, "year": 365.25 * 86400.0}
 _LEVEL_KINDS = {"range": "number", "truncate": "string", "geohash": "geo", "grid": "geo", "date": "date",
                 "group": "category"}
-_PATH = re.compile(r"^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$")
-#: timestamp of the event-time timer that flushes a buffer when a bounded input ends
-FLUSH_TIMER = 2**63 - 2
 
 
 MICRO = 1_000_000  # grid cells are whole millionths of a degree, so every level's cell is exact integer arithmetic
@@ -354,7 +351,7 @@ def _parse_path(raw: Any, qis: Sequence[QuasiIdentifier]) -> tuple[tuple[int, ..
 
 def _paths(raw: Any, param: str) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not items or not all(isinstance(p, str) and _PATH.match(p) for p in items):
+    if not isinstance(items, list) or not items or not all(is_plain_path(p) for p in items):
         raise ParamError(param, "must be a dotted path or a non-empty list of them", "e.g. zip or [zip, address.zip]")
     return tuple(items)
 
@@ -366,7 +363,7 @@ def _parse_quasi_identifiers(raw: Any, field_paths: set[str]) -> tuple[QuasiIden
     out = []
     for name, spec in raw.items():
         where = f"quasi_identifiers.{name}"
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_$][\w$-]*$", name):
+        if not is_plain_path(name) or "." in name:  # one field name of the path grammar
             raise ParamError(where, "a quasi-identifier name must be a plain field name", "letters, digits, _ and -")
         qi = _parse_quasi_identifier(name, spec, where)
         clash = [p for p in (qi.name, *qi.paths, *qi.lat_paths, *qi.lon_paths) if p in field_paths]
@@ -570,7 +567,7 @@ def _parse_l_diversity(raw: Any, field_paths: set[str], qis: Sequence[QuasiIdent
     if not isinstance(raw, Mapping) or set(raw) - {"attribute", "l"}:
         raise ParamError("l_diversity", "must be {attribute: ..., l: ...}", "{attribute: purchaseBand, l: 2}")
     attribute, l_value = raw.get("attribute"), raw.get("l")
-    if not isinstance(attribute, str) or not _PATH.match(attribute):
+    if not is_plain_path(attribute):
         raise ParamError("l_diversity.attribute", "missing or not a field path", "a field of the view")
     if field_paths and attribute not in field_paths:
         raise ParamError("l_diversity.attribute", f"{attribute!r} is not among the view's fields",
@@ -580,15 +577,6 @@ def _parse_l_diversity(raw: Any, field_paths: set[str], qis: Sequence[QuasiIdent
     if isinstance(l_value, bool) or not isinstance(l_value, int) or l_value < 2:
         raise ParamError("l_diversity.l", "must be an integer >= 2", "such as 2")
     return LDiversity(attribute=attribute, l=l_value)
-
-
-def epoch_seconds(value: Any) -> float:
-    if not isinstance(value, str):
-        raise TypeError("not a string")
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
 
 
 def qi_ncp(qi: QuasiIdentifier, level: Level, value: Any, spans: Mapping[str, tuple[float, float]]) -> float:
