@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flink_jobs.devtools.kafka_broker import _die_with_parent, _java
-from flink_jobs.devtools.processes import free_port, pid_alive, terminate
+from flink_jobs.devtools.processes import LoggedChild, down_and_status, free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "conf" / "registry"
@@ -46,9 +46,10 @@ class RegistryError(RuntimeError):
 
 
 @dataclass
-class Registry:
+class Registry(LoggedChild):
     """A running registry started by :func:`start_registry` (or found by :func:`running_registry`)."""
 
+    LOG_FILE = _LOG_FILE
     port: int
     folder: Path
     pid: int
@@ -63,15 +64,6 @@ class Registry:
         """The Confluent-compatible API: what ``--schema-registry`` takes."""
         return self.base + CCOMPAT
 
-    @property
-    def log_file(self) -> Path:
-        return self.folder / _LOG_FILE
-
-    def alive(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return pid_alive(self.pid)
-
     def ready(self) -> bool:
         with contextlib.suppress(urllib.error.URLError, OSError):
             with urllib.request.urlopen(self.base + "/health/ready", timeout=5) as resp:
@@ -79,8 +71,8 @@ class Registry:
         return False
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; safe to call twice."""
-        terminate(lambda: [self.pid] if self.alive() else [], timeout, kill_wait=10)
+        """SIGTERM, then SIGKILL after ``timeout`` s; safe to call twice. Forgets the state file."""
+        super().stop(timeout)
         with contextlib.suppress(FileNotFoundError):
             (self.folder / _STATE_FILE).unlink()
 
@@ -130,10 +122,10 @@ def start_registry(folder: Path, port: int | None = None, *, timeout: float = 12
         while not registry.ready():
             if not registry.alive():
                 raise RegistryError(f"the registry exited; last lines of {registry.log_file}:\n"
-                                    f"{_tail(registry.log_file)}")
+                                    f"{registry.log_tail()}")
             if time.monotonic() > deadline:
                 raise RegistryError(f"the registry did not become ready at {registry.base} within {timeout:g} s; "
-                                    f"last lines of {registry.log_file}:\n{_tail(registry.log_file)}")
+                                    f"last lines of {registry.log_file}:\n{registry.log_tail()}")
             time.sleep(0.3)
     except BaseException:
         registry.stop(timeout=10)
@@ -149,14 +141,7 @@ def running_registry(folder: Path) -> Registry | None:
     except (FileNotFoundError, ValueError):
         return None
     registry = Registry(port=int(state["port"]), folder=folder, pid=int(state["pid"]))
-    return registry if registry.alive() else None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
+    return registry if pid_alive(registry.pid) else None
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -179,26 +164,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_down(args: argparse.Namespace) -> int:
-    running = running_registry(args.data_dir)
-    if running is None:
-        print(f"no schema registry running from {Path(args.data_dir).resolve()}")
-        return 0
-    running.stop(timeout=args.timeout)
-    if running.alive():
-        print(f"registry-down: pid {running.pid} did not exit", file=sys.stderr)
-        return 1
-    print(f"schema registry at {running.url} stopped (pid {running.pid})")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    running = running_registry(args.data_dir)
-    if running is None:
-        print(f"no schema registry running from {Path(args.data_dir).resolve()}")
-        return 1
-    print(f"schema registry running at {running.url} (pid {running.pid})")
-    return 0
+_cmd_down, _cmd_status = down_and_status(running_registry, "schema registry", "schema registry",
+                                         lambda r: r.url, "registry-down")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,10 @@ import pytest
 import yaml
 
 from flink_jobs.avro_format import RegistrySchemaStore, RegistryUnavailable, encode, split_frame
-from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.devtools.processes import free_port
-from flink_jobs.kafka_job import build_kafka_job, prepare_topics
 from flink_jobs.kafka_tools import consume, ensure_topics
 from flink_jobs.policy import PolicyError, compile_policy
-from tests.integration.test_avro_kafka import SCHEMA, _sample_records
+from tests.integration.test_avro_kafka import SCHEMA, _sample_records, produce_and_run
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +64,6 @@ def test_a_policy_whose_source_subject_is_not_registered_is_refused(schema_regis
 @pytest.mark.timeout(300)
 def test_avro_in_every_view_out_under_its_registered_schema_and_bad_records_dead_lettered(
         kafka_broker, schema_registry, keyring_ref):
-    from confluent_kafka import Producer
     from fastavro import parse_schema, schemaless_reader
 
     topic = f"avro-registry-{time.time_ns()}"
@@ -84,16 +81,7 @@ def test_avro_in_every_view_out_under_its_registered_schema_and_bad_records_dead
 
     policy = compile_policy(_policy_doc(topic, schema_registry.url), file=str(POLICY))
     ensure_topics(kafka_broker.bootstrap, [topic])
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
-    for value in good[:100] + bad + good[100:]:
-        producer.produce(topic, value=value)
-    assert producer.flush(30) == 0
-    prepare_topics(kafka_broker.bootstrap, policy, create=True)
-    _, rest = local_rest_config()
-    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="exactly-once",
-                          bounded=True, checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
-                          group_id=f"avro-registry-{time.time_ns()}")
-    env.execute("avro-registry")
+    produce_and_run(kafka_broker.bootstrap, topic, good[:100] + bad + good[100:], policy, keyring_ref)
 
     # the reader knows only the registry's URL: each record's schema is fetched by the id in its header
     reader = RegistrySchemaStore(schema_registry.url)
