@@ -1,9 +1,8 @@
 """Avro through a real broker: Confluent-framed records in, an Avro view and a JSON view out, bad bytes dead-lettered.
 
-No schema registry runs on this machine (README: Apicurio Registry's app does not resolve from
-Maven Central here), so the schemas are files: the source's ``conf/schemas/customer-event.avsc``
-and the view's, written by ``flink-anonymizer avro-schemas``. The reader of the Avro view knows
-only those files: it finds each record's schema by the id in its header.
+The file seam (test_avro_registry.py runs the registry's): the schemas are files, the source's
+``conf/schemas/customer-event.avsc`` and the view's, written by ``flink-anonymizer avro-schemas``.
+The reader of the Avro view knows only those files: it finds each record's schema by the id in its header.
 """
 
 from __future__ import annotations
