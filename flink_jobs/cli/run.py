@@ -64,11 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
-    args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
     schema, registry = getattr(args, "schema", None), getattr(args, "schema_registry", None)
     if schema and registry:
         raise CliError("--schema FILE.avsc and --schema-registry URL are alternatives: pass one")
+    keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
+    args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
     if schema or registry:
         from flink_jobs.cli.avro import load_policy_with_schema
 
