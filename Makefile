@@ -8,7 +8,7 @@ POLICY ?= conf/policies/customer-events.yaml
 SAMPLE := conf/samples/customer-events.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down cluster-up cluster-down submit demo-kafka cdc-demo clean help
+.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down registry-up registry-down cluster-up cluster-down submit demo-kafka cdc-demo clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,12 @@ vault-up: $(STAMP) ## start a local PostgreSQL for the token vault on 127.0.0.1:
 
 vault-down: $(STAMP) ## stop it
 	$(PY) -m flink_jobs.devtools.pg_local down --data-dir .local/pg
+
+registry-up: $(STAMP) ## build (Maven, conf/registry) and start a Confluent-compatible schema registry (Apicurio, in memory) on 127.0.0.1:8085
+	$(PY) -m flink_jobs.devtools.registry up --data-dir .local/registry --port 8085
+
+registry-down: $(STAMP) ## stop it (its schemas are lost)
+	$(PY) -m flink_jobs.devtools.registry down --data-dir .local/registry
 
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
 	$(PY) -m flink_jobs.devtools.kafka_demo

@@ -7,9 +7,11 @@ A record is a magic byte 0, a 4-byte big-endian schema id, then the Avro binary 
   and each view's schema derived from it. A schema's id is the first 31 bits of the SHA-256 of its
   parsing canonical form, so a reader holding the ``.avsc`` files finds the same ids
   (``flink-anonymizer avro-schemas`` writes them, one ``<topic>-value.avsc`` per view).
-- a Confluent-compatible registry (``http://...``) slots in behind the same three methods; none is
-  wired here, because no registry runs on this machine (Apicurio Registry's app cannot be resolved
-  from Maven Central here: see README).
+- ``http(s)://...`` (:class:`RegistrySchemaStore`): a Confluent-compatible schema registry
+  (``--schema-registry URL``, e.g. ``http://127.0.0.1:8085/apis/ccompat/v6`` from ``make registry-up``).
+  The source's schema is the latest under ``<source topic>-value`` (its producer registered it); each
+  view registers its own under ``<view topic>-value``, and the registry's id goes in every header, so a
+  reader that knows only the registry's URL decodes a view.
 
 A view's schema is the source's with the columns the view drops left out and the types its
 transforms change: a kept column keeps its type, any other transform publishes a string (a masked
@@ -23,6 +25,9 @@ import hashlib
 import io
 import json
 import struct
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,11 +92,73 @@ class FileSchemaStore:
         return None if sid is None else (sid, self._by_id[sid])
 
 
+class RegistryUnavailable(RuntimeError):
+    """The registry did not answer, or answered an error other than "not found".
+
+    Never a record's fault, so never a dead letter: the job fails and restarts instead.
+    """
+
+
+class RegistrySchemaStore:
+    """Schemas in a Confluent-compatible registry (its REST API at ``url``); schemas cached by id.
+
+    ``POST /subjects/{subject}/versions`` registers (the same schema again gets the same id),
+    ``GET /schemas/ids/{id}`` fetches, ``GET /subjects/{subject}/versions/latest`` finds a subject's latest.
+    """
+
+    _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+    def __init__(self, url: str, timeout: float = 10) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._by_id: dict[int, dict] = {}
+
+    def _call(self, path: str, body: dict | None = None) -> dict | None:
+        """The answer's JSON, or None when the registry says "not found" (HTTP 404)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="GET" if data is None else "POST",
+                                         headers={"Content-Type": self._CONTENT_TYPE, "Accept": self._CONTENT_TYPE})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            detail = exc.read().decode(errors="replace")[:300]
+            raise RegistryUnavailable(f"schema registry {self.url}{path}: HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise RegistryUnavailable(f"schema registry {self.url}{path}: {exc}") from None
+
+    def by_id(self, schema_id: int) -> dict | None:
+        schema = self._by_id.get(schema_id)
+        if schema is None:
+            answer = self._call(f"/schemas/ids/{schema_id}")
+            if answer is None:
+                return None
+            schema = self._by_id[schema_id] = json.loads(answer["schema"])
+        return schema
+
+    def register(self, subject: str, schema: dict) -> int:
+        answer = self._call(f"/subjects/{urllib.parse.quote(subject, safe='')}/versions",
+                            {"schema": json.dumps(schema)})
+        if answer is None or "id" not in answer:
+            raise RegistryUnavailable(f"schema registry {self.url}: registering {subject} returned no id")
+        self._by_id[int(answer["id"])] = schema
+        return int(answer["id"])
+
+    def latest(self, subject: str) -> tuple[int, dict] | None:
+        answer = self._call(f"/subjects/{urllib.parse.quote(subject, safe='')}/versions/latest")
+        if answer is None:
+            return None
+        sid, schema = int(answer["id"]), json.loads(answer["schema"])
+        self._by_id[sid] = schema
+        return sid, schema
+
+
 def open_store(reference: str, source_subject: str) -> SchemaStore:
-    """The seam: ``file:PATH.avsc`` (or a bare path) is a :class:`FileSchemaStore`."""
+    """The seam: ``http(s)://...`` is a registry, ``file:PATH.avsc`` (or a bare path) a :class:`FileSchemaStore`."""
     if reference.startswith(("http://", "https://")):
-        raise AvroError("a schema registry URL is not supported here: pass the source schema as a file "
-                        "(--schema FILE.avsc, or source.schema: file:PATH.avsc)")
+        return RegistrySchemaStore(reference)
     return FileSchemaStore(Path(reference.removeprefix("file:")), source_subject)
 
 
@@ -298,10 +365,18 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
         source["schema"] = reference = f"file:{path.resolve()}"
     try:
         store = open_store(reference, source_subject(doc))
+        latest = store.latest(source_subject(doc))
     except AvroError as exc:
         problems.append(("source.schema", str(exc), "a readable .avsc file"))
         return problems
-    schema = store.latest(source_subject(doc))[1]
+    except RegistryUnavailable as exc:
+        problems.append(("source.schema", str(exc), "a Confluent-compatible registry that answers"))
+        return problems
+    if latest is None:
+        problems.append(("source.schema", f"no schema registered under {source_subject(doc)} in {reference}",
+                         "the source topic's producer registers its schema under <topic>-value"))
+        return problems
+    schema = latest[1]
     if not isinstance(schema, dict) or schema.get("type") != "record":
         problems.append(("source.schema", "the schema is not a record", "an Avro record schema"))
         return problems

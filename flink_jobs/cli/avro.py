@@ -1,8 +1,8 @@
 """``flink-anonymizer avro-schemas``: each Avro view's schema, as the job registers it, written to files.
 
-With ``--schema FILE.avsc`` (no registry here, see flink_jobs/avro_format.py) a reader of an Avro
-view needs the view's schema: this writes ``<topic>-value.avsc`` for every view whose sink format
-is avro, with the schema id the job puts in each record's Confluent header.
+With ``--schema FILE.avsc`` (no registry) a reader of an Avro view needs the view's schema: this
+writes ``<topic>-value.avsc`` for every view whose sink format is avro, with the schema id the job
+puts in each record's Confluent header. With ``--schema-registry URL`` it registers them there too.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 
-def load_policy_with_schema(policy_file: str, schema_file: str, keyring: Any = None) -> Any:
-    """The policy, with ``source.schema`` set to ``schema_file`` (the ``--schema`` option)."""
+def load_policy_with_schema(policy_file: str, schema_file: str | None, keyring: Any = None,
+                            registry: str | None = None) -> Any:
+    """The policy, its ``source.schema`` set to ``schema_file`` (``--schema``) or a registry URL (``--schema-registry``)."""
     from flink_jobs.policy import PolicyError, Problem, compile_policy
 
     try:
@@ -25,7 +26,7 @@ def load_policy_with_schema(policy_file: str, schema_file: str, keyring: Any = N
         raise PolicyError(policy_file, [Problem("", f"cannot read the policy ({exc.__class__.__name__})",
                                                 "a YAML policy file")]) from None
     if isinstance(document, dict) and isinstance(document.get("source"), dict):
-        document["source"]["schema"] = f"file:{Path(schema_file).resolve()}"
+        document["source"]["schema"] = registry or f"file:{Path(schema_file).resolve()}"
     return compile_policy(document, file=policy_file, keyring=keyring)
 
 
@@ -49,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="policy YAML file")
     p.add_argument("--schema", help="the source's Avro schema (default: the policy's source.schema)")
+    p.add_argument("--schema-registry", metavar="URL",
+                   help="a Confluent-compatible registry: the views' schemas are registered there too")
     p.add_argument("--out", required=True, help="folder for the .avsc files")
     p.set_defaults(func=_cmd)
 
@@ -56,7 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from flink_jobs.policy import load_policy
 
-    policy = load_policy_with_schema(args.policy, args.schema) if args.schema else load_policy(args.policy)
+    if args.schema and args.schema_registry:
+        raise SystemExit("avro-schemas: --schema and --schema-registry are alternatives: pass one")
+    policy = (load_policy_with_schema(args.policy, args.schema, registry=args.schema_registry)
+              if args.schema or args.schema_registry else load_policy(args.policy))
     for name, sid, path in write_view_schemas(policy, Path(args.out)):
         print(f"view {name}: schema id {sid} -> {path}")
     return 0

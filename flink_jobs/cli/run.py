@@ -53,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      f"record has moved) within SECONDS (default {DEFAULT_STARTUP_TIMEOUT_S:g})")
     run.add_argument("--schema", metavar="FILE.avsc",
                      help="the Avro schema of an avro source (source.format: avro); overrides source.schema")
+    run.add_argument("--schema-registry", metavar="URL",
+                     help="a Confluent-compatible schema registry (e.g. http://127.0.0.1:8085/apis/ccompat/v6 "
+                     "from make registry-up): the source's schema is the latest under <source topic>-value, and "
+                     "each avro view registers its own under <view topic>-value; overrides source.schema")
     run.add_argument("--metrics-port", metavar="PORT[-PORT]",
                      help="serve Flink's metrics to Prometheus at http://HOST:PORT/metrics (a port, or a range "
                      "to take the first free one from)")
@@ -60,12 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    schema, registry = getattr(args, "schema", None), getattr(args, "schema_registry", None)
+    if schema and registry:
+        raise CliError("--schema FILE.avsc and --schema-registry URL are alternatives: pass one")
     keyring, reference = resolve_keyring(args.keyring, dev=args.dev_keyring)
     args.metrics_config = metrics_config(getattr(args, "metrics_port", None))
-    if getattr(args, "schema", None):
+    if schema or registry:
         from flink_jobs.cli.avro import load_policy_with_schema
 
-        policy = load_policy_with_schema(args.policy, args.schema, keyring=keyring)
+        policy = load_policy_with_schema(args.policy, schema, keyring=keyring, registry=registry)
     else:
         policy = load_policy(args.policy, keyring=keyring)
     if not args.bootstrap_servers and policy.document["source"].get("format") == "avro":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flink_jobs.devtools.kafka_broker import _die_with_parent, _java
-from flink_jobs.devtools.processes import free_port, pid_alive, terminate
+from flink_jobs.devtools.processes import LoggedChild, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JARS_DIR = ROOT / "jars" / "connect"
@@ -51,9 +51,10 @@ class ConnectError(RuntimeError):
 
 
 @dataclass
-class ConnectWorker:
+class ConnectWorker(LoggedChild):
     """A running worker started by :func:`start_worker`."""
 
+    LOG_FILE = _LOG_FILE
     rest_port: int
     folder: Path
     pid: int
@@ -63,19 +64,6 @@ class ConnectWorker:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.folder / _LOG_FILE
-
-    def alive(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return pid_alive(self.pid)
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; safe to call twice."""
-        terminate(lambda: [self.pid] if self.alive() else [], timeout, kill_wait=10)
 
     def request(self, path: str, method: str = "GET", body: Any = None, timeout: float = 30) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -134,11 +122,11 @@ class ConnectWorker:
                     return status
             time.sleep(0.5)
         raise ConnectError(f"connector {name} did not run within {timeout:g} s (status {status}); "
-                           f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
+                           f"last lines of {self.log_file}:\n{self.log_tail()}")
 
     def _check_alive(self) -> None:
         if not self.alive():
-            raise ConnectError(f"the Connect worker exited; last lines of {self.log_file}:\n{_tail(self.log_file)}")
+            raise ConnectError(f"the Connect worker exited; last lines of {self.log_file}:\n{self.log_tail()}")
 
 
 def start_worker(folder: Path, bootstrap: str, *, rest_port: int | None = None, timeout: float = 120,
@@ -187,15 +175,8 @@ def start_worker(folder: Path, bootstrap: str, *, rest_port: int | None = None, 
                     return worker
             if time.monotonic() > deadline:
                 raise ConnectError(f"the Connect worker did not answer at {worker.url} within {timeout:g} s; "
-                                   f"last lines of {worker.log_file}:\n{_tail(worker.log_file)}")
+                                   f"last lines of {worker.log_file}:\n{worker.log_tail()}")
             time.sleep(0.5)
     except BaseException:
         worker.stop(timeout=10)
         raise
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""

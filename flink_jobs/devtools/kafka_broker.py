@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flink_jobs.devtools.processes import free_port, pid_alive, terminate
+from flink_jobs.devtools.processes import down_and_status, free_port, pid_alive, terminate
 
 __all__ = [
     "Broker",
@@ -389,31 +389,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running_or_say(data_dir: Path) -> Broker | None:
-    running = running_broker(data_dir)
-    if running is None:
-        print(f"no Kafka broker running from {Path(data_dir).resolve()}")
-    return running
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    running = _running_or_say(args.data_dir)
-    if running is None:
-        return 0
-    running.stop(timeout=args.timeout)
-    if running.alive():
-        print(f"kafka-down: broker pid {running.pid} did not exit", file=sys.stderr)
-        return 1
-    print(f"Kafka at {running.bootstrap} stopped (pid {running.pid})")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    running = _running_or_say(args.data_dir)
-    if running is None:
-        return 1
-    print(f"Kafka running at {running.bootstrap} (pid {running.pid})")
-    return 0
+_cmd_down, _cmd_status = down_and_status(running_broker, "Kafka broker", "Kafka", lambda b: b.bootstrap, "kafka-down")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 ``free_port`` picks a port, ``pid_alive`` and ``signal_pid`` look at and signal one
 process, ``terminate`` stops a set of processes: SIGTERM first, SIGKILL for those
-still there after a timeout.
+still there after a timeout. ``LoggedChild`` is what a started JVM's handle shares
+(the Kafka Connect worker, the schema registry), ``tail`` the end of a log, and
+``down_and_status`` the ``down`` and ``status`` commands of a detached server.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["free_port", "pid_alive", "signal_pid", "terminate"]
+__all__ = ["LoggedChild", "down_and_status", "free_port", "pid_alive", "signal_pid", "tail", "terminate"]
 
 HOST = "127.0.0.1"
 
@@ -65,6 +70,78 @@ def terminate(live_pids: Callable[[], list[int]], timeout: float, *, kill_wait: 
     for pid in live_pids():
         signal_pid(pid, signal.SIGKILL)
     _wait_gone(live_pids, kill_wait, poll)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log ("" when there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+class LoggedChild:
+    """For a dataclass with ``pid``, ``folder`` and ``_process`` (None when found by pid): one process, its log.
+
+    ``LOG_FILE`` is the name of its log in ``folder``.
+    """
+
+    LOG_FILE = "process.log"
+    pid: int
+    folder: Path
+    _process: subprocess.Popen | None
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / self.LOG_FILE
+
+    def log_tail(self, lines: int = 30) -> str:
+        return tail(self.log_file, lines)
+
+    def alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return pid_alive(self.pid)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s; safe to call twice."""
+        terminate(lambda: [self.pid] if self.alive() else [], timeout, kill_wait=10)
+
+
+def down_and_status(find: Callable[[Path], Any], what: str, name: str, address: Callable[[Any], str],
+                    command: str) -> tuple[Callable[[Any], int], Callable[[Any], int]]:
+    """The ``down`` and ``status`` commands (``args.data_dir``, ``args.timeout``) of a detached server.
+
+    ``find(data_dir)`` is the running server or None; it has ``pid``, ``stop(timeout=)`` and ``alive()``.
+    ``what`` names it when none runs ("Kafka broker"), ``name`` when one does ("Kafka", at ``address(it)``),
+    ``command`` prefixes the error ("kafka-down").
+    """
+
+    def running_or_say(data_dir: Path) -> Any:
+        running = find(data_dir)
+        if running is None:
+            print(f"no {what} running from {Path(data_dir).resolve()}")
+        return running
+
+    def cmd_down(args: Any) -> int:
+        running = running_or_say(args.data_dir)
+        if running is None:
+            return 0
+        running.stop(timeout=args.timeout)
+        if running.alive():
+            print(f"{command}: {what} pid {running.pid} did not exit", file=sys.stderr)
+            return 1
+        print(f"{name} at {address(running)} stopped (pid {running.pid})")
+        return 0
+
+    def cmd_status(args: Any) -> int:
+        running = running_or_say(args.data_dir)
+        if running is None:
+            return 1
+        print(f"{name} running at {address(running)} (pid {running.pid})")
+        return 0
+
+    return cmd_down, cmd_status
 
 
 def _wait_gone(live_pids: Callable[[], list[int]], timeout: float, poll: float) -> bool:

@@ -138,3 +138,20 @@ def test_avro_schemas_writes_each_avro_views_schema(tmp_path, capsys):
     written = json.loads((tmp_path / "masked-customer-events-avro-value.avsc").read_text())
     assert f"schema id {schema_id(written)}" in capsys.readouterr().out
     assert not (tmp_path / "support-customer-events-value.avsc").exists()  # a JSON view has none
+
+
+def test_a_registry_that_does_not_answer_is_a_policy_problem_not_a_dead_letter():
+    from flink_jobs.cli.avro import load_policy_with_schema
+    from flink_jobs.devtools.processes import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v6"  # nothing listens there
+    with pytest.raises(PolicyError, match=r"source\.schema: schema registry http://127\.0\.0\.1:\d+/apis/ccompat/v6/"):
+        load_policy_with_schema(str(POLICY), None, registry=url)
+
+
+def test_run_takes_a_schema_file_or_a_registry_not_both(capsys):
+    from flink_jobs.cli import main
+
+    assert main(["run", "--policy", str(POLICY), "--schema", str(SCHEMA), "--schema-registry", "http://127.0.0.1:1",
+                 "--bootstrap-servers", "127.0.0.1:1", "--keyring", "env:FLINK_ANONYMIZER_TEST_UNSET"]) != 0
+    assert "--schema FILE.avsc and --schema-registry URL are alternatives" in capsys.readouterr().err

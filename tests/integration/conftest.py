@@ -3,6 +3,7 @@
 import pytest
 
 from tests.integration.kafka_fixture import kafka_broker  # noqa: F401
+from tests.integration.registry_fixture import schema_registry  # noqa: F401
 from udfs.keyring import Keyring
 
 

@@ -1,9 +1,8 @@
 """Avro through a real broker: Confluent-framed records in, an Avro view and a JSON view out, bad bytes dead-lettered.
 
-No schema registry runs on this machine (README: Apicurio Registry's app does not resolve from
-Maven Central here), so the schemas are files: the source's ``conf/schemas/customer-event.avsc``
-and the view's, written by ``flink-anonymizer avro-schemas``. The reader of the Avro view knows
-only those files: it finds each record's schema by the id in its header.
+The file seam (test_avro_registry.py runs the registry's): the schemas are files, the source's
+``conf/schemas/customer-event.avsc`` and the view's, written by ``flink-anonymizer avro-schemas``.
+The reader of the Avro view knows only those files: it finds each record's schema by the id in its header.
 """
 
 from __future__ import annotations
@@ -55,9 +54,24 @@ def _sample_records() -> list[dict]:
     return out
 
 
+def produce_and_run(bootstrap: str, topic: str, values: list[bytes], policy, keyring_ref: str) -> None:
+    """Produce ``values`` to ``topic``, then run the policy's job, bounded, to the end of what is there."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for value in values:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+    prepare_topics(bootstrap, policy, create=True)
+    _, rest = local_rest_config()
+    env = build_kafka_job(policy, keyring_ref, bootstrap=bootstrap, delivery="exactly-once",
+                          bounded=True, checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
+                          group_id=f"avro-{time.time_ns()}")
+    env.execute(f"avro-{topic}")
+
+
 @pytest.mark.timeout(300)
 def test_avro_records_in_avro_and_json_views_out_and_bad_bytes_dead_lettered(kafka_broker, keyring_ref, tmp_path):
-    from confluent_kafka import Producer
     from fastavro import parse_schema, schemaless_reader
 
     topic = "avro-sample"
@@ -74,16 +88,7 @@ def test_avro_records_in_avro_and_json_views_out_and_bad_bytes_dead_lettered(kaf
     bad = [b'{"customerId": "CUST1"}',                  # JSON, not the wire format
            b"\x00\x00\x00\x00\x2a\x02\x41",             # an id nobody registered
            encode(records[0], sid, parsed)[:9]]         # a body cut short: it does not match its schema
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
-    for value in good[:100] + bad + good[100:]:
-        producer.produce(topic, value=value)
-    assert producer.flush(30) == 0
-    prepare_topics(kafka_broker.bootstrap, policy, create=True)
-    base, rest = local_rest_config()
-    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="exactly-once",
-                          bounded=True, checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
-                          group_id=f"avro-{time.time_ns()}")
-    env.execute("avro-kafka")
+    produce_and_run(kafka_broker.bootstrap, topic, good[:100] + bad + good[100:], policy, keyring_ref)
 
     # the reader of the Avro view knows only the schema files, and finds each record's by its id
     files = {s: json.loads(p.read_text()) for _, s, p in write_view_schemas(policy, tmp_path / "schemas")}
