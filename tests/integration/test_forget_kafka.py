@@ -14,6 +14,7 @@ import time
 
 import pytest
 import yaml
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
@@ -28,9 +29,12 @@ TOPIC = "raw-forget"
 VIEWS = ("masked", "anonymized", "linked")
 SUBJECTS = [f"CUST{i:06d}" for i in range(12)]
 FORGOTTEN = SUBJECTS[5]
-#: compacted within seconds: a segment rolls after 500 ms (at the next append), any dirt is cleanable
+#: compacted within seconds once allowed: a segment rolls after 500 ms (at the next append), any dirt is
+#: cleanable. Until the test has read what the job wrote, a day's compaction lag (on the broker's clock,
+#: not the events' 2024 timestamps) keeps the cleaner off it: it had compacted a view before the read.
 COMPACTED = {"cleanup.policy": "compact", "segment.ms": "500", "min.cleanable.dirty.ratio": "0.001",
-             "min.compaction.lag.ms": "0", "delete.retention.ms": "500"}
+             "min.compaction.lag.ms": "86400000", "message.timestamp.type": "LogAppendTime",
+             "delete.retention.ms": "500"}
 #: how long the broker may take to compact (its cleaner looks every 15 s when idle): a bound, not a measure
 COMPACTION_WAIT_S = 150
 RUN_TIMEOUT_S = 240
@@ -79,6 +83,16 @@ def latest(records) -> dict[str, dict | None]:
     return out
 
 
+def allow_compaction(bootstrap: str, topics: list[str]) -> None:
+    """Drop the topics' compaction lag to 0, so the broker may compact them from now on."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("min.compaction.lag.ms", "0", incremental_operation=AlterConfigOpType.SET)])
+        for topic in topics]
+    for future in admin.incremental_alter_configs(resources).values():
+        future.result(timeout=30)
+
+
 def decrypt(policy, view: str, value: dict) -> dict:
     return invert_view(policy.views[view].tree, value)
 
@@ -111,6 +125,7 @@ def test_forget_tombstones_every_compacted_view_under_its_own_key_and_shreds_the
                   for view, records in before.items()}
     assert their_keys["masked"] == {FORGOTTEN} and all(len(keys) == 1 for keys in their_keys.values())
     assert their_keys["anonymized"] != their_keys["linked"]  # two pseudonyms: the data key's and the keyring's
+    allow_compaction(bootstrap, topics)
 
     result = run_cli(["forget", FORGOTTEN, "--policy", str(policy_file), "--bootstrap-servers", bootstrap,
                       "--vault", vault_ref, *common], timeout=60)
