@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flink_jobs.devtools.kafka_broker import _die_with_parent, _java
-from flink_jobs.devtools.processes import LoggedChild, free_port
+from flink_jobs.devtools.processes import LoggedChild, die_with_parent, free_port, java_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JARS_DIR = ROOT / "jars" / "connect"
@@ -159,12 +158,12 @@ def start_worker(folder: Path, bootstrap: str, *, rest_port: int | None = None, 
     ]))
     log4j = folder / "log4j2.properties"
     log4j.write_text(_LOG4J2)
-    cmd = [_java(), f"-Xmx{heap}", "-Xms64m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+    cmd = [java_executable(), f"-Xmx{heap}", "-Xms64m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
            f"-Dlog4j2.configurationFile={log4j}", f"-Dconnect.log.file={folder / _LOG_FILE}",
            "-cp", f"{jars_dir}/*", "org.apache.kafka.connect.cli.ConnectStandalone", str(props)]
     with open(folder / "stdout.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     worker = ConnectWorker(rest_port=rest_port, folder=folder, pid=proc.pid, bootstrap=bootstrap, _process=proc)
     deadline = time.monotonic() + timeout
     try:

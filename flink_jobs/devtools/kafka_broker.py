@@ -29,9 +29,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flink_jobs.devtools.processes import down_and_status, free_port, pid_alive, terminate
+from flink_jobs.devtools.processes import die_with_parent, down_and_status, free_port, java_executable, pid_alive, terminate
 
 __all__ = [
     "Broker",
@@ -160,7 +157,10 @@ def start_broker(
     jars_dir = Path(jars_dir).resolve()
     if not any(jars_dir.glob("kafka_2.13-*.jar")):
         raise BrokerError(f"no Kafka broker jars in {jars_dir}; fetch them with `make jars` (bash conf/fetch_jars.sh)")
-    java = _java()
+    try:
+        java = java_executable()
+    except FileNotFoundError as exc:
+        raise BrokerError(str(exc)) from None
     port = port or free_port()
     controller_port = controller_port or free_port()
     for p in (port, controller_port):
@@ -196,7 +196,7 @@ def start_broker(
             cwd=data_dir,
             start_new_session=detach,
             # An attached broker dies with its parent even when that is killed (no finalizers run).
-            preexec_fn=None if detach else _die_with_parent,
+            preexec_fn=None if detach else die_with_parent,
         )
     broker = Broker(port=port, controller_port=controller_port, data_dir=data_dir, pid=proc.pid, _process=proc)
     if detach:
@@ -337,25 +337,6 @@ def _cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not text.startswith("-"):
             return text
-
-
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if not java:
-        raise BrokerError("`java` not found; the broker needs a JDK 17 on PATH or in JAVA_HOME")
-    return java
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask Linux to SIGTERM it when the parent exits.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_open(port: int) -> bool:

@@ -4,13 +4,16 @@
 process, ``terminate`` stops a set of processes: SIGTERM first, SIGKILL for those
 still there after a timeout. ``LoggedChild`` is what a started JVM's handle shares
 (the Kafka Connect worker, the schema registry), ``tail`` the end of a log, and
-``down_and_status`` the ``down`` and ``status`` commands of a detached server.
+``down_and_status`` the ``down`` and ``status`` commands of a detached server;
+``java_executable`` and ``die_with_parent`` start the JVMs of the broker, the Connect worker and
+the registry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +23,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoggedChild", "down_and_status", "free_port", "pid_alive", "signal_pid", "tail", "terminate"]
+__all__ = ["LoggedChild", "die_with_parent", "down_and_status", "free_port", "java_executable", "pid_alive",
+           "signal_pid", "tail", "terminate"]
 
 HOST = "127.0.0.1"
+
+
+def java_executable() -> str:
+    """The ``java`` of ``JAVA_HOME``, else the one on PATH; FileNotFoundError when there is none."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if not java:
+        raise FileNotFoundError("`java` not found: a JDK 17 is needed on PATH or in JAVA_HOME")
+    return java
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: runs in the child between fork and exec and asks Linux to SIGTERM it when the parent exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:

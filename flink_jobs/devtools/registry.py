@@ -29,8 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flink_jobs.devtools.kafka_broker import _die_with_parent, _java
-from flink_jobs.devtools.processes import LoggedChild, down_and_status, free_port, pid_alive
+from flink_jobs.devtools.processes import LoggedChild, die_with_parent, down_and_status, free_port, java_executable, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "conf" / "registry"
@@ -109,11 +108,11 @@ def start_registry(folder: Path, port: int | None = None, *, timeout: float = 12
     folder.mkdir(parents=True, exist_ok=True)
     jar = build()
     port = port or free_port()
-    cmd = [_java(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+    cmd = [java_executable(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
            "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={port}", "-jar", str(jar)]
     with open(folder / _LOG_FILE, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                start_new_session=detach, preexec_fn=None if detach else _die_with_parent)
+                                start_new_session=detach, preexec_fn=None if detach else die_with_parent)
     registry = Registry(port=port, folder=folder, pid=proc.pid, _process=proc)
     if detach:
         (folder / _STATE_FILE).write_text(json.dumps({"pid": proc.pid, "port": port}))
