@@ -61,7 +61,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
         Its input is one ``STRING`` per record (:func:`encode_staged`), keyed in Java by its
         partition key. Keyed state holds the facts of a partition: ``buffer`` (record id ->
-        encoded staged record) and ``released`` (``"level|class"`` -> released at). The
+        encoded staged record, without its class keys) and ``released`` (``"level|class"`` -> released at). The
         :class:`Partition` index over them lives in ``self.partitions`` as a write-through
         cache: every change is written to state in the same call, so a checkpoint holds it all,
         and a key whose partition is not cached (after a restore, or once dropped) is rebuilt
@@ -130,7 +130,9 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             """Write the partition's journal through to keyed state and timers."""
             puts, removes, marks, unmarks = part.writes()
             for rid, record in puts:
-                self.buffer.put(rid, encode_staged(record, part.keys[rid]))
+                # the record alone: rebuild() recomputes its class keys, so keys in state would only
+                # make every checkpoint larger (a key per level of the stage)
+                self.buffer.put(rid, encode_staged(record, ()))
             for rid in removes:
                 self.buffer.remove(rid)
             for name in unmarks:
