@@ -33,6 +33,9 @@ from typing import Any, Protocol
 
 MAGIC = 0
 FORMATS = ("json", "avro")
+#: source formats framed in the Confluent wire format: Avro records, and Debezium's change events as Avro
+#: (whose views are JSON: flink_jobs/cdc.py)
+AVRO_SOURCES = ("avro", "debezium-avro")
 #: transforms whose output keeps the column's own type
 _KEEPS = ("keep", "keep.integer", "keep.number", "keep.string")
 _DROPS = ("drop",)
@@ -317,6 +320,17 @@ def check_paths(source: dict, views: dict[str, Any]) -> list[tuple[str, str, str
     return problems
 
 
+def binary_source(doc: dict) -> bool:
+    """Whether the policy's source topic holds bytes (Avro), read and dead-lettered as Latin-1 text."""
+    return (doc.get("source") or {}).get("format") in AVRO_SOURCES
+
+
+def change_row_schema(envelope: dict) -> dict | None:
+    """The row's record schema in a Debezium envelope's schema (the type of ``after``), or None."""
+    field = next((f for f in envelope.get("fields", []) if f.get("name") == "after"), None)
+    return None if field is None else _record_of(field["type"])
+
+
 def source_subject(doc: dict) -> str:
     return f"{(doc.get('source') or {}).get('topic')}-value"
 
@@ -350,13 +364,14 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
                                  "json for k-anonymity and differential privacy views"))
             if source.get("format") != "avro":
                 problems.append((f"views.{name}.sink.format", "an avro view derives its schema from an avro source",
-                                 "source.format: avro with source.schema, or json"))
-    if source.get("format") != "avro":
+                                 "source.format: avro with source.schema, or json (the views of a "
+                                 "change-event source are JSON)"))
+    if source.get("format") not in AVRO_SOURCES:
         return problems
     reference = source.get("schema")
     if not isinstance(reference, str) or not reference:
         problems.append(("source.schema", "missing: an avro source needs its schema",
-                         "file:PATH.avsc (relative to the policy), or --schema FILE.avsc"))
+                         "file:PATH.avsc (relative to the policy), --schema FILE.avsc or --schema-registry URL"))
         return problems
     if not reference.startswith(("http://", "https://")):
         path = Path(reference.removeprefix("file:"))
@@ -374,9 +389,17 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
         return problems
     if latest is None:
         problems.append(("source.schema", f"no schema registered under {source_subject(doc)} in {reference}",
-                         "the source topic's producer registers its schema under <topic>-value"))
+                         "the source topic's producer registers its schema under <topic>-value (Connect's "
+                         "Avro converter does so with the connector's first change)"))
         return problems
     schema = latest[1]
+    if source.get("format") == "debezium-avro":
+        # field paths name the table's columns: the record type of the envelope's `after`
+        schema = change_row_schema(schema) if isinstance(schema, dict) else None
+        if schema is None:
+            problems.append(("source.schema", f"the schema under {source_subject(doc)} is not a Debezium change "
+                             "event (no record field after)", "the envelope Debezium's connector registers"))
+            return problems
     if not isinstance(schema, dict) or schema.get("type") != "record":
         problems.append(("source.schema", "the schema is not a record", "an Avro record schema"))
         return problems

@@ -72,10 +72,12 @@ class CdcChain:
 
 
 def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "shop", prefix: str = "shop",
-                seed: bool = True) -> CdcChain:
+                seed: bool = True, converters: dict[str, str] | None = None) -> CdcChain:
     """Create the table (seeded), start a Connect worker and Debezium's connector; events go to ``<prefix>.public.customers``.
 
     ``server`` is a running :class:`flink_jobs.devtools.pg_local.LocalPostgres` (it sets ``wal_level=logical``).
+    ``converters`` are the connector's converter settings (default: the worker's JSON;
+    :func:`~flink_jobs.devtools.connect_worker.avro_converter` for Avro through a registry).
     """
     import psycopg
 
@@ -92,7 +94,7 @@ def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "s
             for row in SEED:
                 chain.insert(row)
         chain.worker.add_postgres_connector(chain.connector, port=server.port, database=database, user="anon",
-                                            topic_prefix=prefix, tables=["public.customers"])
+                                            topic_prefix=prefix, tables=["public.customers"], extra=converters)
     except BaseException:
         chain.stop()
         raise
