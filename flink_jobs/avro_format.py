@@ -132,13 +132,30 @@ class RegistrySchemaStore:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise RegistryUnavailable(f"schema registry {self.url}{path}: {exc}") from None
 
+    def _schema_of(self, answer: dict, seen: frozenset[str] = frozenset()) -> dict:
+        """The answer's schema, its references (Confluent's ``references``) defined inline where first named.
+
+        Apicurio's Kafka Connect converter registers a nested record (Debezium's ``source``) as a
+        schema of its own and references it by name; a parser needs it defined in place.
+        """
+        schema = json.loads(answer["schema"])
+        named = {}
+        for ref in answer.get("references") or []:
+            if ref["name"] in seen:
+                continue
+            found = self._call(f"/subjects/{urllib.parse.quote(ref['subject'], safe='')}/versions/{ref['version']}")
+            if found is None:
+                raise RegistryUnavailable(f"schema registry {self.url}: the reference {ref['name']} is not registered")
+            named[ref["name"]] = self._schema_of(found, seen | {ref["name"]})
+        return _inline_named(schema, named) if named else schema
+
     def by_id(self, schema_id: int) -> dict | None:
         schema = self._by_id.get(schema_id)
         if schema is None:
             answer = self._call(f"/schemas/ids/{schema_id}")
             if answer is None:
                 return None
-            schema = self._by_id[schema_id] = json.loads(answer["schema"])
+            schema = self._by_id[schema_id] = self._schema_of(answer)
         return schema
 
     def register(self, subject: str, schema: dict) -> int:
@@ -153,9 +170,26 @@ class RegistrySchemaStore:
         answer = self._call(f"/subjects/{urllib.parse.quote(subject, safe='')}/versions/latest")
         if answer is None:
             return None
-        sid, schema = int(answer["id"]), json.loads(answer["schema"])
+        sid, schema = int(answer["id"]), self._schema_of(answer)
         self._by_id[sid] = schema
         return sid, schema
+
+
+def _inline_named(schema: Any, named: dict[str, dict]) -> Any:
+    """``schema`` with the first use of each name in ``named`` replaced by its definition (later uses name it)."""
+    pending = dict(named)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return pending.pop(node) if node in pending else node
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            return {key: walk(value) if key in ("type", "fields", "items", "values") else value
+                    for key, value in node.items()}
+        return node
+
+    return walk(schema)
 
 
 def open_store(reference: str, source_subject: str) -> SchemaStore:
@@ -326,9 +360,12 @@ def binary_source(doc: dict) -> bool:
 
 
 def change_row_schema(envelope: dict) -> dict | None:
-    """The row's record schema in a Debezium envelope's schema (the type of ``after``), or None."""
-    field = next((f for f in envelope.get("fields", []) if f.get("name") == "after"), None)
-    return None if field is None else _record_of(field["type"])
+    """The row's record schema in a Debezium envelope's schema (the type of ``before`` and ``after``), or None.
+
+    Avro defines the record once, in ``before``; ``after`` names it.
+    """
+    types = [f["type"] for f in envelope.get("fields", []) if f.get("name") in ("before", "after")]
+    return next((record for record in map(_record_of, types) if record is not None), None)
 
 
 def source_subject(doc: dict) -> str:
@@ -398,7 +435,7 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
         schema = change_row_schema(schema) if isinstance(schema, dict) else None
         if schema is None:
             problems.append(("source.schema", f"the schema under {source_subject(doc)} is not a Debezium change "
-                             "event (no record field after)", "the envelope Debezium's connector registers"))
+                             "event (no record field before or after)", "the envelope Debezium's connector registers"))
             return problems
     if not isinstance(schema, dict) or schema.get("type") != "record":
         problems.append(("source.schema", "the schema is not a record", "an Avro record schema"))
