@@ -145,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delivery", choices=("exactly-once", "at-least-once"))
     parser.add_argument("--bounded", action="store_true")
     parser.add_argument("--no-create-topics", action="store_true")
+    parser.add_argument("--schema-registry", help="a Confluent-compatible registry; overrides source.schema")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         keyring, reference = resolve_keyring(args.keyring)
-        policy = load_policy(args.policy, keyring=keyring)
+        # the workers get the policy document with the registry in it, as `run --schema-registry` does
+        policy = load_policy(args.policy, keyring=keyring, schema=args.schema_registry)
         env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery,
                           start=args.start, bounded=args.bounded, create_topics=not args.no_create_topics,
                           parallelism=args.parallelism, execution_mode=args.execution_mode)

@@ -108,8 +108,12 @@ class Policy:
             transform.open(keyring)
 
 
-def load_policy(path: str | Path, keyring: Keyring | None = None) -> Policy:
-    """Read and check a policy file; with a keyring, also check that every key it names exists."""
+def load_policy(path: str | Path, keyring: Keyring | None = None, schema: str | None = None) -> Policy:
+    """Read and check a policy file; with a keyring, also check that every key it names exists.
+
+    ``schema`` overrides the policy's ``source.schema``: a registry URL (``--schema-registry``) or
+    ``file:PATH.avsc`` (``--schema``).
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -121,6 +125,8 @@ def load_policy(path: str | Path, keyring: Keyring | None = None) -> Policy:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise PolicyError(str(path), [Problem("", f"not valid YAML at {where}", "a YAML mapping")]) from None
+    if schema and isinstance(document, dict) and isinstance(document.get("source"), dict):
+        document["source"]["schema"] = schema
     return compile_policy(document, file=str(path), keyring=keyring)
 
 
