@@ -22,19 +22,16 @@ import pytest
 import yaml
 
 from flink_jobs.avro_format import RegistrySchemaStore, split_frame
-from flink_jobs.cli.startup_watch import local_rest_config
 from flink_jobs.devtools.cdc_demo import NEW, POLICY, SEED, start_chain
 from flink_jobs.devtools.connect_worker import avro_converter
-from flink_jobs.kafka_job import build_kafka_job, prepare_topics
-from flink_jobs.kafka_tools import consume, ensure_topics
+from flink_jobs.kafka_tools import consume
 from flink_jobs.policy import PolicyError, compile_policy
+from tests.integration.test_cdc_debezium import EXPECTED, start_cdc_job
 from tests.support.leak_scan import record_pii_values
 from tests.support.pg_fixture import postgres_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
-#: what Debezium writes for the scenario: a snapshot read per seeded row, then c, u, d and a tombstone
-EXPECTED = len(SEED) + 4
 #: the columns that identify a customer
 IDENTIFYING = ("customer_id", "name", "email", "ssn", "phone")
 UNKNOWN_ID = 2_000_000_000
@@ -97,20 +94,11 @@ def test_debezium_avro_changes_reach_every_view_protected_and_bad_bytes_are_dead
         compile_policy(bad_document, file=str(POLICY))
     assert "views.support.fields.loyalty_tier: not in the source schema" in str(caught.value)
 
-    document = _policy_doc(topic, schema_registry.url)
-    policy_file = tmp_path / "customers-cdc-avro.yaml"
-    policy_file.write_text(yaml.safe_dump(document))
-    policy = compile_policy(document, file=str(policy_file))
-    ensure_topics(kafka_broker.bootstrap, [v.topic for v in policy.views.values()], config={"cleanup.policy": "compact"})
-    prepare_topics(kafka_broker.bootstrap, policy, create=True)
-    _, rest = local_rest_config()
-    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="at-least-once",
-                          checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
-                          group_id=f"cdc-avro-{time.time_ns()}")
     bad = [b'{"op": "c"}',                                          # JSON, not the wire format
            b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + b"\x02\x41"]   # an id the registry does not know
     assert store.by_id(UNKNOWN_ID) is None
-    job = env.execute_async("cdc-debezium-avro")
+    policy, job = start_cdc_job(_policy_doc(topic, schema_registry.url), tmp_path / "customers-cdc-avro.yaml",
+                                kafka_broker.bootstrap, keyring_ref)
     try:
         producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
         failed = []
