@@ -1,6 +1,6 @@
 """A standalone Kafka Connect worker with Debezium's PostgreSQL connector, on 127.0.0.1.
 
-It runs from the jars ``conf/fetch_jars.sh`` puts in ``jars/connect/`` (Kafka Connect 4.4.0 and
+It runs from the jars ``conf/fetch_jars.sh`` puts in ``jars/connect/`` (Kafka Connect 4.3.0 and
 ``io.debezium:debezium-connector-postgres`` 3.6.1.Final, from Maven Central through
 ``conf/connect/pom.xml``)::
 
