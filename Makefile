@@ -62,8 +62,8 @@ registry-down: $(STAMP) ## stop it (its schemas are lost)
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
 	$(PY) -m flink_jobs.devtools.kafka_demo
 
-cdc-demo: $(STAMP) jars ## PostgreSQL, Kafka Connect + Debezium, the job on conf/policies/customers-cdc.yaml: views beside raw change events
-	$(PY) -m flink_jobs.devtools.cdc_demo
+cdc-demo: $(STAMP) jars ## PostgreSQL, Kafka Connect + Debezium, the job on conf/policies/customers-cdc.yaml: views beside raw change events; AVRO=1 for debezium-avro through the registry
+	$(PY) -m flink_jobs.devtools.cdc_demo $(if $(AVRO),--avro)
 
 BOOTSTRAP ?= 127.0.0.1:9092
 KEYRING ?= file:.local/dev-keyring.json

@@ -17,22 +17,24 @@ have_jars() {
     compgen -G "$jars/kafka/kafka_2.13-*.jar" >/dev/null && compgen -G "$jars/flink/flink-sql-connector-kafka-*.jar" >/dev/null
 }
 
-# Kafka Connect and Debezium (make cdc-demo, the CDC tests): their own pom and folder, jars/connect/,
-# so none of their dependencies reaches the broker's class path.
+# Kafka Connect, Debezium and Apicurio's Avro converter (make cdc-demo, the CDC tests): their own pom and
+# folder, jars/connect/, so none of their dependencies reaches the broker's class path. Apicurio's POMs
+# declare repositories not reachable here: conf/registry/settings.xml mirrors every one to Central.
 connect_pom="$root/conf/connect/pom.xml"
 connect_stamp="$jars/.stamp-connect"
 fetch_connect() {
     local want_connect
     want_connect="$(sha256sum "$connect_pom" | cut -d' ' -f1)"
     if [[ "${1:-}" != "--force" && -f "$connect_stamp" && "$(cat "$connect_stamp")" == "$want_connect" ]] \
-        && compgen -G "$jars/connect/debezium-connector-postgres-*.jar" >/dev/null; then
+        && compgen -G "$jars/connect/debezium-connector-postgres-*.jar" >/dev/null \
+        && compgen -G "$jars/connect/apicurio-registry-utils-converter-*.jar" >/dev/null; then
         return 0
     fi
     rm -rf "$jars/connect" "$connect_stamp"
     mkdir -p "$jars"
-    mvn -q -B -Dstyle.color=never -f "$connect_pom" package
+    mvn -q -B -Dstyle.color=never -s "$root/conf/registry/settings.xml" -f "$connect_pom" package
     echo "$want_connect" >"$connect_stamp"
-    echo "fetch_jars: Kafka Connect and Debezium ready in $jars/connect ($(ls "$jars/connect" | wc -l) jars)"
+    echo "fetch_jars: Kafka Connect, Debezium and the Avro converter ready in $jars/connect ($(ls "$jars/connect" | wc -l) jars)"
 }
 
 if [[ "${1:-}" != "--force" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && have_jars; then

@@ -33,6 +33,9 @@ from typing import Any, Protocol
 
 MAGIC = 0
 FORMATS = ("json", "avro")
+#: source formats framed in the Confluent wire format: Avro records, and Debezium's change events as Avro
+#: (whose views are JSON: flink_jobs/cdc.py)
+AVRO_SOURCES = ("avro", "debezium-avro")
 #: transforms whose output keeps the column's own type
 _KEEPS = ("keep", "keep.integer", "keep.number", "keep.string")
 _DROPS = ("drop",)
@@ -129,13 +132,30 @@ class RegistrySchemaStore:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise RegistryUnavailable(f"schema registry {self.url}{path}: {exc}") from None
 
+    def _schema_of(self, answer: dict, seen: frozenset[str] = frozenset()) -> dict:
+        """The answer's schema, its references (Confluent's ``references``) defined inline where first named.
+
+        Apicurio's Kafka Connect converter registers a nested record (Debezium's ``source``) as a
+        schema of its own and references it by name; a parser needs it defined in place.
+        """
+        schema = json.loads(answer["schema"])
+        named = {}
+        for ref in answer.get("references") or []:
+            if ref["name"] in seen:
+                continue
+            found = self._call(f"/subjects/{urllib.parse.quote(ref['subject'], safe='')}/versions/{ref['version']}")
+            if found is None:
+                raise RegistryUnavailable(f"schema registry {self.url}: the reference {ref['name']} is not registered")
+            named[ref["name"]] = self._schema_of(found, seen | {ref["name"]})
+        return _inline_named(schema, named) if named else schema
+
     def by_id(self, schema_id: int) -> dict | None:
         schema = self._by_id.get(schema_id)
         if schema is None:
             answer = self._call(f"/schemas/ids/{schema_id}")
             if answer is None:
                 return None
-            schema = self._by_id[schema_id] = json.loads(answer["schema"])
+            schema = self._by_id[schema_id] = self._schema_of(answer)
         return schema
 
     def register(self, subject: str, schema: dict) -> int:
@@ -150,9 +170,26 @@ class RegistrySchemaStore:
         answer = self._call(f"/subjects/{urllib.parse.quote(subject, safe='')}/versions/latest")
         if answer is None:
             return None
-        sid, schema = int(answer["id"]), json.loads(answer["schema"])
+        sid, schema = int(answer["id"]), self._schema_of(answer)
         self._by_id[sid] = schema
         return sid, schema
+
+
+def _inline_named(schema: Any, named: dict[str, dict]) -> Any:
+    """``schema`` with the first use of each name in ``named`` replaced by its definition (later uses name it)."""
+    pending = dict(named)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return pending.pop(node) if node in pending else node
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            return {key: walk(value) if key in ("type", "fields", "items", "values") else value
+                    for key, value in node.items()}
+        return node
+
+    return walk(schema)
 
 
 def open_store(reference: str, source_subject: str) -> SchemaStore:
@@ -317,6 +354,20 @@ def check_paths(source: dict, views: dict[str, Any]) -> list[tuple[str, str, str
     return problems
 
 
+def binary_source(doc: dict) -> bool:
+    """Whether the policy's source topic holds bytes (Avro), read and dead-lettered as Latin-1 text."""
+    return (doc.get("source") or {}).get("format") in AVRO_SOURCES
+
+
+def change_row_schema(envelope: dict) -> dict | None:
+    """The row's record schema in a Debezium envelope's schema (the type of ``before`` and ``after``), or None.
+
+    Avro defines the record once, in ``before``; ``after`` names it.
+    """
+    types = [f["type"] for f in envelope.get("fields", []) if f.get("name") in ("before", "after")]
+    return next((record for record in map(_record_of, types) if record is not None), None)
+
+
 def source_subject(doc: dict) -> str:
     return f"{(doc.get('source') or {}).get('topic')}-value"
 
@@ -350,13 +401,14 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
                                  "json for k-anonymity and differential privacy views"))
             if source.get("format") != "avro":
                 problems.append((f"views.{name}.sink.format", "an avro view derives its schema from an avro source",
-                                 "source.format: avro with source.schema, or json"))
-    if source.get("format") != "avro":
+                                 "source.format: avro with source.schema, or json (the views of a "
+                                 "change-event source are JSON)"))
+    if source.get("format") not in AVRO_SOURCES:
         return problems
     reference = source.get("schema")
     if not isinstance(reference, str) or not reference:
         problems.append(("source.schema", "missing: an avro source needs its schema",
-                         "file:PATH.avsc (relative to the policy), or --schema FILE.avsc"))
+                         "file:PATH.avsc (relative to the policy), --schema FILE.avsc or --schema-registry URL"))
         return problems
     if not reference.startswith(("http://", "https://")):
         path = Path(reference.removeprefix("file:"))
@@ -374,9 +426,17 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
         return problems
     if latest is None:
         problems.append(("source.schema", f"no schema registered under {source_subject(doc)} in {reference}",
-                         "the source topic's producer registers its schema under <topic>-value"))
+                         "the source topic's producer registers its schema under <topic>-value (Connect's "
+                         "Avro converter does so with the connector's first change)"))
         return problems
     schema = latest[1]
+    if source.get("format") == "debezium-avro":
+        # field paths name the table's columns: the record type of the envelope's `after`
+        schema = change_row_schema(schema) if isinstance(schema, dict) else None
+        if schema is None:
+            problems.append(("source.schema", f"the schema under {source_subject(doc)} is not a Debezium change "
+                             "event (no record field before or after)", "the envelope Debezium's connector registers"))
+            return problems
     if not isinstance(schema, dict) or schema.get("type") != "record":
         problems.append(("source.schema", "the schema is not a record", "an Avro record schema"))
         return problems

@@ -1,11 +1,15 @@
-"""Debezium change events (``source.format: debezium-json``), in plain Python.
+"""Debezium change events (``source.format: debezium-json`` or ``debezium-avro``), in plain Python.
 
 A change event is an envelope around a table row::
 
     {"before": {...} | null, "after": {...} | null, "op": "c|u|d|r|t", "ts_ms": ...,
      "source": {"connector": "postgresql", "db": ..., "schema": ..., "table": ..., "lsn": ..., ...}}
 
-with or without Kafka Connect's ``{"schema": ..., "payload": ...}`` wrapper (``schemas.enable``).
+with or without Kafka Connect's ``{"schema": ..., "payload": ...}`` wrapper (``schemas.enable``),
+or the same envelope as Avro in the Confluent wire format (``debezium-avro``: Connect's Avro
+converter registered its schema in a schema registry; :func:`change_decoder` reads it with
+:class:`flink_jobs.avro_format.AvroCodec`). The event's key is JSON either way (Connect's
+``JsonConverter`` for keys), because the job reads keys as text.
 The policy's field paths name the row's columns. Each record view protects ``before`` and
 ``after`` with the same rules and keeps ``op``, ``ts_ms`` and the safe parts of ``source``
 (:data:`SAFE_SOURCE`: where the change came from, never a query text). A delete (``after:
@@ -18,7 +22,8 @@ Schema-change events (Debezium's ``ddl``/``tableChanges`` records) go to the dea
 default; with ``source.schema_changes: pass`` every record view gets ``{"schema_change": {...}}``
 with the DDL, which the policy author then publishes as it is.
 
-The view's output value carries no Connect schema: the protected types differ from the table's.
+The view's output value is JSON without a Connect schema, whatever the source's format: the
+protected types differ from the table's.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import orjson
 from udfs.errors import TransformError
 from udfs.record import apply_view
 
-FORMAT = "debezium-json"
+#: ``source.format`` values of change-event sources: the envelope as JSON, or as Avro through a registry
+FORMATS = ("debezium-json", "debezium-avro")
 SCHEMA_CHANGES = ("dead_letter", "pass")
 #: the parts of ``source`` a protected view keeps: where and when, never what (no query text)
 SAFE_SOURCE = ("version", "connector", "name", "ts_ms", "ts_us", "ts_ns", "snapshot", "db", "schema", "table",
@@ -61,7 +67,10 @@ class Change:
 
 
 def check_source(source: dict, views: dict) -> list[tuple[str, str, str]]:
-    """Policy problems of a ``debezium-json`` source, as (path, what is wrong, what is allowed)."""
+    """Policy problems of a change-event source, as (path, what is wrong, what is allowed).
+
+    A ``debezium-avro`` source's schema and field paths are checked by :mod:`flink_jobs.avro_format`.
+    """
     problems = []
     setting = source.get("schema_changes", "dead_letter")
     if setting not in SCHEMA_CHANGES:
@@ -92,15 +101,39 @@ def parse_key(raw_key: str | None) -> dict | None:
     return key if isinstance(key, dict) else None
 
 
-def parse_change(raw_value: str | None, raw_key: str | None = None) -> Change:
-    """Parse one Kafka record of a Debezium topic; :class:`ChangeError` for anything else."""
+def change_decoder(document: dict) -> Callable[[str], dict] | None:
+    """How a ``debezium-avro`` source's values become envelopes: the Avro codec's decoder (None for JSON).
+
+    The writer schema of each event is fetched by the id in its Confluent header; an unknown id or
+    bytes that are not the wire format raise :class:`~flink_jobs.avro_format.AvroError` with its reason.
+    """
+    source = document.get("source") or {}
+    if source.get("format") != "debezium-avro":
+        return None
+    from flink_jobs.avro_format import AvroCodec, open_store, source_subject
+
+    subject = source_subject(document)
+    return AvroCodec(open_store(source["schema"], subject), subject).decode
+
+
+def parse_change(raw_value: str | None, raw_key: str | None = None,
+                 decode: Callable[[str], dict] | None = None) -> Change:
+    """Parse one Kafka record of a Debezium topic; :class:`ChangeError` for anything else.
+
+    ``decode`` turns a value that is not JSON into the envelope (:func:`change_decoder`); binary
+    values arrive as Latin-1 text, one character per byte.
+    """
+    from flink_jobs.avro_format import AvroError
+
     key = parse_key(raw_key)
     if raw_value is None or raw_value == "":
         return Change("tombstone", key=key)
     try:
-        event = _unwrap(orjson.loads(raw_value))
+        event = _unwrap(orjson.loads(raw_value)) if decode is None else decode(raw_value)
     except orjson.JSONDecodeError:
         raise ChangeError("invalid_json") from None
+    except AvroError as exc:  # not_avro, unknown_schema_id N, schema_mismatch: a reason, never a value
+        raise ChangeError(str(exc)) from None
     if event is None:
         return Change("tombstone", key=key)
     if not isinstance(event, dict):
@@ -136,11 +169,15 @@ class ChangeProtector:
         The record views, each with its compiled field tree and its record headers.
     schema_changes : {"dead_letter", "pass"}
         What happens to a schema-change event.
+    decode : callable, optional
+        Raw value to envelope for a ``debezium-avro`` source (:func:`change_decoder`); JSON without it.
     """
 
-    def __init__(self, views: list[tuple[str, Any, str]], schema_changes: str = "dead_letter") -> None:
+    def __init__(self, views: list[tuple[str, Any, str]], schema_changes: str = "dead_letter",
+                 decode: Callable[[str], dict] | None = None) -> None:
         self.views = views
         self.schema_changes = schema_changes
+        self.decode = decode
 
     def protect(self, raw_key: str | None, raw_value: str | None,
                 count_dropped: Callable[[str, list[str]], None] | None = None) -> list[tuple[str, tuple]]:
@@ -150,7 +187,7 @@ class ChangeProtector:
         :class:`~udfs.errors.TransformError` (a value its rule refuses): the caller dead-letters
         the raw record with the message as its reason. A record is protected for every view or none.
         """
-        change = parse_change(raw_value, raw_key)
+        change = parse_change(raw_value, raw_key, self.decode)
         out: list[tuple[str, tuple]] = []
         drops: list[tuple[str, list[str]]] = []
         for name, tree, headers in self.views:
@@ -163,7 +200,7 @@ class ChangeProtector:
                 if self.schema_changes != "pass":
                     raise ChangeError("schema_change (source.schema_changes: dead_letter)")
                 value = {"schema_change": change.ddl, "ts_ms": change.ts_ms, "source": safe_source(change.source)}
-                out.append((name, (key, headers, orjson.dumps(value).decode())))
+                out.append((name, (key, headers, _dumps(value))))
                 continue
             value = {
                 "before": None if change.before is None else _protect_row(tree, change.before, "before", dropped),
@@ -172,7 +209,7 @@ class ChangeProtector:
                 "ts_ms": change.ts_ms,
                 "source": safe_source(change.source),
             }
-            out.append((name, (key, headers, orjson.dumps(value).decode())))
+            out.append((name, (key, headers, _dumps(value))))
             drops.append((name, sorted(set(dropped))))
         if count_dropped is not None:
             for name, dropped in drops:
@@ -187,6 +224,14 @@ class ChangeProtector:
             return ""
         protected = apply_view(tree, key, [])
         return json.dumps(protected, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if protected else ""
+
+
+def _dumps(value: dict) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:
+        # an Avro column JSON has no form for (bytes): orjson's message names the type, not the value
+        raise ChangeError(f"unsupported_value: {exc}") from None
 
 
 def _protect_row(tree: Any, row: dict, part: str, dropped: list[str]) -> dict:

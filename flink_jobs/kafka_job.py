@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from flink_jobs.avro_format import binary_source
 from flink_jobs.kafka_io import add_connector_jars, kafka_sink, kafka_source
 from flink_jobs.kafka_tools import KafkaToolsError, TopicsMissingError, check_reachable, ensure_topics
 from flink_jobs.keyring_ref import resolve_keyring
@@ -43,10 +44,10 @@ class KafkaOutput:
         self.bootstrap = bootstrap
         self.delivery = delivery
         self.prefix = f"anon-{policy.id}"
-        # Avro channels carry bytes: the avro views, and the dead letters of an avro source (raw bytes kept)
-        avro_source = policy.document["source"].get("format") == "avro"
-        self.binary = {DLQ: avro_source} | {name: (v.get("sink") or {}).get("format") == "avro"
-                                            for name, v in policy.document["views"].items()}
+        # Avro channels carry bytes: the avro views, and the dead letters of an avro or debezium-avro
+        # source (raw bytes kept)
+        self.binary = {DLQ: binary_source(policy.document)} | {name: (v.get("sink") or {}).get("format") == "avro"
+                                                                for name, v in policy.document["views"].items()}
         self.statement_set = t_env.create_statement_set()
 
     encodes_lines = False
@@ -97,7 +98,7 @@ def build_kafka_job(policy: Policy, keyring_ref: str, *, bootstrap: str, deliver
     source = KafkaInput(t_env, bootstrap=bootstrap, topic=policy.source_topic,
                         group_id=group_id or f"flink-anonymizer-{policy.id}", start=start,
                         read_committed=True, bounded=bounded,
-                        binary=policy.document["source"].get("format") == "avro")
+                        binary=binary_source(policy.document))
     sinks = KafkaOutput(t_env, bootstrap=bootstrap, delivery=delivery, policy=policy)
     build(env, policy, source, sinks, options)
     sinks.finish()
@@ -144,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delivery", choices=("exactly-once", "at-least-once"))
     parser.add_argument("--bounded", action="store_true")
     parser.add_argument("--no-create-topics", action="store_true")
+    parser.add_argument("--schema-registry", help="a Confluent-compatible registry; overrides source.schema")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         keyring, reference = resolve_keyring(args.keyring)
-        policy = load_policy(args.policy, keyring=keyring)
+        # the workers get the policy document with the registry in it, as `run --schema-registry` does
+        policy = load_policy(args.policy, keyring=keyring, schema=args.schema_registry)
         env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery,
                           start=args.start, bounded=args.bounded, create_topics=not args.no_create_topics,
                           parallelism=args.parallelism, execution_mode=args.execution_mode)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from flink_jobs.avro_format import AVRO_SOURCES
+from flink_jobs.cdc import FORMATS as CHANGE_FORMATS
 from udfs import registry
 from udfs.durations import parse_duration
 from udfs.errors import ParamError
@@ -106,8 +108,12 @@ class Policy:
             transform.open(keyring)
 
 
-def load_policy(path: str | Path, keyring: Keyring | None = None) -> Policy:
-    """Read and check a policy file; with a keyring, also check that every key it names exists."""
+def load_policy(path: str | Path, keyring: Keyring | None = None, schema: str | None = None) -> Policy:
+    """Read and check a policy file; with a keyring, also check that every key it names exists.
+
+    ``schema`` overrides the policy's ``source.schema``: a registry URL (``--schema-registry``) or
+    ``file:PATH.avsc`` (``--schema``).
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -119,6 +125,8 @@ def load_policy(path: str | Path, keyring: Keyring | None = None) -> Policy:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise PolicyError(str(path), [Problem("", f"not valid YAML at {where}", "a YAML mapping")]) from None
+    if schema and isinstance(document, dict) and isinstance(document.get("source"), dict):
+        document["source"]["schema"] = schema
     return compile_policy(document, file=str(path), keyring=keyring)
 
 
@@ -153,13 +161,14 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
         problems.append(Problem("source.topic", "missing", "the raw topic's name"))
     if source.get("format", "json") == "avro":
         pass  # checked with the views below, against its schema (flink_jobs/avro_format.py)
-    elif source.get("format", "json") == "debezium-json":
+    elif source.get("format", "json") in CHANGE_FORMATS:
         from flink_jobs.cdc import check_source
 
+        # a debezium-avro source's schema and paths are checked below too, with the avro ones
         problems.extend(Problem(*problem) for problem in check_source(source, doc.get("views")))
     elif source.get("format", "json") != "json":
         problems.append(Problem("source.format", f"unsupported format {source.get('format')!r}",
-                                "json, debezium-json, avro"))
+                                "json, debezium-json, avro, debezium-avro"))
     timestamp_field = source.get("timestamp_field")
     if not isinstance(timestamp_field, str) or not timestamp_field:
         problems.append(Problem("source.timestamp_field", "missing", "the field holding the event time (ISO-8601)"))
@@ -188,7 +197,7 @@ def compile_policy(document: Any, *, file: str = "<policy>", keyring: Keyring | 
         if view is not None:
             views[str(name)] = view
 
-    if source.get("format") == "avro" or any(isinstance(v, dict) and isinstance(v.get("sink"), dict)
+    if source.get("format") in AVRO_SOURCES or any(isinstance(v, dict) and isinstance(v.get("sink"), dict)
                                              and "format" in v["sink"] for v in raw_views.values()):
         from flink_jobs.avro_format import check_policy
 

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from flink_jobs.avro_format import AvroError
+from flink_jobs.cdc import FORMATS as CHANGE_FORMATS
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
 from udfs.errors import TransformError
 from udfs.keyring import Keyring
@@ -87,13 +88,14 @@ class Protector:
         self._timestamp_field = policy.timestamp_field
         self._subject_field = policy.subject_field
         self._logged_drops: set[str] = set()
-        # change events (source.format: debezium-json): flink_jobs/cdc.py protects them for the record views
+        # change events (debezium-json, debezium-avro): flink_jobs/cdc.py protects them for the record views
         self.cdc = None
-        if (policy.document.get("source") or {}).get("format") == "debezium-json":
-            from flink_jobs.cdc import ChangeProtector
+        if (policy.document.get("source") or {}).get("format") in CHANGE_FORMATS:
+            from flink_jobs.cdc import ChangeProtector, change_decoder
 
             self.cdc = ChangeProtector([(n, tree, self._view_headers[n]) for n, tree in self._record_views],
-                                       policy.document["source"].get("schema_changes", "dead_letter"))
+                                       policy.document["source"].get("schema_changes", "dead_letter"),
+                                       change_decoder(policy.document))
 
         # Avro in the Confluent wire format (flink_jobs/avro_format.py): the source's records, the avro views'
         self.avro = None

@@ -12,22 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 def load_policy_with_schema(policy_file: str, schema_file: str | None, keyring: Any = None,
                             registry: str | None = None) -> Any:
     """The policy, its ``source.schema`` set to ``schema_file`` (``--schema``) or a registry URL (``--schema-registry``)."""
-    from flink_jobs.policy import PolicyError, Problem, compile_policy
+    from flink_jobs.policy import load_policy
 
-    try:
-        document = yaml.safe_load(Path(policy_file).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(policy_file, [Problem("", f"cannot read the policy ({exc.__class__.__name__})",
-                                                "a YAML policy file")]) from None
-    if isinstance(document, dict) and isinstance(document.get("source"), dict):
-        document["source"]["schema"] = registry or f"file:{Path(schema_file).resolve()}"
-    return compile_policy(document, file=policy_file, keyring=keyring)
+    return load_policy(policy_file, keyring, schema=registry or f"file:{Path(schema_file).resolve()}")
 
 
 def write_view_schemas(policy: Any, out: Path) -> list[tuple[str, int, Path]]:

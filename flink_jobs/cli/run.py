@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flink_jobs.avro_format import binary_source
 from flink_jobs.cli.errors import CliError
 from flink_jobs.cli.startup_watch import DEFAULT_STARTUP_TIMEOUT_S, StartupWatch, local_rest_config, wait_watched
 from flink_jobs.keyring_ref import DEV_KEYRING, KEYRING_ENV, resolve_keyring
@@ -75,8 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy = load_policy_with_schema(args.policy, schema, keyring=keyring, registry=registry)
     else:
         policy = load_policy(args.policy, keyring=keyring)
-    if not args.bootstrap_servers and policy.document["source"].get("format") == "avro":
-        raise CliError("an avro source is read from Kafka (--bootstrap-servers): JSON Lines files hold no Avro")
+    if not args.bootstrap_servers and binary_source(policy.document):
+        raise CliError("an avro or debezium-avro source is read from Kafka (--bootstrap-servers): "
+                       "JSON Lines files hold no Avro")
     if args.bootstrap_servers:
         return run_kafka(args, policy, reference)
     if not args.input or not args.output:

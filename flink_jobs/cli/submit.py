@@ -87,6 +87,8 @@ class SubmitOptions:
     pyexec: str | None = None
     #: extra ``-D key=value`` settings for the job
     config: dict[str, str] = field(default_factory=dict)
+    #: a Confluent-compatible schema registry, as the client and the workers reach it (overrides source.schema)
+    schema_registry: str | None = None
 
 
 def _rest_base(jobmanager: str | None, state_dir: str | Path) -> str:
@@ -172,6 +174,8 @@ def submit_command(options: SubmitOptions) -> list[str]:
         cmd.append("--bounded")
     if options.no_create_topics:
         cmd.append("--no-create-topics")
+    if options.schema_registry:
+        cmd += ["--schema-registry", options.schema_registry]
     return cmd
 
 
@@ -562,6 +566,9 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delivery", choices=("exactly-once", "at-least-once"), help="override the policy's guarantee")
     p.add_argument("--bounded", action="store_true", help="stop at the offsets that are the latest at start")
     p.add_argument("--no-create-topics", action="store_true", help="refuse to start when an output topic is missing")
+    p.add_argument("--schema-registry", metavar="URL",
+                   help="a Confluent-compatible schema registry for an avro or debezium-avro source, as the client "
+                   "and every worker reach it (e.g. http://127.0.0.1:8085/apis/ccompat/v6); overrides source.schema")
     p.add_argument("--pyarch", metavar="VENV.zip",
                    help="a packed venv to ship with the job, for a cluster without the project's dependencies")
     p.add_argument("--pyexec", help="the workers' python (default: this venv's, or venv/bin/python with --pyarch)")
@@ -591,7 +598,7 @@ def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOp
         no_create_topics=args.no_create_topics,
         savepoint=savepoint, allow_non_restored_state=getattr(args, "allow_non_restored_state", False),
         detached=not args.attached, jobmanager=args.jobmanager, state_dir=args.state_dir, pyarch=args.pyarch,
-        pyexec=args.pyexec, config=config)
+        pyexec=args.pyexec, config=config, schema_registry=getattr(args, "schema_registry", None))
 
 
 def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float = 90.0) -> int:

@@ -211,7 +211,7 @@ def _view_key(view: Any, name: str, subject_field: str, subject: str, keyring: A
 
 
 def change_view_keys(keys: list[ViewKey], policy_file: str, bootstrap: str | None) -> list[ViewKey]:
-    """For a change-event policy (``debezium-json``), each view key of the subject becomes its rows' keys.
+    """For a change-event policy (``debezium-json``, ``debezium-avro``), each view key of the subject becomes its rows' keys.
 
     A CDC view is keyed by the row's key columns: the rows whose ``before`` or ``after`` holds the
     subject's protected value are found in the view's topic, and each is tombstoned.
@@ -220,11 +220,11 @@ def change_view_keys(keys: list[ViewKey], policy_file: str, bootstrap: str | Non
 
     import yaml
 
-    from flink_jobs.cdc import FORMAT, subject_row_keys
+    from flink_jobs.cdc import FORMATS, subject_row_keys
     from flink_jobs.kafka_tools import DEFAULT_BOOTSTRAP, consume
 
     document = yaml.safe_load(Path(policy_file).read_text()) or {}
-    if (document.get("source") or {}).get("format") != FORMAT:
+    if (document.get("source") or {}).get("format") not in FORMATS:
         return keys
     subject_field = document.get("subject_field")
     out = []

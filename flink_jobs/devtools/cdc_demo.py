@@ -3,7 +3,8 @@
 The chain, every part real and on 127.0.0.1:
 
     PostgreSQL (wal_level=logical)  a table of customers; inserts, updates and deletes
-      ─▶ Kafka Connect + Debezium   change events into shop.public.customers (JSON, tombstones on delete)
+      ─▶ Kafka Connect + Debezium   change events into shop.public.customers (JSON, or with --avro Avro
+                                    through the schema registry; tombstones on delete)
       ─▶ protect_stream              conf/policies/customers-cdc.yaml: one protected view per audience
       ─▶ customers-cdc.support, customers-cdc.analytics, shop.public.customers.dlq
 
@@ -72,10 +73,12 @@ class CdcChain:
 
 
 def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "shop", prefix: str = "shop",
-                seed: bool = True) -> CdcChain:
+                seed: bool = True, converters: dict[str, str] | None = None) -> CdcChain:
     """Create the table (seeded), start a Connect worker and Debezium's connector; events go to ``<prefix>.public.customers``.
 
     ``server`` is a running :class:`flink_jobs.devtools.pg_local.LocalPostgres` (it sets ``wal_level=logical``).
+    ``converters`` are the connector's converter settings (default: the worker's JSON;
+    :func:`~flink_jobs.devtools.connect_worker.avro_converter` for Avro through a registry).
     """
     import psycopg
 
@@ -92,7 +95,7 @@ def start_chain(server: Any, bootstrap: str, folder: Path, *, database: str = "s
             for row in SEED:
                 chain.insert(row)
         chain.worker.add_postgres_connector(chain.connector, port=server.port, database=database, user="anon",
-                                            topic_prefix=prefix, tables=["public.customers"])
+                                            topic_prefix=prefix, tables=["public.customers"], extra=converters)
     except BaseException:
         chain.stop()
         raise
@@ -103,28 +106,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.cdc_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=str(POLICY))
+    parser.add_argument("--avro", action="store_true",
+                        help="change events as Avro through a schema registry (Apicurio's converter; "
+                        "the policy's source.format becomes debezium-avro)")
     args = parser.parse_args(argv)
 
+    import yaml
+
+    from flink_jobs.avro_format import AvroCodec, RegistrySchemaStore
+    from flink_jobs.devtools.connect_worker import avro_converter
     from flink_jobs.devtools.kafka_broker import start_broker
     from flink_jobs.devtools.pg_local import LocalPostgres, free_port
+    from flink_jobs.devtools.registry import start_registry
     from flink_jobs.kafka_job import build_kafka_job, prepare_topics
     from flink_jobs.kafka_tools import consume
     from flink_jobs.keyring_ref import resolve_keyring
-    from flink_jobs.policy import load_policy
+    from flink_jobs.policy import compile_policy
 
     folder = Path(tempfile.mkdtemp(prefix="anon-cdc-"))
     # its own folder right under /tmp: run as root, the server runs as the postgres user, who must reach it
     pg_folder = tempfile.mkdtemp(prefix="anon-cdc-pg-")
     server = LocalPostgres(pg_folder, free_port(), durable=False)
-    broker = chain = job = None
+    broker = chain = job = registry = None
     try:
         print("starting PostgreSQL (wal_level=logical) and a Kafka broker ...", file=sys.stderr)
         server.start()
         broker = start_broker(folder / "kafka", timeout=90)
+        document = yaml.safe_load(Path(args.policy).read_text())
+        decode = None
+        if args.avro:
+            print("starting the schema registry (Apicurio) ...", file=sys.stderr)
+            registry = start_registry(folder / "registry", timeout=240)
+            document["source"].update(format="debezium-avro", schema=registry.url)
         print("starting Kafka Connect with Debezium's PostgreSQL connector ...", file=sys.stderr)
-        chain = start_chain(server, broker.bootstrap, folder)
+        chain = start_chain(server, broker.bootstrap, folder,
+                            converters=avro_converter(registry.native_url) if registry else None)
+        if registry:
+            # the converter registered the envelope with the snapshot; the raw events are shown decoded
+            subject = f"{chain.topic}-value"
+            store = RegistrySchemaStore(registry.url)
+            deadline = time.monotonic() + 60
+            while store.latest(subject) is None and time.monotonic() < deadline:
+                time.sleep(1)
+            decode = AvroCodec(store, subject).decode
         keyring, reference = resolve_keyring(None, dev=True)
-        policy = load_policy(args.policy, keyring=keyring)
+        policy = compile_policy(document, file=args.policy, keyring=keyring)
         if policy.source_topic != chain.topic:
             raise SystemExit(f"the policy reads {policy.source_topic}, the connector writes {chain.topic}")
         prepare_topics(broker.bootstrap, policy, create=True)
@@ -143,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                      for name, view in policy.views.items()}
         raw = consume(broker.bootstrap, chain.topic, timeout=5)
         for index, event in enumerate(raw):
-            print(f"\n== change {index + 1}: raw ({chain.topic}) key {event.key}")
-            print(_show(event.value))
+            print(f"\n== change {index + 1}: raw ({chain.topic}{', Avro' if decode else ''}) key {event.key}")
+            value = event.value
+            if decode and event.raw_value is not None:
+                value = json.dumps(decode(event.raw_value.decode("latin-1")), default=str)
+            print(_show(value))
             for name, records in views.items():
                 if index < len(records):
                     print(f"-- {name} key {records[index].key}\n{_show(records[index].value)}")
@@ -155,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             job.cancel().result()
         if chain is not None:
             chain.stop()
+        if registry is not None:
+            registry.stop()
         if broker is not None:
             broker.stop()
         server.stop()

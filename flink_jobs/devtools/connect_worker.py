@@ -1,6 +1,6 @@
 """A standalone Kafka Connect worker with Debezium's PostgreSQL connector, on 127.0.0.1.
 
-It runs from the jars ``conf/fetch_jars.sh`` puts in ``jars/connect/`` (Kafka Connect 4.4.0 and
+It runs from the jars ``conf/fetch_jars.sh`` puts in ``jars/connect/`` (Kafka Connect 4.3.0 and
 ``io.debezium:debezium-connector-postgres`` 3.6.1.Final, from Maven Central through
 ``conf/connect/pom.xml``)::
 
@@ -11,7 +11,9 @@ lives in one folder. Connectors are added through its REST API, and :func:`start
 until the worker answers; :meth:`ConnectWorker.add_postgres_connector` until Debezium's task runs.
 
 Change events are JSON without Connect's schema wrapper (``schemas.enable=false``); a delete is
-followed by a tombstone (``tombstones.on.delete``), so compacted topics forget the row.
+followed by a tombstone (``tombstones.on.delete``), so compacted topics forget the row. With
+:func:`avro_converter` a connector writes its values as Avro in Confluent's wire format instead,
+through Apicurio's converter (``io.apicurio:apicurio-registry-utils-converter``) and a registry.
 """
 
 from __future__ import annotations
@@ -43,6 +45,28 @@ rootLogger.appenderRef.file.ref = file
 logger.reflections.name = org.reflections
 logger.reflections.level = error
 """
+
+
+def avro_converter(registry_url: str) -> dict[str, str]:
+    """Connector settings: values as Avro in Confluent's wire format through Apicurio's converter, keys JSON.
+
+    ``registry_url`` is Apicurio's own API (:attr:`flink_jobs.devtools.registry.Registry.native_url`). The
+    converter registers each value schema under ``<topic>-value`` and frames each value with a magic
+    byte and the 4-byte content id, the id the registry's Confluent-compatible API serves schemas by
+    (``/schemas/ids/{id}``), so a reader that knows only that API decodes them. Keys stay JSON: the
+    job reads keys as text.
+    """
+    value = "value.converter.apicurio.registry."
+    return {
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter": "io.apicurio.registry.utils.converter.AvroConverter",
+        value + "url": registry_url,
+        value + "auto-register": "true",
+        value + "as-confluent": "true",           # magic byte + 4-byte id (Apicurio's own framing has 8 bytes)
+        value + "use-id": "contentId",            # the id space of the Confluent-compatible API
+        value + "headers.enabled": "false",       # the id in the value's frame, not in record headers
+    }
 
 
 class ConnectError(RuntimeError):

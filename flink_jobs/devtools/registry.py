@@ -38,6 +38,8 @@ _STAMP = PROJECT / "target" / ".stamp"
 _STATE_FILE = "registry.json"
 _LOG_FILE = "registry.log"
 CCOMPAT = "/apis/ccompat/v6"
+#: Apicurio's own API, which its serializers and Kafka Connect converter speak
+NATIVE = "/apis/registry/v2"
 
 
 class RegistryError(RuntimeError):
@@ -62,6 +64,11 @@ class Registry(LoggedChild):
     def url(self) -> str:
         """The Confluent-compatible API: what ``--schema-registry`` takes."""
         return self.base + CCOMPAT
+
+    @property
+    def native_url(self) -> str:
+        """Apicurio's own API: what its Kafka Connect converter takes (``connect_worker.avro_converter``)."""
+        return self.base + NATIVE
 
     def ready(self) -> bool:
         with contextlib.suppress(urllib.error.URLError, OSError):

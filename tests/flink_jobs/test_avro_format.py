@@ -11,6 +11,8 @@ import yaml
 from flink_jobs.avro_format import (
     AvroError,
     FileSchemaStore,
+    _inline_named,
+    change_row_schema,
     encode,
     schema_id,
     split_frame,
@@ -155,3 +157,32 @@ def test_run_takes_a_schema_file_or_a_registry_not_both(capsys):
     assert main(["run", "--policy", str(POLICY), "--schema", str(SCHEMA), "--schema-registry", "http://127.0.0.1:1",
                  "--bootstrap-servers", "127.0.0.1:1", "--keyring", "env:FLINK_ANONYMIZER_TEST_UNSET"]) != 0
     assert "--schema FILE.avsc and --schema-registry URL are alternatives" in capsys.readouterr().err
+
+
+#: a Debezium envelope as Apicurio's converter registers it: the row defined in `before`, named in
+#: `after`, and `source` a reference to a schema registered on its own
+SOURCE_RECORD = {"type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
+                 "fields": [{"name": "table", "type": "string"}]}
+ENVELOPE = {"type": "record", "name": "Envelope", "namespace": "shop.public.customers", "fields": [
+    {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [
+        {"name": "id", "type": "int"}, {"name": "email", "type": ["null", "string"]}]}], "default": None},
+    {"name": "after", "type": ["null", "Value"], "default": None},
+    {"name": "source", "type": "io.debezium.connector.postgresql.Source"},
+    {"name": "op", "type": "string"}]}
+
+
+def test_a_referenced_schema_is_defined_where_it_is_first_named_and_the_envelope_then_parses():
+    from fastavro import parse_schema
+
+    inlined = _inline_named(ENVELOPE, {"io.debezium.connector.postgresql.Source": SOURCE_RECORD})
+    assert inlined["fields"][2]["type"] == SOURCE_RECORD
+    assert inlined["fields"][1]["type"] == ["null", "Value"]  # a name the schema defines itself stays a name
+    parse_schema(inlined)
+    record = {"before": None, "after": {"id": 1, "email": None}, "source": {"table": "customers"}, "op": "c"}
+    sid = schema_id(inlined)
+    assert split_frame(encode(record, sid, parse_schema(inlined)))[0] == sid
+
+
+def test_the_row_schema_of_an_envelope_is_the_record_of_before_and_after():
+    assert [f["name"] for f in change_row_schema(ENVELOPE)["fields"]] == ["id", "email"]
+    assert change_row_schema({"type": "record", "name": "Plain", "fields": [{"name": "id", "type": "int"}]}) is None

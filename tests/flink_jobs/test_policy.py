@@ -161,7 +161,7 @@ def test_when_source_topic_is_missing_then_refused():
 
 def test_when_source_format_is_unknown_then_refused():
     assert only_problem(doc(source={**BASE["source"], "format": "protobuf"})) == Problem(
-        "source.format", "unsupported format 'protobuf'", "json, debezium-json, avro")
+        "source.format", "unsupported format 'protobuf'", "json, debezium-json, avro, debezium-avro")
 
 
 def test_when_timestamp_field_is_missing_then_refused():

@@ -40,6 +40,19 @@ def cdc_chain(postgres_server, kafka_broker):  # noqa: F811
         chain.stop()
 
 
+def start_cdc_job(document: dict, policy_file: Path, bootstrap: str, keyring_ref: str) -> tuple:
+    """Write and compile the policy, create its compacted views, start the job: (policy, job client)."""
+    policy_file.write_text(yaml.safe_dump(document))
+    policy = compile_policy(document, file=str(policy_file))
+    ensure_topics(bootstrap, [v.topic for v in policy.views.values()], config={"cleanup.policy": "compact"})
+    prepare_topics(bootstrap, policy, create=True)
+    _, rest = local_rest_config()
+    env = build_kafka_job(policy, keyring_ref, bootstrap=bootstrap, delivery="at-least-once",
+                          checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
+                          group_id=f"cdc-{time.time_ns()}")
+    return policy, env.execute_async(f"cdc-{policy.document['source']['format']}")
+
+
 def _raw_identifiers() -> set[str]:
     values = set()
     for row in [*SEED, NEW]:
@@ -56,15 +69,7 @@ def test_debezium_changes_reach_every_view_protected_and_deletes_stay_deletes(cd
     for name, view in document["views"].items():
         view["sink"]["topic"] = f"{cdc_chain.topic}.{name}"
     policy_file = tmp_path / "customers-cdc.yaml"
-    policy_file.write_text(yaml.safe_dump(document))
-    policy = compile_policy(document, file=str(policy_file))
-    ensure_topics(kafka_broker.bootstrap, [v.topic for v in policy.views.values()], config={"cleanup.policy": "compact"})
-    prepare_topics(kafka_broker.bootstrap, policy, create=True)
-    base, rest = local_rest_config()
-    env = build_kafka_job(policy, keyring_ref, bootstrap=kafka_broker.bootstrap, delivery="at-least-once",
-                          checkpoint_interval_ms=1000, restart_attempts=0, config=rest,
-                          group_id=f"cdc-{time.time_ns()}")
-    job = env.execute_async("cdc-debezium")
+    policy, job = start_cdc_job(document, policy_file, kafka_broker.bootstrap, keyring_ref)
     try:
         cdc_chain.changes()
         views: dict[str, list] = {}

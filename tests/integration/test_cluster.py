@@ -32,6 +32,7 @@ from conf.samples.generate_events import iter_events
 from flink_jobs.cli.submit import (
     SubmitOptions,
     cancel_job,
+    job_state,
     job_status,
     stop_with_savepoint,
     submit_job,
@@ -318,3 +319,54 @@ def test_a_submitted_job_left_running_releases_every_window_and_status_shows_its
         section = shown.split(f"  {operator}\n", 1)[1]
         assert re.match(r"\s+watermark\s+20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\n", section), shown
     assert "records in" in shown and "epsilon spent" in shown
+
+
+@pytest.mark.timeout(420)
+def test_submit_with_schema_registry_reads_avro_on_the_cluster(flink, kafka_broker, schema_registry, keyring_ref,
+                                                              tmp_path):
+    """`submit --schema-registry URL` hands the registry to the job that `flink run` runs, as `run` does."""
+    from confluent_kafka import Producer
+    from fastavro import parse_schema
+
+    from flink_jobs.avro_format import RegistrySchemaStore, encode, split_frame
+    from tests.integration.test_avro_kafka import SCHEMA, _sample_records
+
+    topic = f"cluster-avro-{time.time_ns()}"
+    document = yaml.safe_load((ROOT / "conf/policies/customer-events-avro.yaml").read_text())
+    document["source"]["topic"] = topic
+    document["source"].pop("schema", None)  # only the command line names the registry
+    for name, view in document["views"].items():
+        view["sink"]["topic"] = f"{topic}.{name}"
+        view["sink"]["format"] = "avro"
+    path = tmp_path / "avro-registry.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    store = RegistrySchemaStore(schema_registry.url)
+    schema = json.loads(SCHEMA.read_text())
+    sid, parsed = store.register(f"{topic}-value", schema), parse_schema(schema)
+    records = _sample_records()[:200]
+    unknown = b"\x00" + (2_000_000_000).to_bytes(4, "big") + b"\x02\x41"
+    ensure_topics(kafka_broker.bootstrap, [topic], partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    for value in [encode(r, sid, parsed) for r in records] + [unknown]:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+    submitted = _cli("submit", "--policy", str(path), "--bootstrap-servers", kafka_broker.bootstrap,
+                     "--keyring", keyring_ref, "--state-dir", str(flink.state_dir), "--bounded",
+                     "--schema-registry", schema_registry.url)
+    job_id = re.search(r"submitted job ([0-9a-f]{32})", submitted.stdout).group(1)
+    try:
+        wait_for_job(flink.rest_url, job_id, "FINISHED", timeout=240)
+    finally:
+        if job_state(flink.rest_url, job_id) not in ("FINISHED", "FAILED", "CANCELED"):
+            cancel_job(flink.rest_url, job_id)
+
+    for name in document["views"]:
+        view_records = consume(kafka_broker.bootstrap, f"{topic}.{name}", timeout=20)
+        assert len(view_records) == len(records), name
+        latest = store.latest(f"{topic}.{name}-value")  # each view registered its schema in the registry
+        assert latest is not None and {split_frame(r.raw_value)[0] for r in view_records} == {latest[0]}
+    dead = consume(kafka_broker.bootstrap, f"{topic}.dlq", timeout=20)
+    assert [r.headers["reason"] for r in dead] == ["unknown_schema_id 2000000000"]
+    assert [r.raw_value for r in dead] == [unknown]
