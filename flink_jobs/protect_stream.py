@@ -481,8 +481,11 @@ def _shared_first_stage(protected: Any, tags: dict[str, OutputTag], policy: Poli
                                 metrics_view))
     keyed = keyed_event_time_side_output(protected, [tags[name] for name in codes], stateful_row_type(),
                                          _watermarks(policy), "event-time-stateful")
+    # named after the stages it runs, as each would be named alone: `status` and the metrics find them so
+    name = " + ".join(f"k-anon {view} stage 0" if policy.views[view].k_anonymity else f"dp-bound-contributions[{view}]"
+                      for view in codes)
     return (keyed.process(shared_first_stage(stages), output_type=Types.STRING())
-            .name("stateful views, first stage").uid("stateful-first-stage"))
+            .name(name).uid("stateful-first-stage"))
 
 
 def _watermarks(policy: Policy) -> WatermarkStrategy:

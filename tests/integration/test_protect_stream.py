@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conf.samples.generate_events import malformed_plan
 from flink_jobs.cli.run import count_records, read_channel, run_files
@@ -271,7 +272,7 @@ def two_of_each_run(tmp_path_factory, keyring_ref) -> Path:
     views["aggregated_5m"] = {**json.loads(json.dumps(views["aggregated"])), "sink": {"topic": "aggregated-5m"}}
     views["aggregated_5m"]["differential_privacy"]["window"] = "5m"
     policy_file = tmp_path_factory.mktemp("two-of-each-policy") / "two.yaml"
-    policy_file.write_text(json.dumps(document))
+    policy_file.write_text(yaml.safe_dump(document))  # YAML reads JSON's 1e-06 as text
     out = tmp_path_factory.mktemp("two-of-each")
     # run_files checks that each view balances: view records + dead letters = records in
     assert run_files(load_policy(policy_file), keyring_ref, SAMPLE, out, quiet=True) == 0
