@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +47,7 @@ from flink_jobs.protect import BLANK, DLQ, Protector
 from operators.flink_compat import (
     BatchedCounter,
     keyed_event_time_side_output,
+    keyed_side_output,
     side_output,
     subtask_index,
 )
@@ -68,21 +68,28 @@ def out_type() -> Any:
     return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
 
 
-def stateful_row_type() -> Any:
-    """A stateful view's input once timestamped: ``Row(view code + key, view code + payload)``, keyed in Java.
-
-    The key is a k-anonymity record's stage-0 partition or a DP contribution's subject bucket
-    (:mod:`operators.shared_stage`).
-    """
+def kanon_type() -> Any:
+    """k-anonymity input: ``Row(stage-0 partition key, staged payload)``, keyed in Java on the first field."""
     return Types.ROW([Types.STRING(), Types.STRING()])
 
 
-def stateful_type() -> Any:
-    """A stateful view's input as the protect operator emits it: ``(Row(..), event ms)``, timestamped in Java."""
-    return Types.TUPLE([stateful_row_type(), Types.LONG()])
+def dp_row_type() -> Any:
+    """DP input once timestamped: ``Row(subject bucket, contribution payload)``, keyed in Java on the bucket."""
+    return Types.ROW([Types.INT(), Types.STRING()])
 
 
-_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "row": sink_row_type, "stateful": stateful_type}
+def dp_type() -> Any:
+    """DP input as the protect operator emits it: ``(Row(bucket, payload), event ms)``, timestamped in Java."""
+    return Types.TUPLE([dp_row_type(), Types.LONG()])
+
+
+def kanon_event_type() -> Any:
+    """k-anonymity input with ``timing: event``: ``(Row(partition key, payload), event ms)``, timestamped in Java."""
+    return Types.TUPLE([kanon_type(), Types.LONG()])
+
+
+_CHANNEL_TYPES = {"record": out_type, "line": Types.STRING, "row": sink_row_type, "kanon": kanon_type,
+                  "kanon-event": kanon_event_type, "dp": dp_type}
 
 
 def channel_kinds(policy: Policy, lines: bool = False, rows: Any = None) -> dict[str, str]:
@@ -99,7 +106,8 @@ def channel_kinds(policy: Policy, lines: bool = False, rows: Any = None) -> dict
 
     kinds = {DLQ: record(DLQ)}
     for name, view in policy.views.items():
-        kinds[name] = "stateful" if view.differential_privacy or view.k_anonymity else record(name)
+        kinds[name] = ("dp" if view.differential_privacy else record(name) if not view.k_anonymity
+                       else "kanon-event" if view.k_anonymity.timing == "event" else "kanon")
         if view.shuffle:
             kinds[name] = "record"  # the shuffle operator takes (key, headers, value) tuples
     return kinds
@@ -307,8 +315,8 @@ class FileOutput:
         lines.sink_to(sink).name(f"sink-{channel}").uid(f"sink-{channel}")
 
 
-# how a Kafka record channel and a stateful view's channel leave the protect operator
-_ROW, _STATEFUL = "row", "stateful"
+# how a Kafka record channel, a k-anonymity and a DP channel leave the protect operator
+_ROW, _KEYED, _TIMED = "row", "keyed", "timed"
 #: the channel kinds a sink writes as they come (``encoded=True``)
 _ENCODED = ("line", "row")
 
@@ -321,13 +329,12 @@ class ProtectFunction(ProcessFunction):
         self.keyring_ref = options.keyring_ref
         self.stats_dir = options.stats_dir
         self.kinds = kinds  # channel -> its shape (channel_kinds)
-        self.codes = stateful_codes(policy)  # stateful view -> its code in the shared first stage
 
     def open(self, runtime_context: Any) -> None:
         self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
-        # channel -> None (emit the tuple), _ROW (a Kafka sink's row), _STATEFUL (the timestamped Row of
-        # the shared first stage), or whether its value is JSON (emit a finished line)
-        shapes = {"line": None, "record": None, "row": _ROW, "stateful": _STATEFUL}
+        # channel -> None (emit the tuple), _KEYED / _TIMED (emit the keyed or timestamped Row), or
+        # whether its value is JSON (emit a finished line)
+        shapes = {"line": None, "record": None, "row": _ROW, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
         self.encode = {c: (c != DLQ if kind == "line" else shapes[kind]) for c, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
         self.subtask = subtask_index(runtime_context)
@@ -356,10 +363,12 @@ class ProtectFunction(ProcessFunction):
                 yield self.tags[channel], routed.value
             elif shape is _ROW:
                 yield self.tags[channel], sink_row(*routed.value)
-            elif shape is _STATEFUL:
+            elif shape is _KEYED:
+                key, payload, _ = routed.value
+                yield self.tags[channel], Row(key, payload)
+            elif shape is _TIMED:
                 key, payload, event_ms = routed.value
-                code = self.codes[channel]
-                yield self.tags[channel], (Row(f"{code}{key}", code + payload), event_ms)
+                yield self.tags[channel], (Row(key, payload), event_ms)
             else:
                 yield self.tags[channel], envelope_line(*routed.value, shape)
         # metrics in batches: a counter call per record costs more than the record's masking. The
@@ -406,15 +415,19 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
     # shape: (key, headers, value), or its JSON line or Kafka row when the sink takes one
     sinks.write(side_output(protected, tags[DLQ]), DLQ, policy.dlq_topic, encoded=kinds[DLQ] in _ENCODED)
 
-    first_stages = _shared_first_stage(protected, tags, policy, lines) if stateful_codes(policy) else None
     for name, view in policy.views.items():
         if view.k_anonymity:
-            from operators.k_anonymity import flink as kanon_flink
+            from operators import k_anonymity
 
-            # shape: what stage 0 released, or its JSON line; then the cascade's later stages
-            released, suppressed = kanon_flink.attach_after_first_stage(
-                first_stages, side_output(first_stages, _first_stage_tag(name, view, lines)), view.k_anonymity,
-                view_name=name, lines=lines, watermark_delay_ms=policy.watermark_delay_ms)
+            # shape: staged payloads keyed by their stage-0 partition key (with event-time timestamps and
+            # watermarks for timing: event, whose deadlines are event time)
+            if view.k_anonymity.timing == "event":
+                keyed = keyed_event_time_side_output(protected, tags[name], kanon_type(), _watermarks(policy),
+                                                     f"event-time-{name}")
+            else:
+                keyed = keyed_side_output(protected, tags[name], kanon_type())
+            released, suppressed = k_anonymity.attach_staged(keyed, view.k_anonymity, view_name=name, lines=lines,
+                                                             watermark_delay_ms=policy.watermark_delay_ms)
             # shape: (key, headers, value), or its JSON line, for both
             sinks.write(released, name, view.topic, encoded=lines)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed", encoded=lines)
@@ -428,64 +441,15 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
         elif view.differential_privacy:
             from operators.dp import flink as dp_flink
 
-            # shape: (group, window start, bounded partial sums) from stage 1, then stage 2 and the budget gate
-            bounded = side_output(first_stages, _first_stage_tag(name, view, lines))
-            releases = dp_flink.attach_after_bounding(bounded, view.differential_privacy, view_name=name,
-                                                      policy_id=policy.id, policy_hash=policy.hash,
-                                                      watermark_delay_ms=policy.watermark_delay_ms)
+            # shape: contribution payloads keyed by subject bucket, with event-time timestamps
+            keyed = keyed_event_time_side_output(protected, tags[name], dp_row_type(), _watermarks(policy),
+                                                 f"event-time-{name}")
+            releases = dp_flink.attach_keyed(keyed, view.differential_privacy, view_name=name, policy_id=policy.id,
+                                             policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
             sinks.write(releases, name, view.topic)
         else:
             # shape: (key, headers, protected value), or its JSON line or Kafka row
             sinks.write(side_output(protected, tags[name]), name, view.topic, encoded=kinds[name] in _ENCODED)
-
-
-def stateful_codes(policy: Policy) -> dict[str, str]:
-    """Each k-anonymous and DP view, by its code in the shared first stage (:mod:`operators.shared_stage`)."""
-    from operators.shared_stage import view_code
-
-    names = [name for name, view in policy.views.items() if view.k_anonymity or view.differential_privacy]
-    return {name: view_code(index) for index, name in enumerate(names)}
-
-
-def _first_stage_tag(name: str, view: Any, lines: bool) -> OutputTag:
-    """The shared first stage's side output that carries what the view's own first stage emits."""
-    from operators.dp.flink import bounded_type
-    from operators.k_anonymity.flink import released_type
-
-    return OutputTag(f"first-stage-{name}", released_type(lines) if view.k_anonymity else bounded_type())
-
-
-def _shared_first_stage(protected: Any, tags: dict[str, OutputTag], policy: Policy, lines: bool) -> Any:
-    """One keyed Python operator for k-anonymity's stage 0 and DP's stage 1 of every stateful view.
-
-    Every stateful channel of the protect operator is timestamped and keyed in Java, as one
-    stream; each view's stage writes what it emits to its side output (:func:`_first_stage_tag`).
-    """
-    from operators.dp.flink import bound_contributions, bounded_type
-    from operators.k_anonymity.flink import released_type, stage_function
-    from operators.shared_stage import ViewStage, shared_first_stage
-
-    codes = stateful_codes(policy)
-    dp_views = sum(1 for name in codes if policy.views[name].differential_privacy)
-    stages = []
-    for name, code in codes.items():
-        view = policy.views[name]
-        if view.k_anonymity:
-            function = stage_function(view.k_anonymity, 0, name, lines, policy.watermark_delay_ms, state_prefix=code)
-            parse, metrics_view = str, None  # the k-anonymity metrics carry the view's name already
-        else:
-            function = bound_contributions(view.differential_privacy, None, policy.watermark_delay_ms, state_prefix=code)
-            parse, metrics_view = int, name if dp_views > 1 else None
-        output_type = partial(released_type, lines) if view.k_anonymity else bounded_type
-        stages.append(ViewStage(code, function, _first_stage_tag(name, view, lines).tag_id, output_type, parse,
-                                metrics_view))
-    keyed = keyed_event_time_side_output(protected, [tags[name] for name in codes], stateful_row_type(),
-                                         _watermarks(policy), "event-time-stateful")
-    # named after the stages it runs, as each would be named alone: `status` and the metrics find them so
-    name = " + ".join(f"k-anon {view} stage 0" if policy.views[view].k_anonymity else f"dp-bound-contributions[{view}]"
-                      for view in codes)
-    return (keyed.process(shared_first_stage(stages), output_type=Types.STRING())
-            .name(name).uid("stateful-first-stage"))
 
 
 def _watermarks(policy: Policy) -> WatermarkStrategy:

@@ -130,8 +130,8 @@ def keyed_side_output(stream: Any, tag: Any, row_type: Any) -> Any:
     return _keyed(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()), row_type)
 
 
-def keyed_event_time_side_output(stream: Any, tags: list[Any], row_type: Any, strategy: Any, name: str) -> Any:
-    """Side outputs of ``(Row(key, payload), event ms)``, as one stream: timestamps and watermarks set, keyed, in Java.
+def keyed_event_time_side_output(stream: Any, tag: Any, row_type: Any, strategy: Any, name: str) -> Any:
+    """A side output of ``(Row(key, payload), event ms)``: timestamps and watermarks set, keyed, all in Java.
 
     ``strategy`` is a ``WatermarkStrategy`` without a timestamp assigner (the second field is the
     timestamp); ``name`` names and identifies the watermark operator.
@@ -139,14 +139,7 @@ def keyed_event_time_side_output(stream: Any, tags: list[Any], row_type: Any, st
     from pyflink.java_gateway import get_gateway
 
     event_time = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
-    j_sides = [stream._j_data_stream.getSideOutput(tag.get_java_output_tag()) for tag in tags]
-    j_side = j_sides[0]
-    if len(j_sides) > 1:
-        gateway = get_gateway()
-        others = gateway.new_array(gateway.jvm.org.apache.flink.streaming.api.datastream.DataStream, len(j_sides) - 1)
-        for index, j_other in enumerate(j_sides[1:]):
-            others[index] = j_other
-        j_side = j_side.union(others)
+    j_side = stream._j_data_stream.getSideOutput(tag.get_java_output_tag())
     j_timed = j_side.assignTimestampsAndWatermarks(
         strategy._j_watermark_strategy.withTimestampAssigner(event_time.CustomTimestampAssigner()))
     j_timed.name(name).uid(name)

@@ -415,9 +415,6 @@ def _describe(metric_id: str) -> tuple[str, str]:
     if parts[-1].startswith("dp_"):
         match = re.search(r"dp-[a-z-]+\[[^\]]*\]", op)
         operator = match.group(0) if match else op
-        view = _groups(parts[:-1]).get("view")
-        if view and match:  # one of several DP views whose first stages share an operator
-            operator = re.sub(r"\[[^\]]*\]$", f"[{view}]", operator)
         if parts[-1] == "dp_epsilon_spent_micro":
             return operator, "epsilon spent"  # value divided by 1e6 when shown
         return operator, _label(parts[-1].removeprefix("dp_"), {})

@@ -123,47 +123,15 @@ def attach_keyed(
     Vectors travel and rest as ``STRING`` (comma-joined floats), never as
     ``Types.LIST``: PyFlink workaround [list state] in :mod:`operators.flink_compat`.
     """
+    from pyflink.common.typeinfo import Types
+
+    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
     uid = f"dp/{view_name}"
     bounded = (
-        keyed.process(bound_contributions(params, random_state, watermark_delay_ms), output_type=bounded_type())
+        keyed.process(_BoundContributions(params, random_state, watermark_delay_ms), output_type=contribution_type)
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
-    return attach_after_bounding(bounded, params, view_name=view_name, policy_id=policy_id, policy_hash=policy_hash,
-                                 random_state=random_state, watermark_delay_ms=watermark_delay_ms)
-
-
-def bounded_type() -> Any:
-    """What stage 1 emits: ``(group_json, window start, summed contribution vector)``."""
-    from pyflink.common.typeinfo import Types
-
-    return Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
-
-
-def bound_contributions(params: DpParams, random_state: int | None = None, watermark_delay_ms: int = 0,
-                        state_prefix: str = "") -> Any:
-    """Stage 1 as a ``KeyedProcessFunction`` keyed by subject bucket.
-
-    ``state_prefix`` goes before its state names, for an operator that runs several views' stages
-    (:mod:`operators.shared_stage`).
-    """
-    return _BoundContributions(params, random_state, watermark_delay_ms, state_prefix)
-
-
-def attach_after_bounding(
-    bounded: Any,
-    params: DpParams,
-    *,
-    view_name: str,
-    policy_id: str,
-    policy_hash: str,
-    random_state: int | None = None,
-    watermark_delay_ms: int = 0,
-) -> Any:
-    """Wire stage 2 and the budget gate after stage 1's output (:func:`bounded_type`); returns as :func:`attach_keyed`."""
-    from pyflink.common.typeinfo import Types
-
-    uid = f"dp/{view_name}"
     # (group_json, window_start, summed contribution vectors) one per bucket, window and group
     released = (
         bounded.key_by(_first, key_type=Types.STRING())
@@ -221,12 +189,10 @@ class _SeededProcess(_KeyedProcess):
     #: keeps this stage's seeds apart from the other stage's for the same subtask
     seed_offset = 0
 
-    def __init__(self, params: DpParams, random_state: int | None, watermark_delay_ms: int = 0,
-                 state_prefix: str = "") -> None:
+    def __init__(self, params: DpParams, random_state: int | None, watermark_delay_ms: int = 0) -> None:
         self.params = params
         self.random_state = random_state
         self.watermark_delay_ms = watermark_delay_ms
-        self.state_prefix = state_prefix
 
     def is_deterministic(self) -> bool:
         return False
@@ -264,7 +230,7 @@ class _BoundContributions(_SeededProcess):
 
         self.rng = make_random(self.subtask_seed(ctx))
         self.core = ContributionBounder(self.params)
-        buffers = MapStateDescriptor(self.state_prefix + "subject_windows", Types.STRING(), Types.STRING())
+        buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
         buffers.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
         self.state = ctx.get_map_state(buffers)
         self.buckets: dict[int, dict[int, dict[str, SubjectWindow]]] = {}

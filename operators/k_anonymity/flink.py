@@ -45,23 +45,8 @@ def _types(lines: bool):
 SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
 
 
-def promote_tag_id(view_name: str, number: int) -> str:
-    """The side output on which stage ``number`` of a view's cascade promotes records to the next stage."""
-    return f"kanon-{view_name}-promote-{number}"
-
-
-def suppress_tag_id(view_name: str) -> str:
-    """The side output on which the last stage of a view's cascade suppresses records."""
-    return f"kanon-{view_name}-suppress"
-
-
-def stage_function(params: KAnonymityParams, number: int, view_name: str, lines: bool, watermark_delay_ms: int,
-                   state_prefix: str = ""):
-    """Stage ``number`` of a view's cascade as a ``KeyedProcessFunction``.
-
-    ``state_prefix`` goes before its state names, for an operator that runs several views' stages
-    (:mod:`operators.shared_stage`).
-    """
+def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str,
+                    lines: bool, watermark_delay_ms: int):
     from pyflink.common import Row
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
@@ -90,8 +75,8 @@ def stage_function(params: KAnonymityParams, number: int, view_name: str, lines:
         def open(self, runtime_context) -> None:
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
             staged_type, out_type = _types(lines)
-            self.promote_tag = OutputTag(promote_tag_id(view_name, number), staged_type)
-            self.suppress_tag = OutputTag(suppress_tag_id(view_name), out_type)
+            self.promote_tag = OutputTag(promote_id, staged_type)
+            self.suppress_tag = OutputTag(suppress_id, out_type)
             self.row = Row
             self.envelope = envelope_line if lines else None
             self.stage = Stage(self.params, first, last)
@@ -104,8 +89,8 @@ def stage_function(params: KAnonymityParams, number: int, view_name: str, lines:
             # background cleanup needs a JVM gateway that a cluster TaskManager's Python lacks:
             # expired entries go on read and in full snapshots instead
             ttl = state_ttl(self.params.state_ttl_ms)
-            buffer = MapStateDescriptor(state_prefix + "staged", Types.LONG(), Types.STRING())
-            released = MapStateDescriptor(state_prefix + "released", Types.STRING(), Types.LONG())
+            buffer = MapStateDescriptor("staged", Types.LONG(), Types.STRING())
+            released = MapStateDescriptor("released", Types.STRING(), Types.LONG())
             buffer.enable_time_to_live(ttl)
             released.enable_time_to_live(ttl)
             self.buffer = runtime_context.get_map_state(buffer)
@@ -321,39 +306,24 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
     A promoted record goes to the next stage as a ``(partition key, payload)`` side output,
     keyed in Java: each record crosses between Java and Python once per stage it visits.
     """
-    _, out_type = _types(lines)
-    first = (keyed.process(stage_function(params, 0, view_name, lines, watermark_delay_ms), output_type=out_type)
-             .name(f"k-anon {view_name} stage 0").uid(f"kanon-{view_name}-stage-0"))
-    return attach_after_first_stage(first, first, params, view_name=view_name, lines=lines,
-                                    watermark_delay_ms=watermark_delay_ms)
-
-
-def attach_after_first_stage(first_operator, first_released, params: KAnonymityParams, *, view_name: str,
-                             lines: bool, watermark_delay_ms: int = 0):
-    """Wire stages 1 and on of the cascade after an operator that runs its stage 0.
-
-    ``first_operator`` is that operator's stream, whose side outputs carry the stage's promoted
-    (or, with one stage, suppressed) records; ``first_released`` is the stream of what stage 0
-    released: the same stream, or a side output of an operator shared with other views.
-    Returns ``(released, suppressed)`` as :func:`attach_staged`.
-    """
     from pyflink.datastream import OutputTag
 
     from operators.flink_compat import keyed_side_output, side_output
 
     staged_type, out_type = _types(lines)
-    released_streams, current = [first_released], first_operator
-    for number in range(1, len(params.stages)):
-        promoted = OutputTag(promote_tag_id(view_name, number - 1), staged_type)
-        function = stage_function(params, number, view_name, lines, watermark_delay_ms)
-        current = (keyed_side_output(current, promoted, staged_type).process(function, output_type=out_type)
-                   .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
-        released_streams.append(current)
-    suppressed = side_output(current, OutputTag(suppress_tag_id(view_name), out_type))
+    released_streams, suppressed = [], None
+    suppress_tag = OutputTag(f"kanon-{view_name}-suppress", out_type)
+    current = keyed
+    for number in range(len(params.stages)):
+        promote_tag = OutputTag(f"kanon-{view_name}-promote-{number}", staged_type)
+        function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id, lines,
+                                   watermark_delay_ms)
+        released = (current.process(function, output_type=out_type)
+                    .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
+        released_streams.append(released)
+        if number + 1 < len(params.stages):
+            current = keyed_side_output(released, promote_tag, staged_type)
+        else:
+            suppressed = side_output(released, suppress_tag)
     out = released_streams[0] if len(released_streams) == 1 else released_streams[0].union(*released_streams[1:])
     return out, suppressed
-
-
-def released_type(lines: bool):
-    """What the cascade's stages emit: a JSON line, or ``(key, headers, value)``."""
-    return _types(lines)[1]

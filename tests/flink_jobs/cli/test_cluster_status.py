@@ -13,8 +13,6 @@ from flink_jobs.cli.submit import format_status, iso_time, operator_metrics
 KANON = "k-anon_anonymized_stage_0.k_anonymity.view.anonymized.stage.0."
 DP_BOUND = "dp-bound-contributions[aggregated]___stream_key_by_map_operator."
 DP_GATE = "dp-budget-gate[aggregated]__sink-aggregated-to-row."
-#: the operator that runs every stateful view's first stage (operators/shared_stage.py), two DP views among them
-SHARED = "k-anon_anonymized_stage_0_+_dp-bound-contributions[aggregated]_+_dp-bound-contributions[aggregated_5m]."
 
 
 @pytest.mark.parametrize(("metric_id", "operator", "label"), [
@@ -23,9 +21,6 @@ SHARED = "k-anon_anonymized_stage_0_+_dp-bound-contributions[aggregated]_+_dp-bo
     (KANON + "longest_wait_ms", "k-anon anonymized stage 0", "longest wait (ms)"),  # a unit
     (DP_BOUND + "dp_late_records_dropped", "dp-bound-contributions[aggregated]", "late records dropped"),
     (DP_GATE + "dp_releases_refused_budget", "dp-budget-gate[aggregated]", "releases refused budget"),  # fused
-    (SHARED + "k_anonymity.view.anonymized.stage.0.buffered", "k-anon anonymized stage 0", "buffered"),
-    (SHARED + "view.aggregated_5m.dp_late_records_dropped", "dp-bound-contributions[aggregated_5m]",
-     "late records dropped"),  # the view's name in a group: several DP views' metrics share the operator
     ("raw-kafka-to-tuple__protect.protect.records_in", "protect", "records in"),
     ("raw-kafka-to-tuple__protect.protect.view.anonymized.field.card.fields_dropped", "protect",
      "fields dropped (view anonymized, field card)"),  # nested groups
