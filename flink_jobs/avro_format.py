@@ -13,6 +13,9 @@ A record is a magic byte 0, a 4-byte big-endian schema id, then the Avro binary 
   view registers its own under ``<view topic>-value``, and the registry's id goes in every header, so a
   reader that knows only the registry's URL decodes a view.
 
+A source's record key may be framed too (Kafka Connect's Avro converter for keys): the same codec
+decodes it through the same store (:meth:`AvroCodec.decode_key`), and a key that is not framed is text.
+
 A view's schema is the source's with the columns the view drops left out and the types its
 transforms change: a kept column keeps its type, any other transform publishes a string (a masked
 integer becomes a string, a generalized age the string ``"20-39"``). Every view field is nullable.
