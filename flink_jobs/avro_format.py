@@ -13,6 +13,9 @@ A record is a magic byte 0, a 4-byte big-endian schema id, then the Avro binary 
   view registers its own under ``<view topic>-value``, and the registry's id goes in every header, so a
   reader that knows only the registry's URL decodes a view.
 
+A source's record key may be framed too (Kafka Connect's Avro converter for keys): the same codec
+decodes it through the same store (:meth:`AvroCodec.decode_key`), and a key that is not framed is text.
+
 A view's schema is the source's with the columns the view drops left out and the types its
 transforms change: a kept column keeps its type, any other transform publishes a string (a masked
 integer becomes a string, a generalized age the string ``"20-39"``). Every view field is nullable.
@@ -21,6 +24,7 @@ integer becomes a string, a generalized age the string ``"20-39"``). Every view 
 from __future__ import annotations
 
 import copy
+import decimal
 import hashlib
 import io
 import json
@@ -30,6 +34,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 MAGIC = 0
 FORMATS = ("json", "avro")
@@ -242,9 +248,35 @@ class AvroCodec:
         return sid
 
     def decode(self, raw: str) -> dict:
+        record = self._read(raw.encode("latin-1"))
+        if not isinstance(record, dict):
+            raise AvroError("not_an_object: the schema is not a record")
+        return record
+
+    def decode_key(self, raw_key: str) -> str:
+        """A record key as the job reads a JSON key: Avro in the wire format decoded, any other key as its text.
+
+        ``raw_key`` is the key's bytes as Latin-1 text. A key framed in the wire format (Kafka
+        Connect's Avro converter for keys) is read through the same store as the values: a record
+        becomes its compact JSON, a string itself. A key that is not framed is UTF-8 text (a JSON
+        key), read as a text key column reads it. :class:`AvroError` (the reason, never the key)
+        for a framed key that cannot be read.
+        """
+        data = raw_key.encode("latin-1")
+        if not data.startswith(b"\x00"):
+            return data.decode("utf-8", "replace")
+        key = self._read(data)
+        if isinstance(key, str):
+            return key
+        try:
+            return orjson.dumps(key, default=_key_json).decode()
+        except orjson.JSONEncodeError:
+            raise AvroError("unsupported_value: a key column JSON has no form for (bytes)") from None
+
+    def _read(self, data: bytes) -> Any:
+        """The datum in a Confluent-framed record, read with its writer schema (fetched by id, then cached)."""
         from fastavro import schemaless_reader
 
-        data = raw.encode("latin-1")
         sid, body = split_frame(data)
         parsed = self._readers.get(sid)
         if parsed is None:
@@ -259,13 +291,18 @@ class AvroCodec:
                 raise ValueError("trailing bytes")
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on bad bytes
             raise AvroError(f"schema_mismatch: the body does not match schema {sid} ({exc.__class__.__name__})") from None
-        if not isinstance(record, dict):
-            raise AvroError("not_an_object: the schema is not a record")
         return record
 
     def encode_view(self, view: str, record: dict) -> str:
         sid, parsed = self._views[view]
         return encode(record, sid, parsed).decode("latin-1")
+
+
+def _key_json(value: Any) -> Any:
+    # Avro's decimal (Debezium's NUMERIC key columns) as its exact digits; bytes have no JSON form
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError
 
 
 # -- view schemas ---------------------------------------------------------------------------------
@@ -449,13 +486,20 @@ def check_policy(doc: dict, views: dict[str, Any], file: str) -> list[tuple[str,
     return problems
 
 
-def codec_for(doc: dict, views: dict[str, Any]) -> AvroCodec | None:
-    """The job's codec (None without Avro): the source schema, and each avro view's schema registered."""
+def source_codec(doc: dict) -> AvroCodec | None:
+    """The codec of an ``avro`` or ``debezium-avro`` source (None for any other): its values, and its Avro keys."""
     source = doc.get("source") or {}
-    if source.get("format") != "avro":
+    if source.get("format") not in AVRO_SOURCES:
         return None
     subject = source_subject(doc)
-    codec = AvroCodec(open_store(source["schema"], subject), subject)
+    return AvroCodec(open_store(source["schema"], subject), subject)
+
+
+def codec_for(doc: dict, views: dict[str, Any]) -> AvroCodec | None:
+    """The job's codec (None without Avro): the source schema, and each avro view's schema registered."""
+    if (doc.get("source") or {}).get("format") != "avro":
+        return None
+    codec = source_codec(doc)
     for name in avro_views(doc):
         codec.add_view(name, view_subject(doc, name), view_schema(codec.source_schema, views[name].tree, name))
     return codec

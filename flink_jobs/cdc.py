@@ -7,9 +7,11 @@ A change event is an envelope around a table row::
 
 with or without Kafka Connect's ``{"schema": ..., "payload": ...}`` wrapper (``schemas.enable``),
 or the same envelope as Avro in the Confluent wire format (``debezium-avro``: Connect's Avro
-converter registered its schema in a schema registry; :func:`change_decoder` reads it with
-:class:`flink_jobs.avro_format.AvroCodec`). The event's key is JSON either way (Connect's
-``JsonConverter`` for keys), because the job reads keys as text.
+converter registered its schema in a schema registry; the job reads it with
+:class:`flink_jobs.avro_format.AvroCodec`, the source's codec, which the Protector passes as ``decode``).
+The event's key is JSON (Connect's ``JsonConverter`` for keys) or, on a ``debezium-avro`` source, may
+be Avro too (Connect's Avro converter for keys): the Protector decodes an Avro key to its JSON first
+(:meth:`~flink_jobs.avro_format.AvroCodec.decode_key`), so this module sees JSON keys only.
 The policy's field paths name the row's columns. Each record view protects ``before`` and
 ``after`` with the same rules and keeps ``op``, ``ts_ms`` and the safe parts of ``source``
 (:data:`SAFE_SOURCE`: where the change came from, never a query text). A delete (``after:
@@ -101,26 +103,11 @@ def parse_key(raw_key: str | None) -> dict | None:
     return key if isinstance(key, dict) else None
 
 
-def change_decoder(document: dict) -> Callable[[str], dict] | None:
-    """How a ``debezium-avro`` source's values become envelopes: the Avro codec's decoder (None for JSON).
-
-    The writer schema of each event is fetched by the id in its Confluent header; an unknown id or
-    bytes that are not the wire format raise :class:`~flink_jobs.avro_format.AvroError` with its reason.
-    """
-    source = document.get("source") or {}
-    if source.get("format") != "debezium-avro":
-        return None
-    from flink_jobs.avro_format import AvroCodec, open_store, source_subject
-
-    subject = source_subject(document)
-    return AvroCodec(open_store(source["schema"], subject), subject).decode
-
-
 def parse_change(raw_value: str | None, raw_key: str | None = None,
                  decode: Callable[[str], dict] | None = None) -> Change:
     """Parse one Kafka record of a Debezium topic; :class:`ChangeError` for anything else.
 
-    ``decode`` turns a value that is not JSON into the envelope (:func:`change_decoder`); binary
+    ``decode`` turns a value that is not JSON into the envelope (the source's ``AvroCodec.decode``); binary
     values arrive as Latin-1 text, one character per byte.
     """
     from flink_jobs.avro_format import AvroError
@@ -170,7 +157,7 @@ class ChangeProtector:
     schema_changes : {"dead_letter", "pass"}
         What happens to a schema-change event.
     decode : callable, optional
-        Raw value to envelope for a ``debezium-avro`` source (:func:`change_decoder`); JSON without it.
+        Raw value to envelope for a ``debezium-avro`` source (its ``AvroCodec.decode``); JSON without it.
     """
 
     def __init__(self, views: list[tuple[str, Any, str]], schema_changes: str = "dead_letter",

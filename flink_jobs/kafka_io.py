@@ -69,6 +69,12 @@ _SINK_ROW_TYPE_BYTES = Types.ROW_NAMED(
     ["k", "headers", "v"],
     [Types.STRING(), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())), Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
+#: and for a binary key too (a binary source's dead letters): the key's bytes
+_SINK_ROW_TYPE_ALL_BYTES = Types.ROW_NAMED(
+    ["k", "headers", "v"],
+    [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())),
+     Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
 _STARTS = {"earliest": "earliest-offset", "latest": "latest-offset", "group-offsets": "group-offsets"}
 _DELIVERIES = {"exactly-once", "at-least-once"}
 # The broker caps transaction.timeout.ms at transaction.max.timeout.ms (15 min by default); the
@@ -161,8 +167,9 @@ def kafka_source(
         Records of :data:`SOURCE_TYPE`: ``("topic/partition/offset", key or None, value, timestamp_ms)``.
         Key and value are the record bytes decoded as UTF-8 (the ``raw`` format: never parsed,
         so a malformed JSON value arrives intact; bytes that are not UTF-8 become U+FFFD).
-        A tombstone's value is None. With ``binary`` (Avro) the value's bytes arrive as Latin-1
-        text, one character per byte, so they cross every STRING channel of the job unchanged.
+        A tombstone's value is None. With ``binary`` (Avro) the key's and the value's bytes arrive
+        as Latin-1 text, one character per byte, so they cross every STRING channel of the job
+        unchanged (a key may be Avro too: ``AvroCodec.decode_key`` reads it).
     """
     if start not in _STARTS:
         raise ValueError(f"start must be one of {', '.join(_STARTS)}, not {start!r}")
@@ -184,7 +191,7 @@ def kafka_source(
             `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
             `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL,
             `kafka_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL""",
-        value_type="BYTES" if binary else "STRING",
+        key_type="BYTES" if binary else "STRING", value_type="BYTES" if binary else "STRING",
     )
     rows = t_env.to_data_stream(
         t_env.sql_query(
@@ -209,6 +216,7 @@ def kafka_sink(
     properties: dict[str, str] | None = None,
     name: str | None = None,
     binary: bool = False,
+    binary_key: bool = False,
     rows_ready: bool = False,
 ) -> StatementSet:
     """Write a stream of ``(key, headers_json, value)`` to a Kafka topic, as an INSERT in a statement set.
@@ -241,6 +249,9 @@ def kafka_sink(
         Base for the table name, operator name and uid (default: ``kafka-sink-<topic>``).
     binary : bool
         The value is bytes (Avro), carried as Latin-1 text.
+    binary_key : bool
+        With ``binary``, the key is bytes too, carried as Latin-1 text: a binary source's dead
+        letters keep the raw key (an Avro key among them).
     rows_ready : bool
         `stream` already holds the table's rows (:func:`sink_row`, typed :func:`sink_row_type`), as
         the job's protect operator emits them: the sink adds no Python step of its own.
@@ -260,15 +271,17 @@ def kafka_sink(
     if delivery == "exactly-once":
         options["sink.transactional-id-prefix"] = transactional_id_prefix
         options["properties.transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
+    binary_key = binary and binary_key
     _create_table(t_env, table, topic, bootstrap, options, properties, "`headers` MAP<STRING, BYTES> METADATA",
-                  value_type="BYTES" if binary else "STRING")
+                  key_type="BYTES" if binary_key else "STRING", value_type="BYTES" if binary else "STRING")
     if rows_ready and not binary:
         rows = stream  # already the table's rows (:func:`sink_row`): no Python step here
     else:
         # with binary (Avro), the value is Latin-1 text, one character per byte: written as those bytes
-        rows = stream.map(_sink_tuple_to_row_binary if binary else _sink_tuple_to_row,
-                          output_type=_SINK_ROW_TYPE_BYTES if binary else _SINK_ROW_TYPE).name(
-                              f"{name}-to-row").uid(f"{name}-to-row")
+        to_row, row_type = ((_sink_tuple_to_row_all_binary, _SINK_ROW_TYPE_ALL_BYTES) if binary_key
+                            else (_sink_tuple_to_row_binary, _SINK_ROW_TYPE_BYTES) if binary
+                            else (_sink_tuple_to_row, _SINK_ROW_TYPE))
+        rows = stream.map(to_row, output_type=row_type).name(f"{name}-to-row").uid(f"{name}-to-row")
     # Physical columns first, then the writable metadata column, as the sink table declares them.
     statement_set.add_insert(table, t_env.from_data_stream(rows).select(col("k"), col("v"), col("headers")))
     return statement_set
@@ -281,8 +294,13 @@ def _source_row_to_tuple(row: Row) -> tuple[str, str, str, int]:
 
 
 def _source_row_to_tuple_binary(row: Row) -> tuple[str, str, str, int]:
-    position, key, value, timestamp = _source_row_to_tuple(Row(row[0], row[1], None, row[3]))
-    return position, key, bytes(row[2]).decode("latin-1") if row[2] is not None else "", timestamp
+    position, _, _, timestamp = _source_row_to_tuple(Row(row[0], None, None, row[3]))
+    return position, _latin1(row[1]), _latin1(row[2]), timestamp
+
+
+def _latin1(data: Any) -> str:
+    # bytes as text, one character per byte; "" for none (PyFlink workaround [no None])
+    return bytes(data).decode("latin-1") if data is not None else ""
 
 
 def _epoch_ms(ts: Any) -> int | None:
@@ -331,6 +349,11 @@ def _sink_tuple_to_row_binary(record: tuple) -> Row:
     return Row(k=row.k, headers=row.headers, v=row.v.encode("latin-1") if row.v else None)
 
 
+def _sink_tuple_to_row_all_binary(record: tuple) -> Row:
+    row = _sink_tuple_to_row_binary(record)
+    return Row(k=row.k.encode("latin-1") if row.k else None, headers=row.headers, v=row.v)
+
+
 def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:
     # The same lookup env.add_jars does, so a second add of the same jar can be skipped.
     from pyflink.common import Configuration
@@ -361,6 +384,7 @@ def _create_table(
     options: dict[str, str],
     properties: dict[str, str] | None,
     metadata_columns: str,
+    key_type: str = "STRING",
     value_type: str = "STRING",
 ) -> None:
     """``CREATE TEMPORARY TABLE`` of a Kafka topic: raw key ``k``, raw value ``v``, then `metadata_columns`.
@@ -382,7 +406,7 @@ def _create_table(
     options.update({f"properties.{k}": v for k, v in (properties or {}).items()})
     t_env.execute_sql(
         f"""CREATE TEMPORARY TABLE `{table}` (
-            `k` STRING,
+            `k` {key_type},
             `v` {value_type},
             {metadata_columns}
         ) WITH ({_with(options)})"""

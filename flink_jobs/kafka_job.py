@@ -48,6 +48,8 @@ class KafkaOutput:
         # source (raw bytes kept)
         self.binary = {DLQ: binary_source(policy.document)} | {name: (v.get("sink") or {}).get("format") == "avro"
                                                                 for name, v in policy.document["views"].items()}
+        # the dead letters of such a source keep the raw key too (an Avro key is bytes); a view's key is text
+        self.binary_key = {DLQ: binary_source(policy.document)}
         self.statement_set = t_env.create_statement_set()
 
     encodes_lines = False
@@ -59,7 +61,8 @@ class KafkaOutput:
     def write(self, stream: Any, channel: str, topic: str, *, encoded: bool = False) -> None:
         kafka_sink(self.t_env, stream, bootstrap=self.bootstrap, topic=topic, delivery=self.delivery,
                    transactional_id_prefix=f"{self.prefix}-{channel}", statement_set=self.statement_set,
-                   name=f"sink-{channel}", binary=self.binary.get(channel, False), rows_ready=encoded)
+                   name=f"sink-{channel}", binary=self.binary.get(channel, False),
+                   binary_key=self.binary_key.get(channel, False), rows_ready=encoded)
 
     def finish(self) -> None:
         # a statement set nobody attaches is dropped silently: attach it before execute()

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from flink_jobs.avro_format import AvroError
+from flink_jobs.avro_format import AvroError, avro_views, codec_for, source_codec
 from flink_jobs.cdc import FORMATS as CHANGE_FORMATS
 from flink_jobs.policy import Policy, compile_policy, view_key_ids
 from udfs.errors import TransformError
@@ -88,23 +88,19 @@ class Protector:
         self._timestamp_field = policy.timestamp_field
         self._subject_field = policy.subject_field
         self._logged_drops: set[str] = set()
+        # Avro in the Confluent wire format (flink_jobs/avro_format.py): an avro source's records and its
+        # avro views, or a debezium-avro source's change events; one codec, which reads Avro keys too
+        self.avro = codec_for(policy.document, policy.views)
+        self._avro_views = set(avro_views(policy.document))
+        self._source_codec = self.avro or source_codec(policy.document)
         # change events (debezium-json, debezium-avro): flink_jobs/cdc.py protects them for the record views
         self.cdc = None
         if (policy.document.get("source") or {}).get("format") in CHANGE_FORMATS:
-            from flink_jobs.cdc import ChangeProtector, change_decoder
+            from flink_jobs.cdc import ChangeProtector
 
             self.cdc = ChangeProtector([(n, tree, self._view_headers[n]) for n, tree in self._record_views],
                                        policy.document["source"].get("schema_changes", "dead_letter"),
-                                       change_decoder(policy.document))
-
-        # Avro in the Confluent wire format (flink_jobs/avro_format.py): the source's records, the avro views'
-        self.avro = None
-        if policy.document["source"].get("format") == "avro" or any(
-                (v.get("sink") or {}).get("format") == "avro" for v in policy.document["views"].values()):
-            from flink_jobs.avro_format import avro_views, codec_for
-
-            self.avro = codec_for(policy.document, policy.views)
-            self._avro_views = set(avro_views(policy.document))
+                                       self._source_codec.decode if self._source_codec else None)
 
     def view_headers(self, view: str) -> str:
         return self._view_headers[view]
@@ -112,12 +108,20 @@ class Protector:
     def process(self, position: str, key: str | None, raw: str) -> list[Routed]:
         """Protect one raw record. Never raises for bad input: it routes it to the dead-letter channel.
 
-        A blank line is not a record (JSON Lines readers skip it) and gives nothing.
+        A blank line is not a record (JSON Lines readers skip it) and gives nothing. On an avro or
+        debezium-avro source ``key`` is the key's bytes as Latin-1 text: an Avro key is decoded to its
+        JSON, a dead letter keeps the bytes.
         """
-        if self.cdc is not None:
-            return self._process_change(position, key, raw)
-        if not raw.strip(BLANK):
+        if self.cdc is None and not raw.strip(BLANK):
             return []
+        json_key = key
+        if self._source_codec is not None and key:
+            try:
+                json_key = self._source_codec.decode_key(key)
+            except AvroError as exc:  # the reason names the key's problem, never its value
+                return [self._dead(position, key, raw, f"bad_key {exc}")]
+        if self.cdc is not None:
+            return self._process_change(position, key, json_key, raw)
         try:
             record = orjson.loads(raw) if self.avro is None else self.avro.decode(raw)
         except orjson.JSONDecodeError:
@@ -157,12 +161,12 @@ class Protector:
                 self._count_dropped(name, dropped)
         return out
 
-    def _process_change(self, position: str, key: str | None, raw: str) -> list[Routed]:
+    def _process_change(self, position: str, key: str | None, json_key: str | None, raw: str) -> list[Routed]:
         # a change event: every record view, or the dead letters (an empty value is a tombstone)
         from flink_jobs.cdc import ChangeError
 
         try:
-            return [Routed(name, value) for name, value in self.cdc.protect(key, raw, self._count_dropped)]
+            return [Routed(name, value) for name, value in self.cdc.protect(json_key, raw, self._count_dropped)]
         except (ChangeError, TransformError) as exc:
             return [self._dead(position, key, raw, str(exc))]
 

@@ -3,8 +3,8 @@
 The chain, every part real and on 127.0.0.1:
 
     PostgreSQL (wal_level=logical)  a table of customers; inserts, updates and deletes
-      ─▶ Kafka Connect + Debezium   change events into shop.public.customers (JSON, or with --avro Avro
-                                    through the schema registry; tombstones on delete)
+      ─▶ Kafka Connect + Debezium   change events into shop.public.customers (JSON, or with --avro keys
+                                    and values Avro through the schema registry; tombstones on delete)
       ─▶ protect_stream              conf/policies/customers-cdc.yaml: one protected view per audience
       ─▶ customers-cdc.support, customers-cdc.analytics, shop.public.customers.dlq
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=str(POLICY))
     parser.add_argument("--avro", action="store_true",
-                        help="change events as Avro through a schema registry (Apicurio's converter; "
+                        help="change events, keys and values, as Avro through a schema registry (Apicurio's converter; "
                         "the policy's source.format becomes debezium-avro)")
     args = parser.parse_args(argv)
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         broker = start_broker(folder / "kafka", timeout=90)
         document = yaml.safe_load(Path(args.policy).read_text())
-        decode = None
+        codec = None
         if args.avro:
             print("starting the schema registry (Apicurio) ...", file=sys.stderr)
             registry = start_registry(folder / "registry", timeout=240)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + 60
             while store.latest(subject) is None and time.monotonic() < deadline:
                 time.sleep(1)
-            decode = AvroCodec(store, subject).decode
+            codec = AvroCodec(store, subject)
         keyring, reference = resolve_keyring(None, dev=True)
         policy = compile_policy(document, file=args.policy, keyring=keyring)
         if policy.source_topic != chain.topic:
@@ -169,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                      for name, view in policy.views.items()}
         raw = consume(broker.bootstrap, chain.topic, timeout=5)
         for index, event in enumerate(raw):
-            print(f"\n== change {index + 1}: raw ({chain.topic}{', Avro' if decode else ''}) key {event.key}")
+            key = codec.decode_key(event.raw_key.decode("latin-1")) if codec and event.raw_key else event.key
+            print(f"\n== change {index + 1}: raw ({chain.topic}{', Avro' if codec else ''}) key {key}")
             value = event.value
-            if decode and event.raw_value is not None:
-                value = json.dumps(decode(event.raw_value.decode("latin-1")), default=str)
+            if codec and event.raw_value is not None:
+                value = json.dumps(codec.decode(event.raw_value.decode("latin-1")), default=str)
             print(_show(value))
             for name, records in views.items():
                 if index < len(records):

@@ -12,7 +12,7 @@ until the worker answers; :meth:`ConnectWorker.add_postgres_connector` until Deb
 
 Change events are JSON without Connect's schema wrapper (``schemas.enable=false``); a delete is
 followed by a tombstone (``tombstones.on.delete``), so compacted topics forget the row. With
-:func:`avro_converter` a connector writes its values as Avro in Confluent's wire format instead,
+:func:`avro_converter` a connector writes its keys and values as Avro in Confluent's wire format instead,
 through Apicurio's converter (``io.apicurio:apicurio-registry-utils-converter``) and a registry.
 """
 
@@ -47,26 +47,28 @@ logger.reflections.level = error
 """
 
 
-def avro_converter(registry_url: str) -> dict[str, str]:
-    """Connector settings: values as Avro in Confluent's wire format through Apicurio's converter, keys JSON.
+def avro_converter(registry_url: str, *, keys: bool = True) -> dict[str, str]:
+    """Connector settings: values, and keys unless ``keys`` is False, as Avro in Confluent's wire format.
 
     ``registry_url`` is Apicurio's own API (:attr:`flink_jobs.devtools.registry.Registry.native_url`). The
-    converter registers each value schema under ``<topic>-value`` and frames each value with a magic
-    byte and the 4-byte content id, the id the registry's Confluent-compatible API serves schemas by
-    (``/schemas/ids/{id}``), so a reader that knows only that API decodes them. Keys stay JSON: the
-    job reads keys as text.
+    converter registers each value schema under ``<topic>-value`` (and each key schema under
+    ``<topic>-key``) and frames each record with a magic byte and the 4-byte content id, the id the
+    registry's Confluent-compatible API serves schemas by (``/schemas/ids/{id}``), so a reader that
+    knows only that API decodes them. With ``keys=False`` keys are JSON (Connect's ``JsonConverter``).
     """
-    value = "value.converter.apicurio.registry."
-    return {
-        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
-        "key.converter.schemas.enable": "false",
-        "value.converter": "io.apicurio.registry.utils.converter.AvroConverter",
-        value + "url": registry_url,
-        value + "auto-register": "true",
-        value + "as-confluent": "true",           # magic byte + 4-byte id (Apicurio's own framing has 8 bytes)
-        value + "use-id": "contentId",            # the id space of the Confluent-compatible API
-        value + "headers.enabled": "false",       # the id in the value's frame, not in record headers
-    }
+    settings = {} if keys else {"key.converter": "org.apache.kafka.connect.json.JsonConverter",
+                                "key.converter.schemas.enable": "false"}
+    for part in ("key", "value") if keys else ("value",):
+        prefix = f"{part}.converter.apicurio.registry."
+        settings |= {
+            f"{part}.converter": "io.apicurio.registry.utils.converter.AvroConverter",
+            prefix + "url": registry_url,
+            prefix + "auto-register": "true",
+            prefix + "as-confluent": "true",           # magic byte + 4-byte id (Apicurio's own framing has 8 bytes)
+            prefix + "use-id": "contentId",            # the id space of the Confluent-compatible API
+            prefix + "headers.enabled": "false",       # the id in the record's frame, not in record headers
+        }
+    return settings
 
 
 class ConnectError(RuntimeError):

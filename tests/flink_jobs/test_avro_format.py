@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,118 @@ def test_a_referenced_schema_is_defined_where_it_is_first_named_and_the_envelope
 def test_the_row_schema_of_an_envelope_is_the_record_of_before_and_after():
     assert [f["name"] for f in change_row_schema(ENVELOPE)["fields"]] == ["id", "email"]
     assert change_row_schema({"type": "record", "name": "Plain", "fields": [{"name": "id", "type": "int"}]}) is None
+
+
+# -- Avro keys (Kafka Connect's Avro converter for keys too) ------------------------------------------
+
+KEY_SCHEMA = {"type": "record", "name": "Key", "namespace": "shop.public.customers",
+              "fields": [{"name": "id", "type": "int"}]}
+
+
+def framed(datum: object, schema: object, store) -> str:
+    """``datum`` in the wire format under ``schema``, registered in ``store`` as a producer would, as Latin-1 text."""
+    from fastavro import parse_schema
+
+    return encode(datum, store.register("keys-key", schema), parse_schema(schema)).decode("latin-1")
+
+
+@pytest.mark.parametrize("key, schema, expected", [
+    ({"id": 7}, KEY_SCHEMA, '{"id":7}'),                          # Debezium's key struct: its compact JSON
+    ("CUST303148", "string", "CUST303148"),                       # a string key: the string itself
+    ({"amount": Decimal("12.34")}, {"type": "record", "name": "Money", "fields": [{"name": "amount", "type": {
+        "type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2}}]}, '{"amount":"12.34"}'),  # NUMERIC
+])
+def test_an_avro_key_decodes_to_what_the_same_key_as_json_reads(protector, key, schema, expected):
+    assert protector.avro.decode_key(framed(key, schema, protector.avro.store)) == expected
+
+
+@pytest.mark.parametrize("raw_key", [
+    '{"id": 7}',                              # Connect's JsonConverter key: unchanged
+    "CUST303148",                             # a plain text key
+    "Zoë".encode().decode("latin-1"),          # UTF-8 bytes, as a binary source hands them over
+])
+def test_a_key_not_in_the_wire_format_is_read_as_text_as_before(protector, raw_key):
+    assert protector.avro.decode_key(raw_key) == raw_key.encode("latin-1").decode("utf-8")
+
+
+@pytest.mark.parametrize("raw_key, reason", [
+    ("\x00\x77\x35\x94\x00" + "\x0e", "unknown_schema_id 2000000000"),  # an id nobody registered
+    ("\x00\x00\x07", "not_avro"),                                       # the frame cut inside the schema id
+    (None, "schema_mismatch"),                                          # the body cut short
+])
+def test_a_framed_key_that_cannot_be_read_is_an_avro_error_naming_the_problem(protector, raw_key, reason):
+    if raw_key is None:
+        raw_key = framed({"id": 300000}, KEY_SCHEMA, protector.avro.store)[:-1]
+    with pytest.raises(AvroError) as caught:
+        protector.avro.decode_key(raw_key)
+    assert str(caught.value).startswith(reason)
+
+
+def test_an_avro_source_with_avro_keys_is_protected_as_with_text_keys_and_a_bad_key_is_a_dead_letter(protector):
+    avro_key = framed("CUST303148", "string", protector.avro.store)
+    with_avro_key = [r.value for r in protector.process("raw/0/1", avro_key, source_frame())]
+    with_text_key = [r.value for r in protector.process("raw/0/2", "CUST303148", source_frame())]
+    assert with_avro_key == with_text_key and len(with_avro_key) == 2
+    assert all(key.startswith("cus_") for key, _, _ in with_avro_key)  # each view's own subject, never the raw key
+
+    bad_key = "\x00\x77\x35\x94\x00" + "\x14CUST303148"  # an unknown id before a readable id
+    [dead] = protector.process("raw/0/3", bad_key, source_frame())
+    assert dead.channel == DLQ and dead.value[0] == bad_key and dead.value[2] == source_frame()  # bytes kept
+    reason = json.loads(dead.value[1])["reason"]
+    assert reason == "bad_key unknown_schema_id 2000000000" and "CUST" not in dead.value[1]
+
+
+#: a Debezium envelope defined in one piece, as a file store holds it
+CDC_ROW = {"type": "record", "name": "Value", "fields": [
+    {"name": "id", "type": "int"}, {"name": "customer_id", "type": "string"},
+    {"name": "email", "type": ["null", "string"], "default": None}]}
+CDC_ENVELOPE = {"type": "record", "name": "Envelope", "namespace": "shop.public.customers", "fields": [
+    {"name": "before", "type": ["null", CDC_ROW], "default": None},
+    {"name": "after", "type": ["null", "Value"], "default": None},
+    {"name": "source", "type": {"type": "record", "name": "Source", "fields": [{"name": "table", "type": "string"}]}},
+    {"name": "op", "type": "string"}, {"name": "ts_ms", "type": ["null", "long"], "default": None}]}
+
+
+@pytest.fixture
+def change_protector(tmp_path) -> Protector:
+    schema = tmp_path / "envelope.avsc"
+    schema.write_text(json.dumps(CDC_ENVELOPE))
+    document = {"version": 1, "id": "customers-cdc-avro", "subject_field": "customer_id",
+                "source": {"topic": "shop.public.customers", "format": "debezium-avro", "schema": f"file:{schema}",
+                           "timestamp_field": "ts_ms"},
+                "views": {"masked": {"sink": {"topic": "customers.masked"}, "fields": {
+                    "id": {"pseudonymize": "hmac_sha256", "prefix": "row_", "domain": "row_id"},
+                    "customer_id": {"pseudonymize": "hmac_sha256", "prefix": "cus_", "domain": "customer_id"},
+                    "email": {"mask": "email"}}}}}
+    compiled = compile_policy(document, file=str(tmp_path / "cdc.yaml"))
+    opened = Protector(compiled.document, compiled.file)
+    opened.open(Keyring.generate())
+    return opened
+
+
+def change_frame(store, op: str, before: dict | None, after: dict | None) -> str:
+    from fastavro import parse_schema
+
+    event = {"before": before, "after": after, "source": {"table": "customers"}, "op": op, "ts_ms": 1}
+    sid = store.latest("shop.public.customers-value")[0]
+    return encode(event, sid, parse_schema(CDC_ENVELOPE)).decode("latin-1")
+
+
+def test_a_debezium_avro_change_with_an_avro_key_is_keyed_as_with_a_json_key_and_so_is_its_tombstone(
+        change_protector):
+    store = change_protector._source_codec.store
+    row = {"id": 1, "customer_id": "CUST100001", "email": "ada@example.com"}
+    avro_key = framed({"id": 1}, KEY_SCHEMA, store)
+    [update_avro_key] = change_protector.process("p/0/1", avro_key, change_frame(store, "u", row, row))
+    [update_json_key] = change_protector.process("p/0/2", '{"id": 1}', change_frame(store, "u", row, row))
+    [delete] = change_protector.process("p/0/3", avro_key, change_frame(store, "d", row, None))
+    [tombstone] = change_protector.process("p/0/4", avro_key, "")
+    assert update_avro_key.value == update_json_key.value
+    view_key = update_avro_key.value[0]
+    assert json.loads(view_key)["id"].startswith("row_")
+    assert delete.value[0] == tombstone.value[0] == view_key and tombstone.value[2] == ""
+
+    truncated = avro_key[:3]  # the magic byte, then the frame cut short: even a tombstone cannot be keyed
+    [dead] = change_protector.process("p/0/5", truncated, "")
+    assert dead.channel == DLQ and dead.value[0] == truncated
+    assert json.loads(dead.value[1])["reason"].startswith("bad_key not_avro")

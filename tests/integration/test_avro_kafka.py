@@ -54,13 +54,14 @@ def _sample_records() -> list[dict]:
     return out
 
 
-def produce_and_run(bootstrap: str, topic: str, values: list[bytes], policy, keyring_ref: str) -> None:
-    """Produce ``values`` to ``topic``, then run the policy's job, bounded, to the end of what is there."""
+def produce_and_run(bootstrap: str, topic: str, values: list[bytes], policy, keyring_ref: str,
+                    keys: list[bytes | None] | None = None) -> None:
+    """Produce ``values`` (under ``keys``) to ``topic``, then run the policy's job, bounded, to the end of what is there."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap})
-    for value in values:
-        producer.produce(topic, value=value)
+    for key, value in zip(keys or [None] * len(values), values, strict=True):
+        producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
     prepare_topics(bootstrap, policy, create=True)
     _, rest = local_rest_config()

@@ -1,13 +1,14 @@
 """Debezium's change events as Avro through a real schema registry, end to end from real parts.
 
 PostgreSQL (wal_level=logical), Kafka Connect with Debezium's PostgreSQL connector and Apicurio's
-Avro converter (values in Confluent's wire format, the schema registered in the real Apicurio
-Registry), the broker, and the job on ``source.format: debezium-avro``. Debezium snapshots a seeded
-customers table, then streams an insert, an update and a delete (with its tombstone); two records
-that are not Debezium's Avro (no wire format, an id the registry does not know) are produced beside
-them. Every change must reach every view, protected, with no raw identifier from `before` or
-`after`; the delete stays a delete and the tombstone a tombstone under the row's view key; the two
-bad records reach the dead letters with their reasons and their bytes.
+Avro converter for keys and values (both in Confluent's wire format, their schemas registered in the
+real Apicurio Registry), the broker, and the job on ``source.format: debezium-avro``. Debezium snapshots
+a seeded customers table, then streams an insert, an update and a delete (with its tombstone); three
+records that are not Debezium's Avro (no wire format, an id the registry does not know, both under a
+JSON key; a key under an unknown id) are produced beside them. Every change must reach every view,
+protected, with no raw identifier from `before` or `after`, keyed by the row's Avro key under the view's
+rules; the delete stays a delete and the tombstone a tombstone under the row's view key; the bad
+records reach the dead letters with their reasons and their key and value bytes.
 """
 
 from __future__ import annotations
@@ -94,16 +95,19 @@ def test_debezium_avro_changes_reach_every_view_protected_and_bad_bytes_are_dead
         compile_policy(bad_document, file=str(POLICY))
     assert "views.support.fields.loyalty_tier: not in the source schema" in str(caught.value)
 
-    bad = [b'{"op": "c"}',                                          # JSON, not the wire format
-           b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + b"\x02\x41"]   # an id the registry does not know
+    unknown_frame = b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + b"\x02\x41"
+    # (key, value); the change topic is compacted: a record needs a key
+    bad = [(b'{"id": 999}', b'{"op": "c"}'),   # a JSON key (still read), a value not in the wire format
+           (b'{"id": 999}', unknown_frame),    # a value under an id the registry does not know
+           (unknown_frame, b'{"op": "c"}')]    # a key under an unknown id: judged before its value
     assert store.by_id(UNKNOWN_ID) is None
     policy, job = start_cdc_job(_policy_doc(topic, schema_registry.url), tmp_path / "customers-cdc-avro.yaml",
                                 kafka_broker.bootstrap, keyring_ref)
     try:
         producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
         failed = []
-        for value in bad:  # the change topic is compacted: a record needs a key
-            producer.produce(topic, key=b'{"id": 999}', value=value,
+        for key, value in bad:
+            producer.produce(topic, key=key, value=value,
                              on_delivery=lambda err, _msg: err is not None and failed.append(err))
         assert producer.flush(30) == 0 and not failed, failed
         avro_chain.changes()
@@ -121,17 +125,22 @@ def test_debezium_avro_changes_reach_every_view_protected_and_bad_bytes_are_dead
     finally:
         job.cancel().result()
 
-    # Debezium wrote the scenario as Avro in Confluent's wire format, under the registry's ids
-    changes = [r for r in raw if r.raw_value not in bad]
+    # Debezium wrote the scenario as Avro in Confluent's wire format, keys and values, under the registry's ids
+    changes = [r for r in raw if (r.raw_key, r.raw_value) not in bad]
     events = [_decode(store, r.raw_value) if r.raw_value is not None else None for r in changes]
     raw_ops = [e["op"] if e else None for e in events]
     assert raw_ops == ["r"] * len(SEED) + ["c", "u", "d", None]
     assert {split_frame(r.raw_value)[0] for r in changes if r.raw_value is not None} == {envelope_id}
+    key_id, key_schema = store.latest(f"{topic}-key")
+    assert {split_frame(r.raw_key)[0] for r in changes} == {key_id} and key_schema["type"] == "record"
+    row_ids = [_decode(store, r.raw_key)["id"] for r in changes]
+    assert row_ids[len(SEED) + 2] == row_ids[len(SEED) + 3] == row_ids[1]  # the deleted row's delete and tombstone
 
-    # the two bad records, and nothing else, in the dead letters: reasons named, bytes kept whole
+    # the bad records, and nothing else, in the dead letters: reasons named, key and value bytes kept whole
     assert [r.headers["reason"] for r in dead] == ["not_avro: no Confluent magic byte and schema id",
-                                                   f"unknown_schema_id {UNKNOWN_ID}"]
-    assert [r.raw_value for r in dead] == bad
+                                                   f"unknown_schema_id {UNKNOWN_ID}",
+                                                   f"bad_key unknown_schema_id {UNKNOWN_ID}"]
+    assert [(r.raw_key, r.raw_value) for r in dead] == bad
 
     rows = [row for e in events if e for row in (e["before"], e["after"]) if row]
     secrets = record_pii_values(rows, IDENTIFYING)
@@ -157,6 +166,10 @@ def test_debezium_avro_changes_reach_every_view_protected_and_bad_bytes_are_dead
         assert json.loads(delete.value)["after"] is None and json.loads(delete.value)["before"] is not None
         assert tombstone.value is None
         assert snapshot.key == delete.key == tombstone.key and tombstone.key.startswith('{"id":"row_')
+        # each view key is the row's Avro key under the view's rule: one per row, the raw id nowhere
+        view_ids = [json.loads(r.key)["id"] for r in records]
+        assert all(view_id.startswith("row_") for view_id in view_ids), name
+        assert len(set(zip(row_ids, view_ids, strict=True))) == len(set(row_ids)) == len(set(view_ids)), name
     support = json.loads(views["support"][len(SEED) + 1].value)
     analytics = json.loads(views["analytics"][len(SEED) + 1].value)
     assert support["before"]["tier"] == "gold" and support["after"]["tier"] == "platinum"
