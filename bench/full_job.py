@@ -7,7 +7,10 @@ difference in wall time, so job start (JVM, interpreter, operator open) cancels 
     marginal rate = (n_large - n_small) / (t_large - t_small)
 
 It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view alone too with
-``--views``, and the load average, since other builds may share the machine.
+``--views``, and the load average, since other builds may share the machine. Beside each rate it
+prints the JVM's marginal CPU time per record (thread mode runs the Python operators inside it)
+and how many cores that kept busy: a job at one core while two are free is held by one thread
+(the interpreter's GIL), not by the machine.
 
     .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views]
 """
@@ -15,6 +18,7 @@ It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -53,15 +57,45 @@ def write_policy(folder: Path, views: list[str] | None) -> Path:
     return path
 
 
-def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) -> float:
+def _java_child(parent: int) -> int | None:
+    """The pid of the JVM the command line started (its child process named java), if it runs yet."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if name == "java" and int(fields[1]) == parent:
+            return int(text.split()[0])
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) -> tuple[float, float]:
+    """Wall seconds of one run, and the CPU seconds of its JVM (read until it exits; NaN off Linux)."""
     started = time.perf_counter()
-    done = subprocess.run([CLI, "run", "--policy", str(policy), "--input", str(events), "--output", str(out),
-                           "--keyring", keyring, "--execution-mode", mode, "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the run
+    process = subprocess.Popen([CLI, "run", "--policy", str(policy), "--input", str(events), "--output", str(out),
+                                "--keyring", keyring, "--execution-mode", mode, "--quiet"],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    jvm, cpu = None, math.nan
+    while process.poll() is None and time.perf_counter() - started < 3600:
+        try:
+            jvm = jvm or _java_child(process.pid)
+            cpu = _cpu_seconds(jvm) if jvm else cpu
+        except OSError:
+            pass  # the JVM has just exited: its last reading stands
+        time.sleep(0.2)
+    process.wait(timeout=60)
     elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{policy.name} failed:\n{done.stderr[-2000:]}\n{done.stdout[-2000:]}")
-    return elapsed
+    if process.returncode != 0:
+        log.seek(0)
+        raise SystemExit(f"{policy.name} failed:\n{log.read()[-4000:]}")
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -93,13 +127,17 @@ def main() -> int:
         rates = {}
         for label, views in shapes:
             policy = write_policy(work, views)
-            times = {}
+            times, cpu = {}, {}
             for size, (events, _) in sizes.items():
-                times[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref, args.execution_mode)
+                times[size], cpu[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
+                                                   args.execution_mode)
                 shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
             extra = sizes["large"][1] - sizes["small"][1]
-            rates[label] = extra / max(1e-9, times["large"] - times["small"])
+            wall = max(1e-9, times["large"] - times["small"])
+            rates[label] = extra / wall
             print(f"  {label:<24} marginal {rates[label]:>9,.0f} records/s   "
+                  f"JVM CPU {1e6 * (cpu['large'] - cpu['small']) / extra:6.1f} us/record, "
+                  f"{(cpu['large'] - cpu['small']) / wall:.2f} cores busy   "
                   f"(runs {times['small']:.1f} s and {times['large']:.1f} s; "
                   f"{sizes['large'][1] / times['large']:,.0f} records/s with job start)")
         masked = rates["masked view alone"]
