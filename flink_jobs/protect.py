@@ -72,6 +72,7 @@ class Protector:
                    for path in (*qi.paths, *qi.lat_paths, *qi.lon_paths)}
             for name, v in self._kanon_views
         }
+        self._unconsumed_cache: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._dp_views = [(n, v) for n, v in policy.views.items() if v.differential_privacy]
         # a worker imports only the operators its views use (see operators/dp/mechanisms.py for why)
         if self._kanon_views:
@@ -150,8 +151,7 @@ class Protector:
             for name, view in self._kanon_views:
                 dropped = []
                 out.append(Routed(name, self._kanon_input(name, view, key, record, event_ms, dropped)))
-                consumed = self._consumed[name]
-                drops.append((name, [d for d in dropped if d.split(".")[0] not in consumed]))
+                drops.append((name, self._unconsumed(name, dropped)))
             for name, view in self._dp_views:
                 out.append(Routed(name, self._dp_input(view, record, event_ms)))
         except (TransformError, AvroError) as exc:  # AvroError: a view's record its schema refuses
@@ -179,6 +179,17 @@ class Protector:
         return (*self._stagers[name].stage_record(self._view_key(protected), self._view_headers[name],
                                                   orjson.dumps(protected).decode(), subject, quasi, event_ms,
                                                   int(time.time() * 1000)), event_ms)
+
+    def _unconsumed(self, view: str, dropped: list[str]) -> list[str]:
+        """The dropped fields a k-anonymity view does not publish generalized, remembered per set of names."""
+        names = tuple(dropped)
+        kept = self._unconsumed_cache.get((view, names))
+        if kept is None:
+            if len(self._unconsumed_cache) >= 4096:  # records drop a few sets of names; a flood is bounded
+                self._unconsumed_cache.clear()
+            consumed = self._consumed[view]
+            kept = self._unconsumed_cache[view, names] = [d for d in dropped if d.split(".")[0] not in consumed]
+        return kept
 
     def _dp_input(self, view: Any, record: dict, event_ms: int) -> tuple:
         """``(subject bucket, contribution payload, event ms)``: the record as DP stage 1 takes it."""

@@ -41,13 +41,17 @@ _ABSENT = object()
 
 def _first(record: Mapping[str, Any], paths: Sequence[str]) -> Any:
     for path in paths:
-        value = lookup(record, path, _ABSENT)
-        if value is not _ABSENT and value is not None:
+        # a top-level field of a parsed record (a dict): one lookup, the per-record common case
+        value = record.get(path) if "." not in path and type(record) is dict else lookup(record, path, None)
+        if value is not None:
             return value
     return _ABSENT
 
 
 def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int or kind is float:  # the common case, without the isinstance checks
+        return math.isfinite(value)
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -84,7 +88,8 @@ def _checked(qi: QuasiIdentifier, value: Any) -> Any:
             # a zip code as a number has already lost its leading zeros
             raise TransformError(f"field {name}: expected a string, got {type(value).__name__}")
     elif qi.kind == "geo":
-        if not isinstance(value, Mapping) or not _is_number(value.get("lat")) or not _is_number(value.get("lon")):
+        if (not (type(value) is dict or isinstance(value, Mapping)) or not _is_number(value.get("lat"))
+                or not _is_number(value.get("lon"))):
             raise TransformError(f"field {name}: expected a coordinate {{lat, lon}}")
         if not (-90 <= value["lat"] <= 90 and -180 <= value["lon"] <= 180):
             raise TransformError(f"field {name}: coordinate out of range")
