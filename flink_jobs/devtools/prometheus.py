@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from flink_jobs.devtools.processes import LoggedChild, die_with_parent, down_and_status, free_port, pid_alive
+from flink_jobs.devtools.processes import LoggedChild, down_and_status, free_port, running_state, server_parser, spawn_logged
 
 __all__ = ["JOB_NAME", "Prometheus", "PrometheusError", "prometheus_executable", "running_prometheus",
            "start_prometheus", "write_config"]
@@ -123,37 +123,22 @@ def start_prometheus(folder: Path, targets: list[str], port: int | None = None, 
     port = port or free_port()
     cmd = [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
            f"--web.listen-address=127.0.0.1:{port}"]
-    with open(folder / Prometheus.LOG_FILE, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                start_new_session=detach, preexec_fn=None if detach else die_with_parent)
+    proc = spawn_logged(cmd, folder, Prometheus.LOG_FILE, detach=detach)
     server = Prometheus(port=port, folder=folder, pid=proc.pid, targets=list(targets), _process=proc)
     if detach:
         (folder / _STATE_FILE).write_text(json.dumps({"pid": proc.pid, "port": port, "targets": list(targets)}))
-    deadline = time.monotonic() + timeout
-    try:
-        while not server.ready():
-            if not server.alive():
-                raise PrometheusError(f"prometheus exited; last lines of {server.log_file}:\n{server.log_tail()}")
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus was not ready at {server.url} within {timeout:g} s; "
-                                      f"last lines of {server.log_file}:\n{server.log_tail()}")
-            time.sleep(0.2)
-    except BaseException:
-        server.stop(timeout=10)
-        raise
+    server.wait_ready(server.ready, timeout, f"prometheus at {server.url}", PrometheusError, poll=0.2)
     return server
 
 
 def running_prometheus(folder: Path) -> Prometheus | None:
     """The detached Prometheus started from ``folder``, if it still runs."""
     folder = Path(folder).resolve()
-    try:
-        state = json.loads((folder / _STATE_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+    state = running_state(folder, _STATE_FILE)
+    if state is None:
         return None
-    server = Prometheus(port=int(state["port"]), folder=folder, pid=int(state["pid"]),
-                        targets=list(state.get("targets", [])))
-    return server if pid_alive(server.pid) else None
+    return Prometheus(port=int(state["port"]), folder=folder, pid=int(state["pid"]),
+                      targets=list(state.get("targets", [])))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -183,24 +168,13 @@ _cmd_down, _cmd_status = down_and_status(running_prometheus, "Prometheus", "Prom
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flink_jobs.devtools.prometheus {up,down,status}``."""
-    parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.prometheus",
-                                     description="Start or stop a local Prometheus (Debian's package) on 127.0.0.1 "
-                                     "that scrapes a job's --metrics-port every second.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a detached Prometheus scraping --target")
-    up.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free port)")
+    parser, up = server_parser("flink_jobs.devtools.prometheus", "Start or stop a local Prometheus (Debian's "
+                               "package) on 127.0.0.1 that scrapes a job's --metrics-port every second.", "a Prometheus",
+                               (_cmd_up, _cmd_down, _cmd_status), up_help="start a detached Prometheus scraping --target",
+                               down_help="stop the Prometheus started from --data-dir (keeps its data)", up_timeout=60,
+                               default_dir=".local/prometheus", dir_help="folder for its config, data, log and pid file")
     up.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
                     help="a metrics port to scrape; repeat for more (default: 127.0.0.1:9249)")
-    up.add_argument("--timeout", type=float, default=60, help="seconds to wait until it is ready (default: 60)")
-    up.set_defaults(func=_cmd_up)
-    down = sub.add_parser("down", help="stop the Prometheus started from --data-dir (keeps its data)")
-    down.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (default: 30)")
-    down.set_defaults(func=_cmd_down)
-    status = sub.add_parser("status", help="exit 0 if a Prometheus runs from --data-dir")
-    status.set_defaults(func=_cmd_status)
-    for p in (up, down, status):
-        p.add_argument("--data-dir", type=Path, default=Path(".local/prometheus"),
-                       help="folder for its config, data, log and pid file (default: .local/prometheus)")
     args = parser.parse_args(argv)
     return args.func(args)
 
