@@ -8,7 +8,7 @@ POLICY ?= conf/policies/customer-events.yaml
 SAMPLE := conf/samples/customer-events.jsonl
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down registry-up registry-down cluster-up cluster-down submit demo-kafka cdc-demo clean help
+.PHONY: run test lint bench jars kafka-up kafka-down vault-up vault-down registry-up registry-down prometheus-up prometheus-down cluster-up cluster-down submit demo-kafka cdc-demo clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +58,12 @@ registry-up: $(STAMP) ## build (Maven, conf/registry) and start a Confluent-comp
 
 registry-down: $(STAMP) ## stop it (its schemas are lost)
 	$(PY) -m flink_jobs.devtools.registry down --data-dir .local/registry
+
+prometheus-up: $(STAMP) ## start a real Prometheus (Debian's package) on 127.0.0.1:9090 scraping a job's --metrics-port 9249 every 1 s; TARGETS="127.0.0.1:9249 127.0.0.1:9250" for others
+	$(PY) -m flink_jobs.devtools.prometheus up --data-dir .local/prometheus --port 9090 $(foreach t,$(or $(TARGETS),127.0.0.1:9249),--target $(t))
+
+prometheus-down: $(STAMP) ## stop it (its data stays in .local/prometheus)
+	$(PY) -m flink_jobs.devtools.prometheus down --data-dir .local/prometheus
 
 demo-kafka: $(STAMP) jars ## broker up, sample events produced, job run, views shown beside the raw records
 	$(PY) -m flink_jobs.devtools.kafka_demo

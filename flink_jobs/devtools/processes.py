@@ -4,14 +4,18 @@
 process, ``terminate`` stops a set of processes: SIGTERM first, SIGKILL for those
 still there after a timeout. ``LoggedChild`` is what a started JVM's handle shares
 (the Kafka Connect worker, the schema registry), ``tail`` the end of a log, and
-``down_and_status`` the ``down`` and ``status`` commands of a detached server;
+``down_and_status`` the ``down`` and ``status`` commands of a detached server (``server_parser``
+the parser of its ``up``, ``down`` and ``status``), ``spawn_logged``
+and ``LoggedChild.wait_ready`` the start of one (the registry, Prometheus);
 ``java_executable`` and ``die_with_parent`` start the JVMs of the broker, the Connect worker and
 the registry.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LoggedChild", "die_with_parent", "down_and_status", "free_port", "java_executable", "pid_alive",
-           "signal_pid", "tail", "terminate"]
+           "running_state", "server_parser", "signal_pid", "spawn_logged", "tail", "terminate"]
 
 HOST = "127.0.0.1"
 
@@ -131,6 +135,35 @@ class LoggedChild:
         """SIGTERM, then SIGKILL after ``timeout`` s; safe to call twice."""
         terminate(lambda: [self.pid] if self.alive() else [], timeout, kill_wait=10)
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float, what: str, error: type[Exception],
+                   poll: float = 0.3) -> None:
+        """Wait until ``ready()``; if the process exits or ``timeout`` s pass, stop it and raise ``error``.
+
+        ``what`` names it in the message ("the registry at http://..."), which ends with its log's last lines.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready():
+                if not self.alive():
+                    raise error(f"{what} exited; last lines of {self.log_file}:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise error(f"{what} did not become ready within {timeout:g} s; "
+                                f"last lines of {self.log_file}:\n{self.log_tail()}")
+                time.sleep(poll)
+        except BaseException:
+            self.stop(timeout=10)
+            raise
+
+
+def spawn_logged(cmd: list[str], folder: Path, log_file: str, *, detach: bool) -> subprocess.Popen:
+    """Start ``cmd`` in ``folder``, its output appended to ``folder/log_file``.
+
+    ``detach``: in a session of its own, to outlive the caller (``make ...-up``); else it dies with the caller.
+    """
+    with open(folder / log_file, "ab") as out:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
+                                start_new_session=detach, preexec_fn=None if detach else die_with_parent)
+
 
 def down_and_status(find: Callable[[Path], Any], what: str, name: str, address: Callable[[Any], str],
                     command: str) -> tuple[Callable[[Any], int], Callable[[Any], int]]:
@@ -166,6 +199,43 @@ def down_and_status(find: Callable[[Path], Any], what: str, name: str, address: 
         return 0
 
     return cmd_down, cmd_status
+
+
+def running_state(folder: Path, state_file: str) -> dict | None:
+    """The JSON state (with ``pid``) a detached server wrote in ``folder``, if that process still runs."""
+    try:
+        state = json.loads((Path(folder) / state_file).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return state if pid_alive(int(state["pid"])) else None
+
+
+def server_parser(module: str, description: str, what: str, commands: tuple[Callable, Callable, Callable], *,
+                  up_help: str, down_help: str, up_timeout: float, default_dir: str,
+                  dir_help: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parser of ``python -m MODULE {up,down,status}`` for a detached server, and its ``up`` sub-parser.
+
+    ``commands`` are the ``up``, ``down`` and ``status`` functions; ``what`` names the server in the
+    ``status`` help ("a registry"). Each command takes ``--data-dir`` (default ``default_dir``); ``up``
+    takes ``--port`` and ``--timeout`` (default ``up_timeout``), ``down`` ``--timeout``; a caller
+    adds its own arguments to the ``up`` parser.
+    """
+    cmd_up, cmd_down, cmd_status = commands
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help=up_help)
+    up.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free port)")
+    up.add_argument("--timeout", type=float, default=up_timeout,
+                    help=f"seconds to wait until it is ready (default: {up_timeout:g})")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help=down_help)
+    down.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (default: 30)")
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help=f"exit 0 if {what} runs from --data-dir")
+    status.set_defaults(func=cmd_status)
+    for p in (up, down, status):
+        p.add_argument("--data-dir", type=Path, default=Path(default_dir), help=f"{dir_help} (default: {default_dir})")
+    return parser, up
 
 
 def _wait_gone(live_pids: Callable[[], list[int]], timeout: float, poll: float) -> bool:

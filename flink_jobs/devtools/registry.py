@@ -29,7 +29,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flink_jobs.devtools.processes import LoggedChild, die_with_parent, down_and_status, free_port, java_executable, pid_alive
+from flink_jobs.devtools.processes import (
+    LoggedChild,
+    down_and_status,
+    free_port,
+    java_executable,
+    running_state,
+    server_parser,
+    spawn_logged,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "conf" / "registry"
@@ -117,37 +125,19 @@ def start_registry(folder: Path, port: int | None = None, *, timeout: float = 12
     port = port or free_port()
     cmd = [java_executable(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
            "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={port}", "-jar", str(jar)]
-    with open(folder / _LOG_FILE, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                start_new_session=detach, preexec_fn=None if detach else die_with_parent)
+    proc = spawn_logged(cmd, folder, _LOG_FILE, detach=detach)
     registry = Registry(port=port, folder=folder, pid=proc.pid, _process=proc)
     if detach:
         (folder / _STATE_FILE).write_text(json.dumps({"pid": proc.pid, "port": port}))
-    deadline = time.monotonic() + timeout
-    try:
-        while not registry.ready():
-            if not registry.alive():
-                raise RegistryError(f"the registry exited; last lines of {registry.log_file}:\n"
-                                    f"{registry.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RegistryError(f"the registry did not become ready at {registry.base} within {timeout:g} s; "
-                                    f"last lines of {registry.log_file}:\n{registry.log_tail()}")
-            time.sleep(0.3)
-    except BaseException:
-        registry.stop(timeout=10)
-        raise
+    registry.wait_ready(registry.ready, timeout, f"the registry at {registry.base}", RegistryError)
     return registry
 
 
 def running_registry(folder: Path) -> Registry | None:
     """The detached registry started from ``folder``, if it still runs."""
     folder = Path(folder).resolve()
-    try:
-        state = json.loads((folder / _STATE_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    registry = Registry(port=int(state["port"]), folder=folder, pid=int(state["pid"]))
-    return registry if pid_alive(registry.pid) else None
+    state = running_state(folder, _STATE_FILE)
+    return None if state is None else Registry(port=int(state["port"]), folder=folder, pid=int(state["pid"]))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -176,22 +166,11 @@ _cmd_down, _cmd_status = down_and_status(running_registry, "schema registry", "s
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m flink_jobs.devtools.registry {up,down,status}``."""
-    parser = argparse.ArgumentParser(prog="python -m flink_jobs.devtools.registry",
-                                     description="Start or stop a local Confluent-compatible schema registry "
-                                     "(Apicurio Registry, in memory) on 127.0.0.1.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="build if needed and start a detached registry")
-    up.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free port)")
-    up.add_argument("--timeout", type=float, default=180, help="seconds to wait until it is ready (default: 180)")
-    up.set_defaults(func=_cmd_up)
-    down = sub.add_parser("down", help="stop the registry started from --data-dir (its schemas are lost)")
-    down.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (default: 30)")
-    down.set_defaults(func=_cmd_down)
-    status = sub.add_parser("status", help="exit 0 if a registry runs from --data-dir")
-    status.set_defaults(func=_cmd_status)
-    for p in (up, down, status):
-        p.add_argument("--data-dir", type=Path, default=Path(".local/registry"),
-                       help="folder for its log and pid file (default: .local/registry)")
+    parser, _ = server_parser("flink_jobs.devtools.registry", "Start or stop a local Confluent-compatible schema "
+                              "registry (Apicurio Registry, in memory) on 127.0.0.1.", "a registry",
+                              (_cmd_up, _cmd_down, _cmd_status), up_help="build if needed and start a detached registry",
+                              down_help="stop the registry started from --data-dir (its schemas are lost)",
+                              up_timeout=180, default_dir=".local/registry", dir_help="folder for its log and pid file")
     args = parser.parse_args(argv)
     return args.func(args)
 

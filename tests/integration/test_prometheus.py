@@ -1,14 +1,19 @@
-"""Prometheus metrics from a real job: ``run --metrics-port`` on the sample, scraped over HTTP.
+"""Prometheus metrics from a real job, scraped by a real Prometheus (Debian's ``prometheus`` package).
 
-The job reads the sample from a real Kafka topic and is left running (a finished task's metrics
-leave the reporter with it), so the test scrapes until every metric a dashboard needs is there
-with a plausible value, then stops the job.
+``run --metrics-port`` on the sample: the job reads it from a real Kafka topic and is left running
+(a finished task's metrics leave the reporter with it), while Prometheus scrapes its port every
+second; the test asks Prometheus's HTTP API until every metric a dashboard needs is there with a
+plausible value, then stops the job and Prometheus. The README's ``prometheus.yml`` is checked with
+``promtool check config``. Without Prometheus these tests fail (``apt-get install prometheus``;
+``.ci/run`` installs it): they never skip.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +26,7 @@ import pytest
 import yaml
 
 from flink_jobs.devtools.processes import free_port
+from flink_jobs.devtools.prometheus import JOB_NAME, Prometheus, start_prometheus
 from flink_jobs.kafka_tools import ensure_topics, produce_file
 
 pytestmark = pytest.mark.integration
@@ -29,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf/samples/customer-events.jsonl"
 POLICY = ROOT / "conf/policies/customer-events.yaml"
 CLI = Path(sys.executable).with_name("flink-anonymizer")
+_PREFIX = "flink_taskmanager_job_task_operator_"
+_KEPT_LABELS = ("view", "reason", "field", "level", "stage")
 _LINE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -41,14 +49,14 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
         if not match or line.startswith("#"):
             continue
         labels = frozenset((k, v) for k, v in _LABEL.findall(match.group(2) or "")
-                           if k in ("view", "reason", "field", "level", "stage"))
+                           if k in _KEPT_LABELS)
         series[(match.group(1), labels)] = float(match.group(3))
     return series
 
 
 def total(series: dict, name: str, **labels: str) -> float | None:
     """Sum of the series named ``name`` (with ``flink_taskmanager_job_task_operator_`` before it)."""
-    full = f"flink_taskmanager_job_task_operator_{name}"
+    full = _PREFIX + name
     values = [v for (n, ls), v in series.items() if n == full and set(labels.items()) <= ls]
     return sum(values) if values else None
 
@@ -94,13 +102,41 @@ def _wanted(series: dict) -> dict[str, bool]:
     }
 
 
-@pytest.mark.timeout(420)
-def test_run_with_metrics_port_serves_every_dashboard_metric_to_prometheus(kafka_broker, keyring_ref, tmp_path):
+def _require(binary: str) -> str:
+    found = shutil.which(binary)
+    if not found:
+        pytest.fail(f"`{binary}` not found on PATH: this test runs the real Prometheus; "
+                    f"install Debian's package (apt-get install prometheus), as .ci/run does")
+    return found
+
+
+def from_prometheus(results: list[dict]) -> dict[tuple[str, frozenset], float]:
+    """An instant query's answer in :func:`parse_metrics`'s shape: {(name, labels we care about): value}."""
+    return {(r["metric"]["__name__"], frozenset((k, v) for k, v in r["metric"].items() if k in _KEPT_LABELS)):
+            float(r["value"][1]) for r in results}
+
+
+def test_readme_prometheus_yml_passes_promtool_check_config(tmp_path):
+    promtool = _require("promtool")
+    blocks = re.findall(r"```yaml\n# prometheus\.yml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) == 1, "README.md should hold one ```yaml block starting `# prometheus.yml`"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(blocks[0])
+    done = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert yaml.safe_load(blocks[0])["scrape_configs"][0]["job_name"] == JOB_NAME
+
+
+@pytest.mark.timeout(480)
+def test_run_with_metrics_port_serves_every_dashboard_metric_to_a_real_prometheus(kafka_broker, keyring_ref,
+                                                                                 tmp_path):
+    _require("prometheus")
     topic = "prometheus-sample"
     policy = _policy(tmp_path, topic)
     ensure_topics(kafka_broker.bootstrap, [topic])
     produce_file(kafka_broker.bootstrap, topic, SAMPLE)
     port = free_port()
+    prometheus: Prometheus = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], timeout=60)
     log = open(tmp_path / "run.log", "w")
     env = dict(os.environ, FLINK_LOG_DIR=str(tmp_path / "flink-log"))
     job = subprocess.Popen(
@@ -108,17 +144,14 @@ def test_run_with_metrics_port_serves_every_dashboard_metric_to_prometheus(kafka
          "--keyring", keyring_ref, "--delivery", "at-least-once", "--metrics-port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
     wanted: dict[str, bool] = {}
-    text = ""
+    results: list[dict] = []
     try:
         deadline = time.monotonic() + 360
-        while time.monotonic() < deadline and job.poll() is None:
+        while time.monotonic() < deadline and job.poll() is None and prometheus.alive():
             time.sleep(2)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-                    text = resp.read().decode()
-            except (urllib.error.URLError, OSError):
-                continue  # the job is still starting
-            wanted = _wanted(parse_metrics(text))
+            # every series Prometheus holds from the job right now (up, the JVM's, the operators')
+            results = prometheus.query(f'{{job="{JOB_NAME}"}}')
+            wanted = _wanted(from_prometheus(results))
             if all(wanted.values()):
                 break
     finally:
@@ -129,15 +162,19 @@ def test_run_with_metrics_port_serves_every_dashboard_metric_to_prometheus(kafka
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
         log.close()
-    assert job.returncode is not None
+        prometheus.stop(timeout=30)
+    assert job.returncode is not None and not prometheus.alive()
     missing = [name for name, ok in wanted.items() if not ok]
-    assert wanted and not missing, f"not on /metrics with a plausible value: {missing or 'nothing scraped'}; " \
-        f"job output: {(tmp_path / 'run.log').read_text()[-2000:]}"
+    assert wanted and not missing, f"not in Prometheus with a plausible value: {missing or 'nothing scraped'}; " \
+        f"Prometheus log: {prometheus.log_tail(10)}; job output: {(tmp_path / 'run.log').read_text()[-2000:]}"
+    series = from_prometheus(results)
+    assert series[("up", frozenset())] == 1  # Prometheus's own word: the target answered its last scrape
     # a dead letter's reason is its first word: never a field's value
-    reasons = {dict(ls).get("reason") for (n, ls) in parse_metrics(text) if n.endswith("protect_reason_dead_letters")}
+    reasons = {dict(ls).get("reason") for (n, ls) in series if n.endswith("protect_reason_dead_letters")}
     assert reasons <= {"invalid_json", "not_an_object", "missing_field", "field"}
     raw_ids = set(re.findall(r"CUST\d+", SAMPLE.read_text()))
-    assert not any(identifier in text for identifier in raw_ids)
+    stored = json.dumps(results)  # every label of every series Prometheus took from the job
+    assert not any(identifier in stored for identifier in raw_ids)
 
 
 def _scrape(port: int) -> str | None:
