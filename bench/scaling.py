@@ -12,6 +12,9 @@ bounded, in each of these shapes, each to its own output topics:
   operators in one interpreter under one GIL, so a second slot on the same TaskManager adds
   no Python core; a second TaskManager does. Thread mode keeps one interpreter for the
   TaskManager's life, so each thread-mode run gets a fresh cluster (started here).
+- with ``--policy all``, also thread mode at p=1 on two TaskManagers of one slot each, with
+  ``submit --stateful-slots``: the protect operator in one TaskManager's interpreter, the
+  k-anonymity and DP operators in the other's.
 
 ``--policy masked`` (default) keeps the masked view of conf/policies/customer-events.yaml;
 ``--policy all`` runs all three views. Throughput is the records divided by the job's own
@@ -71,19 +74,20 @@ def running_seconds(rest_url: str, job_id: str) -> float:
 
 
 def timed_job(cluster, work: Path, bootstrap: str, topic: str, keyring: Path, views: str, mode: str,
-              parallelism: int, total: int) -> float:
+              parallelism: int, total: int, stateful_slots: bool = False) -> float:
     """Submit one bounded run and return its records per running second."""
-    suffix = f"{mode}-p{parallelism}"
+    suffix = f"{mode}-p{parallelism}{'-stateful-slots' if stateful_slots else ''}"
     policy = job_policy(work, topic, views, suffix)
     options = SubmitOptions(policy=str(policy), bootstrap=bootstrap, keyring=f"file:{keyring}",
                             parallelism=parallelism, bounded=True, state_dir=cluster.state_dir,
-                            execution_mode=mode)
+                            execution_mode=mode, stateful_slots=stateful_slots)
     submitted = time.monotonic()
     job_id = submit_job(options)
     wait_for_job(cluster.rest_url, job_id, "FINISHED", timeout=1800)
     seconds = running_seconds(cluster.rest_url, job_id)
     rate = total / seconds
-    print(f"  {views} views, {mode} mode, p={parallelism}  {rate:>10,.0f} records/s  "
+    print(f"  {views} views, {mode} mode, p={parallelism}{' --stateful-slots' if stateful_slots else ''}  "
+          f"{rate:>10,.0f} records/s  "
           f"({seconds:.1f} s running, {time.monotonic() - submitted:.1f} s with submission)", flush=True)
     return rate
 
@@ -157,8 +161,19 @@ def main() -> int:
                     rates[parallelism] = timed_job(cluster, work, bootstrap, topic, keyring, args.policy, mode,
                                                    parallelism, total)
                     stop(cluster)
+                if args.policy == "all":
+                    cluster = fresh_cluster("flink-thread-stateful-slots", taskmanagers=2, slots=1)
+                    print(f" thread mode: 2 TaskManagers, 1 slot each, p=1, --stateful-slots ({cluster.rest_url})",
+                          flush=True)
+                    split = timed_job(cluster, work, bootstrap, topic, keyring, args.policy, mode, 1, total,
+                                      stateful_slots=True)
+                    ratios["thread, p=1 with --stateful-slots on 2 TaskManagers"] = split / rates[1]
+                    stop(cluster)
             ratios[mode] = rates[2] / rates[1]
         for mode, ratio in ratios.items():
+            if mode.startswith("thread, "):
+                print(f"  ratio {mode} / p=1 on 1 TaskManager  {ratio:>6.2f}")
+                continue
             print(f"  ratio p=2 / p=1, {mode} mode  {ratio:>6.2f}   (target for the masked view >= 1.7 on "
                   f"{os.cpu_count()} cores)")
         print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -88,13 +88,14 @@ def prepare_topics(bootstrap: str, policy: Policy, *, create: bool, timeout: flo
 def build_kafka_job(policy: Policy, keyring_ref: str, *, bootstrap: str, delivery: str, start: str = "earliest",
                     group_id: str | None = None, bounded: bool = False, parallelism: int = 1,
                     execution_mode: str = "thread", checkpoint_interval_ms: int = 2000,
-                    restart_attempts: int = 3, config: dict[str, str] | None = None) -> Any:
+                    restart_attempts: int = 3, config: dict[str, str] | None = None,
+                    stateful_slot_group: str | None = None) -> Any:
     """A ready-to-execute environment running ``policy`` between Kafka topics."""
     from pyflink.table import StreamTableEnvironment
 
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
                          checkpoint_interval_ms=checkpoint_interval_ms, restart_attempts=restart_attempts,
-                         extra_config=dict(config or {}))
+                         extra_config=dict(config or {}), stateful_slot_group=stateful_slot_group)
     env = make_env(options)
     add_connector_jars(env)  # before the table environment, so its planner finds the connector
     t_env = StreamTableEnvironment.create(env)
@@ -110,7 +111,8 @@ def build_kafka_job(policy: Policy, keyring_ref: str, *, bootstrap: str, deliver
 
 def prepare_job(policy: Policy, keyring_ref: str, *, bootstrap: str, delivery: str | None = None,
                 start: str = "earliest", bounded: bool = False, create_topics: bool = True, parallelism: int = 1,
-                execution_mode: str = "thread", config: dict[str, str] | None = None) -> Any:
+                execution_mode: str = "thread", config: dict[str, str] | None = None,
+                stateful_slot_group: str | None = None) -> Any:
     """Check the topics (creating missing output topics when allowed), build the job, say on stderr what it runs.
 
     Returns the environment, ready to execute. Raises :class:`TopicsMissingError` (see
@@ -121,7 +123,8 @@ def prepare_job(policy: Policy, keyring_ref: str, *, bootstrap: str, delivery: s
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     env = build_kafka_job(policy, keyring_ref, bootstrap=bootstrap, delivery=delivery, start=start, bounded=bounded,
-                          config=config, parallelism=parallelism, execution_mode=execution_mode)
+                          config=config, parallelism=parallelism, execution_mode=execution_mode,
+                          stateful_slot_group=stateful_slot_group)
     views = ", ".join(f"{name} -> {view.topic}" for name, view in policy.views.items())
     print(f"protect_stream[{policy.id}] on {bootstrap}: {policy.source_topic} -> {views}, "
           f"{DLQ} -> {policy.dlq_topic} ({delivery})", file=sys.stderr)
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounded", action="store_true")
     parser.add_argument("--no-create-topics", action="store_true")
     parser.add_argument("--schema-registry", help="a Confluent-compatible registry; overrides source.schema")
+    parser.add_argument("--stateful-slot-group", help="the slot sharing group of the k-anonymity and DP operators")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         keyring, reference = resolve_keyring(args.keyring)
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(args.policy, keyring=keyring, schema=args.schema_registry)
         env = prepare_job(policy, reference, bootstrap=args.bootstrap_servers, delivery=args.delivery,
                           start=args.start, bounded=args.bounded, create_topics=not args.no_create_topics,
-                          parallelism=args.parallelism, execution_mode=args.execution_mode)
+                          parallelism=args.parallelism, execution_mode=args.execution_mode,
+                          stateful_slot_group=args.stateful_slot_group)
     except (KafkaToolsError, KeyringError, PolicyError) as exc:
         # as `flink-anonymizer run` says it; `flink run` shows it when the script fails
         hint = f"; {TOPICS_HINT}" if isinstance(exc, TopicsMissingError) else ""

@@ -143,6 +143,10 @@ class JobOptions:
     batch: bool = False
     #: any other Flink settings (checkpoint folders, state backend, recovery path)
     extra_config: dict[str, str] = field(default_factory=dict)
+    #: the slot sharing group of the k-anonymity and DP operators, None for the job's one group. In its
+    #: own group a stateful view runs in another slot (each subtask then takes two): on TaskManagers of
+    #: one slot each, in thread mode, in an interpreter of its own (README, "When a topic outgrows one core")
+    stateful_slot_group: str | None = None
 
 
 #: where a local run keeps its checkpoints; Flink makes a folder per job id inside
@@ -427,7 +431,8 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             else:
                 keyed = keyed_side_output(protected, tags[name], kanon_type())
             released, suppressed = k_anonymity.attach_staged(keyed, view.k_anonymity, view_name=name, lines=lines,
-                                                             watermark_delay_ms=policy.watermark_delay_ms)
+                                                             watermark_delay_ms=policy.watermark_delay_ms,
+                                                             slot_group=options.stateful_slot_group)
             # shape: (key, headers, value), or its JSON line, for both
             sinks.write(released, name, view.topic, encoded=lines)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed", encoded=lines)
@@ -445,7 +450,8 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
             keyed = keyed_event_time_side_output(protected, tags[name], dp_row_type(), _watermarks(policy),
                                                  f"event-time-{name}")
             releases = dp_flink.attach_keyed(keyed, view.differential_privacy, view_name=name, policy_id=policy.id,
-                                             policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms)
+                                             policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms,
+                                             slot_group=options.stateful_slot_group)
             sinks.write(releases, name, view.topic)
         else:
             # shape: (key, headers, protected value), or its JSON line or Kafka row

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 SCRIPT = PROJECT_ROOT / "flink_jobs" / "kafka_job.py"
+#: the slot sharing group of the stateful operators with --stateful-slots
+STATEFUL_SLOT_GROUP = "stateful"
 #: the project's packages, shipped to the workers with -pyfs (as one zip)
 PACKAGES = ("udfs", "operators", "flink_jobs")
 #: what the job never imports, so the workers never need it: the command line, the local
@@ -89,6 +91,8 @@ class SubmitOptions:
     config: dict[str, str] = field(default_factory=dict)
     #: a Confluent-compatible schema registry, as the client and the workers reach it (overrides source.schema)
     schema_registry: str | None = None
+    #: the k-anonymity and DP operators in a slot sharing group of their own (two slots per subtask)
+    stateful_slots: bool = False
 
 
 def _rest_base(jobmanager: str | None, state_dir: str | Path) -> str:
@@ -176,6 +180,8 @@ def submit_command(options: SubmitOptions) -> list[str]:
         cmd.append("--no-create-topics")
     if options.schema_registry:
         cmd += ["--schema-registry", options.schema_registry]
+    if options.stateful_slots:
+        cmd += ["--stateful-slot-group", STATEFUL_SLOT_GROUP]
     return cmd
 
 
@@ -569,6 +575,10 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema-registry", metavar="URL",
                    help="a Confluent-compatible schema registry for an avro or debezium-avro source, as the client "
                    "and every worker reach it (e.g. http://127.0.0.1:8085/apis/ccompat/v6); overrides source.schema")
+    p.add_argument("--stateful-slots", action="store_true",
+                   help="run the k-anonymity and DP operators in a slot sharing group of their own: each subtask "
+                   "takes two slots, and on TaskManagers of one slot each, in thread mode, the stateful views get "
+                   "an interpreter of their own")
     p.add_argument("--pyarch", metavar="VENV.zip",
                    help="a packed venv to ship with the job, for a cluster without the project's dependencies")
     p.add_argument("--pyexec", help="the workers' python (default: this venv's, or venv/bin/python with --pyarch)")
@@ -598,7 +608,8 @@ def _options(args: argparse.Namespace, savepoint: str | None = None) -> SubmitOp
         no_create_topics=args.no_create_topics,
         savepoint=savepoint, allow_non_restored_state=getattr(args, "allow_non_restored_state", False),
         detached=not args.attached, jobmanager=args.jobmanager, state_dir=args.state_dir, pyarch=args.pyarch,
-        pyexec=args.pyexec, config=config, schema_registry=getattr(args, "schema_registry", None))
+        pyexec=args.pyexec, config=config, schema_registry=getattr(args, "schema_registry", None),
+        stateful_slots=getattr(args, "stateful_slots", False))
 
 
 def _run_submit(options: SubmitOptions, dry_run: bool, startup_timeout_s: float = 90.0) -> int:

@@ -95,6 +95,7 @@ def attach_keyed(
     policy_hash: str,
     random_state: int | None = None,
     watermark_delay_ms: int = 0,
+    slot_group: str | None = None,
 ) -> Any:
     """Add the DP aggregation of one view to a keyed stream of contributions.
 
@@ -111,6 +112,8 @@ def attach_keyed(
     watermark_delay_ms : int
         The out-of-orderness the watermark allows: the quiet-input fallback
         (``params.idle_timeout_ms``) starts its clock from the last event time minus this.
+    slot_group : str or None
+        The slot sharing group of the three stages (None: the job's default group).
 
     Returns
     -------
@@ -152,6 +155,9 @@ def attach_keyed(
         .name(f"dp-budget-gate[{view_name}]")
         .uid(f"{uid}/budget-gate")
     )
+    if slot_group:
+        for stage in (bounded, released, gated):
+            stage.slot_sharing_group(slot_group)
     # (group_json, headers_json, value_json)
     return gated
 

@@ -278,7 +278,8 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
     return attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name, lines=False)
 
 
-def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0):
+def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0,
+                  slot_group: str | None = None):
     """Wire the cascade onto a keyed stream of staged records.
 
     Parameters
@@ -295,6 +296,8 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
         ``(key, headers, value)`` tuples: no encoding step after the cascade.
     watermark_delay_ms : int
         With ``timing: event``: the watermark's out-of-orderness, where the quiet-input clock starts.
+    slot_group : str or None
+        The slot sharing group of the cascade's stages (None: the job's default group).
 
     Returns
     -------
@@ -320,6 +323,8 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
                                    watermark_delay_ms)
         released = (current.process(function, output_type=out_type)
                     .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
+        if slot_group:
+            released.slot_sharing_group(slot_group)
         released_streams.append(released)
         if number + 1 < len(params.stages):
             current = keyed_side_output(released, promote_tag, staged_type)

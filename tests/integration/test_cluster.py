@@ -370,3 +370,29 @@ def test_submit_with_schema_registry_reads_avro_on_the_cluster(flink, kafka_brok
     dead = consume(kafka_broker.bootstrap, f"{topic}.dlq", timeout=20)
     assert [r.headers["reason"] for r in dead] == ["unknown_schema_id 2000000000"]
     assert [r.raw_value for r in dead] == [unknown]
+
+
+@pytest.mark.timeout(300)
+def test_stateful_slots_run_the_stateful_views_in_a_slot_of_their_own(flink, kafka_broker, keyring_ref, tmp_path):
+    # submit --stateful-slots, thread mode: the k-anonymity and DP operators in their own slot sharing
+    # group, so the p=1 job holds both slots of the TaskManager (on one-slot TaskManagers: two interpreters)
+    topic = "cluster-stateful-slots"
+    path, policy = _policy_file(tmp_path, topic, ("masked", "anonymized", "aggregated"))
+    ensure_topics(kafka_broker.bootstrap, [topic], partitions=2)
+    produced = produce_file(kafka_broker.bootstrap, topic, SAMPLE)
+    assert flink_cluster.rest_get(flink, "/overview")["slots-available"] == 2
+
+    job_id = submit_job(_options(flink, path, kafka_broker, keyring_ref, bounded=True, execution_mode="thread",
+                                 stateful_slots=True))
+    slots_free = set()
+    deadline = time.monotonic() + 240
+    while job_state(flink.rest_url, job_id) not in ("FINISHED", "FAILED", "CANCELED"):
+        assert time.monotonic() < deadline, "the job did not finish within 240 s"
+        slots_free.add(flink_cluster.rest_get(flink, "/overview")["slots-available"])
+        time.sleep(0.5)
+    assert job_state(flink.rest_url, job_id) == "FINISHED"
+    assert 0 in slots_free, "the job never held both slots"
+    _assert_views(kafka_broker, policy, _lines(SAMPLE), produced, dead_expected=40)
+    anonymized = consume(kafka_broker.bootstrap, policy.views["anonymized"].topic, timeout=30)
+    suppressed = consume(kafka_broker.bootstrap, f"{policy.views['anonymized'].topic}.suppressed", timeout=30)
+    assert len(anonymized) + len(suppressed) + 40 == produced
