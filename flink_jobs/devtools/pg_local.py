@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from flink_jobs.devtools.processes import free_port
+
 __all__ = ["LocalPostgres", "PostgresSetupError", "find_binary", "free_port"]
 
 SUPERUSER = "anon"
@@ -49,12 +51,6 @@ def find_binary(name: str) -> str:
     if candidates:
         return candidates[-1]
     raise PostgresSetupError(f"{name} not found: install the PostgreSQL server (apt-get install -y postgresql)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalPostgres:

@@ -53,9 +53,37 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+#: where free_port looks: below the kernel's ephemeral range (Linux's default starts at 32768)
+_LISTEN_PORTS = (10_000, 32_768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _LISTEN_PORTS[1]
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server that binds it later.
+
+    It is drawn below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is
+    also what every outgoing connection gets, and on a busy machine one took a MiniCluster's
+    REST port between this pick and the JVM's bind (BindException). Out of that range, only a
+    server that asks for the very same port can.
+    """
+    import random
+
+    low, high = _LISTEN_PORTS[0], min(_LISTEN_PORTS[1], _ephemeral_low())
+    for _ in range(200 if high > low else 0):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below: any free port
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
