@@ -153,7 +153,24 @@ def _keyed(j_stream: Any, row_type: Any) -> Any:
     from pyflink.datastream import DataStream, KeyedStream
     from pyflink.java_gateway import get_gateway
 
+    jvm = get_gateway().jvm
     key_type = row_type.get_field_types()[0]
     payload_type = row_type.get_field_types()[1]
-    j_keyed = j_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), Types.ROW([key_type]).get_java_type_info())
+    key_info = Types.ROW([key_type]).get_java_type_info()
+    if _single_streaming_subtask(j_stream):
+        # [one subtask] one subtask holds every key group: keyed state needs no shuffle, so the keyed
+        # operator chains onto the one before it, in its thread
+        j_keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+            j_stream, jvm.KeyByKeySelector(), key_info)
+    else:
+        j_keyed = j_stream.keyBy(jvm.KeyByKeySelector(), key_info)
     return KeyedStream(j_keyed, payload_type, DataStream(j_stream))
+
+
+def _single_streaming_subtask(j_stream: Any) -> bool:
+    """Whether ``j_stream`` and what keys it run as one subtask, in STREAMING mode [one subtask]."""
+    from pyflink.java_gateway import get_gateway
+
+    j_env = j_stream.getExecutionEnvironment()
+    mode = j_env.getConfiguration().get(get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions.RUNTIME_MODE)
+    return j_stream.getParallelism() == 1 and j_env.getParallelism() == 1 and str(mode.name()) == "STREAMING"
