@@ -181,7 +181,9 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
             config.set_string("execution.checkpointing.dir", LOCAL_CHECKPOINTS.as_uri())
     # PyFlink workaround [site-packages] in operators.flink_compat
     project_root = str(Path(__file__).resolve().parent.parent)
-    config.set_string("python.pythonpath", f"{project_root}:{sysconfig.get_paths()['purelib']}")
+    # and the folder the job starts from, where the command line finds a policy's plugins
+    paths = dict.fromkeys([project_root, os.getcwd(), sysconfig.get_paths()["purelib"]])
+    config.set_string("python.pythonpath", ":".join(paths))
     if options.restart_attempts:
         config.set_string("restart-strategy.type", "fixed-delay")
         config.set_string("restart-strategy.fixed-delay.attempts", str(options.restart_attempts))

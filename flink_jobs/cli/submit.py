@@ -349,11 +349,8 @@ def job_status(base: str, job_id: str) -> dict:
                     source += int(value)
                 else:
                     metrics[name] = metrics.get(name, 0) + value
-        operators = _EVENT_TIME_OPERATOR.findall(vertex.get("name", ""))
-        if operators:
-            mark = _vertex_watermark(base, job_id, vid)
-            for operator in operators:
-                watermarks[operator] = mark
+        for operator in _EVENT_TIME_OPERATOR.findall(vertex.get("name", "")):
+            watermarks[operator] = _operator_watermark(base, job_id, vid, operator, available)
     try:
         checkpoints = rest_request(base, f"/jobs/{job_id}/checkpoints")
     except SubmitError:
@@ -374,14 +371,25 @@ def _channel(mangled: str) -> str:
     return re.sub(r"_suppressed$", ".suppressed", mangled)
 
 
-def _vertex_watermark(base: str, job_id: str, vertex_id: str) -> int | None:
-    """The vertex's current input watermark, the least over its subtasks; None when none has arrived."""
+def _operator_watermark(base: str, job_id: str, vertex_id: str, operator: str, available: list[str]) -> int | None:
+    """An operator's current input watermark, the least over its subtasks; None when none has arrived.
+
+    Read from the operator's own metric, not the vertex's: at one subtask the stateful operators
+    chain onto the protect operator, and a chain's vertex shows its first operator's watermark.
+    """
+    name = operator.replace(" ", "_")  # as Flink writes an operator's name in a metric id
+    metric = next((m for m in available if m.endswith(".currentInputWatermark")
+                   and (m.startswith(name + ".") or m.startswith(name + "_"))), None)
+    if metric is None:
+        return None
+    query = urllib.parse.quote(metric, safe="")
     try:
-        values = [int(item["value"]) for item in rest_request(base, f"/jobs/{job_id}/vertices/{vertex_id}/watermarks")]
-    except (SubmitError, KeyError, ValueError):
+        items = rest_request(base, f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics?get={query}&agg=min")
+        value = int(float(items[0]["min"]))
+    except (SubmitError, KeyError, IndexError, ValueError):
         return None
     # a subtask without a watermark holds back the operator: its least is the operator's event time
-    return None if not values or min(values) == NO_WATERMARK else min(values)
+    return None if value <= NO_WATERMARK else value
 
 
 def operator_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -78,6 +78,12 @@ def process_run(tmp_path_factory, keyring_ref) -> Path:
 
 
 @pytest.fixture(scope="session")
+def parallel_run(tmp_path_factory, keyring_ref) -> Path:
+    """Two subtasks: the stateful views are keyed by a shuffle, not chained onto protect."""
+    return _run(tmp_path_factory, keyring_ref, SAMPLE, "sample-parallel", parallelism=2)
+
+
+@pytest.fixture(scope="session")
 def adversarial_run(tmp_path_factory, keyring_ref) -> Path:
     return _run(tmp_path_factory, keyring_ref, ADVERSARIAL, "adversarial")
 
@@ -121,7 +127,7 @@ def _view_text(out: Path) -> str:
     )
 
 
-@pytest.mark.parametrize("run_name", ["sample_run", "process_run"])  # thread mode; process mode
+@pytest.mark.parametrize("run_name", ["sample_run", "process_run", "parallel_run"])  # thread; process; p=2
 def test_no_raw_pii_value_appears_in_any_protected_view(run_name, request):
     out = request.getfixturevalue(run_name)
     text = _view_text(out)
@@ -153,7 +159,7 @@ def test_fields_not_in_the_policy_are_dropped(sample_run):
     assert stats["dropped_fields"]["masked:notes"] > 0
 
 
-@pytest.mark.parametrize("run_name", ["sample_run", "process_run"])  # thread mode; process mode
+@pytest.mark.parametrize("run_name", ["sample_run", "process_run", "parallel_run"])  # thread; process; p=2
 def test_every_input_record_is_accounted_for_in_each_view(run_name, request):
     out = request.getfixturevalue(run_name)
     total = count_records(SAMPLE)
@@ -237,15 +243,17 @@ def test_headers_name_the_policy_and_the_key_ids(sample_run, keyring_ref):
     assert set(record["headers"]["key_ids"].split(",")) == {keyring.active["fpe"], keyring.active["substitute"]}
 
 
-def test_the_anonymized_view_is_k_anonymous(sample_run):
-    records = [r["value"] for r in read_channel(sample_run / "anonymized")]
+@pytest.mark.parametrize("run_name", ["sample_run", "parallel_run"])  # one subtask, chained; two, shuffled
+def test_the_anonymized_view_is_k_anonymous(run_name, request):
+    records = [r["value"] for r in read_channel(request.getfixturevalue(run_name) / "anonymized")]
     assert records
     # the checker is independent of operators/: it regroups the published values itself
     assert_k_anonymous(records, quasi_identifiers=("age", "zip", "location"), subject="customerId", k=5)
 
 
-def test_the_aggregated_view_releases_noisy_counts_with_their_budget(sample_run):
-    releases = [r["value"] for r in read_channel(sample_run / "aggregated")]
+@pytest.mark.parametrize("run_name", ["sample_run", "parallel_run"])
+def test_the_aggregated_view_releases_noisy_counts_with_their_budget(run_name, request):
+    releases = [r["value"] for r in read_channel(request.getfixturevalue(run_name) / "aggregated")]
     assert releases, "no DP release"
     for release in releases:
         assert release["epsilon"] > 0 and "count" in release
@@ -291,3 +299,27 @@ def test_two_views_of_each_kind_keep_their_own_k_and_windows(two_of_each_run):
         spans = {datetime.fromisoformat(r["value"]["window_end"]) - datetime.fromisoformat(r["value"]["window_start"])
                  for r in releases}
         assert spans == {timedelta(minutes=minutes)}, view
+
+
+def _job_vertices(policy_path: Path, keyring_ref: str, **options) -> list[str]:
+    from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env
+
+    job_options = JobOptions(keyring_ref=keyring_ref, **options)
+    env = make_env(job_options)
+    build(env, load_policy(policy_path), FileInput(str(SAMPLE)), FileOutput("/nonexistent"), job_options)
+    graph = env._j_stream_execution_environment.getStreamGraph(False).getJobGraph()
+    return [vertex.getName() for vertex in graph.getVerticesAsArray()]
+
+
+def _vertex_of(vertices: list[str], operator: str) -> str:
+    return next(v for v in vertices if operator in v)
+
+
+@pytest.mark.parametrize(("options", "chained"), [({}, True), ({"parallelism": 2}, False), ({"batch": True}, False)],
+                         ids=["one-subtask", "two-subtasks", "batch"])
+def test_the_stateful_stages_run_in_the_protect_task_only_at_one_streaming_subtask(keyring_ref, options, chained):
+    # one subtask holds every key group, so the keyed stages need no shuffle and chain onto protect
+    vertices = _job_vertices(POLICY, keyring_ref, **options)
+    protect = _vertex_of(vertices, "protect")
+    for stage in ("k-anon anonymized stage 0", "dp-bound-contributions[aggregated]"):
+        assert (stage in protect) is chained, (stage, vertices)
