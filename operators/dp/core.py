@@ -37,6 +37,11 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------
 # records -> contributions (called by the job per record)
 # ---------------------------------------------------------------------------
+#: group values -> group_key, for the per-record path; emptied when it reaches the limit
+_GROUP_KEYS: dict[tuple, str] = {}
+_GROUP_KEYS_LIMIT = 10_000
+
+
 def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[str, str]:
     """Group key and metric values of one parsed record, as the job feeds stage 1.
 
@@ -60,6 +65,19 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
         if not scalar_group_value(value):
             raise TransformError(f"field {name}: expected a string or number")
         group.append(value)
+    # group values repeat from record to record: their canonical key is remembered, with each value's
+    # type beside it (1 and True are one dict key, but two group keys). Floats are not: 0.0 and -0.0
+    # are one dict key too
+    types = tuple(map(type, group))
+    if float in types:
+        key = group_key(group)
+    else:
+        memo_key = (*types, *group)
+        key = _GROUP_KEYS.get(memo_key)
+        if key is None:
+            if len(_GROUP_KEYS) >= _GROUP_KEYS_LIMIT:
+                _GROUP_KEYS.clear()
+            key = _GROUP_KEYS[memo_key] = group_key(group)
     values: dict[str, float | None] = {}
     for metric in params.value_metrics:
         name = metric.field
@@ -72,7 +90,7 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
             raise TransformError(f"field {name}: expected a number")
         else:
             values[name] = value
-    return group_key(group), _dumps(values)
+    return key, _dumps(values)
 
 
 #: stage 1's keys: subjects hashed into this many buckets (stage 1 uses at most this many subtasks)

@@ -680,7 +680,7 @@ def publish(params: KAnonymityParams, record: Staged, level: int, generalized: S
     if fields is None:
         fields = published_fields(params, generalized)
     if (value[:1] == "{" and value[-1:] == "}" and (headers or "{}")[:1] == "{" and (headers or "{}")[-1:] == "}"
-            and '"k_level"' not in (headers or "") and not any(f'"{name}"' in value for name in params.names)):
+            and '"k_level"' not in (headers or "") and not any(name in value for name in params.quoted_names)):
         value = ("{" if len(value) == 2 else value[:-1] + ",") + fields + "}"
         if not headers or headers == "{}":
             headers = '{"k_level":"' + str(level) + '"}'

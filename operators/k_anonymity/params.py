@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from operators.quiet_clock import DEFAULT_IDLE_TIMEOUT_MS, parse_idle_timeout
 from udfs.durations import parse_duration
 from udfs.errors import ParamError
@@ -168,10 +170,17 @@ class KAnonymityParams:
         # per level, the hierarchy step of each QI: looked up per record, so precomputed
         object.__setattr__(self, "_steps", tuple(
             tuple(qi.levels[i] for qi, i in zip(self.quasi_identifiers, vector, strict=True)) for vector in self.path))
+        # the QI names as JSON object keys: every published record is checked for them
+        object.__setattr__(self, "_quoted_names", tuple(orjson.dumps(qi.name).decode() for qi in self.quasi_identifiers))
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(qi.name for qi in self.quasi_identifiers)
+
+    @property
+    def quoted_names(self) -> tuple[str, ...]:
+        """The QI names as they appear as keys in JSON text: ``'"age"'``."""
+        return self._quoted_names
 
     @property
     def levels(self) -> int:

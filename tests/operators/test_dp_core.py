@@ -20,7 +20,7 @@ from operators.dp.core import (
     window_starts,
 )
 from operators.dp.mechanisms import make_random
-from operators.dp.params import DpParams
+from operators.dp.params import DpParams, group_key
 from udfs.registry import ParamError, TransformError
 
 DESIGN_BLOCK = {
@@ -134,6 +134,14 @@ def test_extract_contribution_gives_group_json_and_values_json():
     assert json.loads(values) == {"purchaseAmount": 12.5}
     _, values = extract_contribution(p, {"region": "us-west", "geo": {"zip": "941"}})
     assert json.loads(values) == {"purchaseAmount": None}
+
+
+def test_group_keys_of_values_a_dict_would_confuse_stay_apart():
+    # the per-record path remembers group keys: 1 and True, 0.0 and -0.0 are equal dict keys
+    p = DpParams.from_policy(block(group_by=["region"]))
+    for value in [1, True, 1, 0.0, -0.0, "1", 1.5, True]:
+        group, _ = extract_contribution(p, {"region": value, "purchaseAmount": 1})
+        assert group == group_key([value]), value
 
 
 @pytest.mark.parametrize(
