@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from udfs.errors import MISSING, TransformError
 from udfs.masking import DROP, Keep
 from udfs.registry import Transform
@@ -283,4 +285,12 @@ def envelope_line(key: str | None, headers: str, value: str, value_is_json: bool
     "" or None as a key is no key.
     """
     body = (value or "null") if value_is_json else json.dumps(value, ensure_ascii=False)  # "": a tombstone
-    return f'{{"key":{json.dumps(key or None)},"headers":{headers},"value":{body}}}'
+    return f'{{"key":{_json_string(key) if key else "null"},"headers":{headers},"value":{body}}}'
+
+
+def _json_string(text: str) -> str:
+    # orjson is several times faster per line; it refuses a lone surrogate, which json escapes
+    try:
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(text)

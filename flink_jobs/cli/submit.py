@@ -371,15 +371,29 @@ def _channel(mangled: str) -> str:
     return re.sub(r"_suppressed$", ".suppressed", mangled)
 
 
+def watermark_metric(operator: str, available: list[str]) -> str | None:
+    """The id of ``operator``'s input watermark metric among a vertex's ``available`` metric ids.
+
+    Flink writes an operator's name with ``_`` for spaces, and PyFlink joins the names of Python
+    operators it fuses with ``__`` (``dp-budget-gate[v]__sink-v-to-row``, and a keyed operator's
+    ``___stream_key_by_map_operator``): the name ends at ``.`` or ``__``, so ``k-anon a stage 1`` is
+    not ``k-anon a stage 10`` nor ``k-anon a_stage_1 stage 0``.
+    """
+    name = operator.replace(" ", "_")
+    for prefix in (name + ".", name + "__"):
+        for metric in available:
+            if metric.startswith(prefix) and metric.endswith(".currentInputWatermark"):
+                return metric
+    return None
+
+
 def _operator_watermark(base: str, job_id: str, vertex_id: str, operator: str, available: list[str]) -> int | None:
     """An operator's current input watermark, the least over its subtasks; None when none has arrived.
 
     Read from the operator's own metric, not the vertex's: at one subtask the stateful operators
     chain onto the protect operator, and a chain's vertex shows its first operator's watermark.
     """
-    name = operator.replace(" ", "_")  # as Flink writes an operator's name in a metric id
-    metric = next((m for m in available if m.endswith(".currentInputWatermark")
-                   and (m.startswith(name + ".") or m.startswith(name + "_"))), None)
+    metric = watermark_metric(operator, available)
     if metric is None:
         return None
     query = urllib.parse.quote(metric, safe="")

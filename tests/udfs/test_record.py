@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udfs import registry
 from udfs.keyring import Keyring
-from udfs.record import PathError, apply_view, build_tree, invert_view, leaves, parse_path
+from udfs.record import PathError, apply_view, build_tree, envelope_line, invert_view, leaves, parse_path
 from udfs.registry import Transform, TransformError
 
 RING = Keyring.generate(["encrypt", "siv"])
@@ -252,3 +254,9 @@ def test_apply_view_on_any_record_gives_a_view_or_a_transform_error(record):
     for item in out.get("items") or []:
         assert item is None or set(item) <= {"card"}
     assert "other" not in out and ("other" in record) == ("other" in dropped)
+
+
+@pytest.mark.parametrize("key", ["cus_1", 'a"b\\c', "zoë", "\u2028", "\ud800", "", None])
+def test_envelope_line_is_json_whose_key_reads_back(key):
+    line = envelope_line(key, '{"policy_id":"p"}', '{"a":1}', True)
+    assert json.loads(line) == {"key": key or None, "headers": {"policy_id": "p"}, "value": {"a": 1}}

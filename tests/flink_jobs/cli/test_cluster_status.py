@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from flink_jobs.cli.submit import format_status, iso_time, operator_metrics
+from flink_jobs.cli.submit import format_status, iso_time, operator_metrics, watermark_metric
 
 KANON = "k-anon_anonymized_stage_0.k_anonymity.view.anonymized.stage.0."
 DP_BOUND = "dp-bound-contributions[aggregated]___stream_key_by_map_operator."
@@ -49,3 +49,19 @@ def test_when_a_stage_reports_ncp_then_status_shows_its_mean_and_epsilon_in_unit
 ])
 def test_when_a_watermark_is_a_sentinel_then_it_is_named_not_shown_as_a_date(ms, shown):
     assert iso_time(ms) == shown
+
+
+@pytest.mark.parametrize(("operator", "expected"), [
+    ("k-anon a stage 1", "k-anon_a_stage_1.currentInputWatermark"),
+    ("k-anon a stage 10", "k-anon_a_stage_10.currentInputWatermark"),
+    ("k-anon a_stage_1 stage 0", "k-anon_a_stage_1_stage_0.currentInputWatermark"),
+    ("dp-bound-contributions[a]", "dp-bound-contributions[a]___stream_key_by_map_operator.currentInputWatermark"),
+    ("dp-budget-gate[a]", "dp-budget-gate[a]__sink-a-to-row.currentInputWatermark"),
+    ("k-anon b stage 0", None),
+])
+def test_an_operators_watermark_metric_is_its_own_not_one_whose_name_it_begins(operator, expected):
+    available = ["k-anon_a_stage_1_stage_0.currentInputWatermark", "k-anon_a_stage_10.currentInputWatermark",
+                 "k-anon_a_stage_1.currentInputWatermark", "k-anon_a_stage_1.k_anonymity.view.a.stage.1.buffered",
+                 "dp-bound-contributions[a]___stream_key_by_map_operator.currentInputWatermark",
+                 "dp-budget-gate[a]__sink-a-to-row.currentInputWatermark"]
+    assert watermark_metric(operator, available) == expected
