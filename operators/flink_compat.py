@@ -49,8 +49,9 @@ Both modes
       measured with ``perf``). At parallelism 1 in STREAMING mode one subtask holds every key group,
       so the keyed streams above are reinterpreted as keyed (``DataStreamUtils.reinterpretAsKeyedStream``)
       instead of shuffled: the keyed operators chain onto the protect operator and run in its thread.
-      At parallelism > 1, and in BATCH mode (whose keyed inputs Flink sorts by key), they are keyed by
-      a shuffle as before.
+      At parallelism > 1, in BATCH mode (whose keyed inputs Flink sorts by key), and where the
+      parallelism may change while the job runs (``scheduler-mode: reactive``, an autoscaler's
+      ``pipeline.jobvertex-parallelism-overrides``), they are keyed by a shuffle as before.
 """
 
 from __future__ import annotations
@@ -180,5 +181,12 @@ def _single_streaming_subtask(j_stream: Any) -> bool:
     from pyflink.java_gateway import get_gateway
 
     j_env = j_stream.getExecutionEnvironment()
-    mode = j_env.getConfiguration().get(get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions.RUNTIME_MODE)
-    return j_stream.getParallelism() == 1 and j_env.getParallelism() == 1 and str(mode.name()) == "STREAMING"
+    config = j_env.getConfiguration()
+    mode = config.get(get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions.RUNTIME_MODE)
+    # reactive mode and an autoscaler's vertex overrides change a running job's parallelism without
+    # building it again: a stream keyed only because it ran as one subtask would then be wrong
+    settings = config.toMap()
+    rescaled = (str(settings.get("scheduler-mode") or "").lower() == "reactive"
+                or bool(settings.get("pipeline.jobvertex-parallelism-overrides")))
+    return (j_stream.getParallelism() == 1 and j_env.getParallelism() == 1 and str(mode.name()) == "STREAMING"
+            and not rescaled)

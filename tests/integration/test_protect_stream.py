@@ -315,8 +315,11 @@ def _vertex_of(vertices: list[str], operator: str) -> str:
     return next(v for v in vertices if operator in v)
 
 
-@pytest.mark.parametrize(("options", "chained"), [({}, True), ({"parallelism": 2}, False), ({"batch": True}, False)],
-                         ids=["one-subtask", "two-subtasks", "batch"])
+@pytest.mark.parametrize(("options", "chained"), [
+    ({}, True), ({"parallelism": 2}, False), ({"batch": True}, False),
+    ({"extra_config": {"scheduler-mode": "reactive"}}, False),  # may be rescaled while it runs
+    ({"extra_config": {"pipeline.jobvertex-parallelism-overrides": "0a448493b4782967b150582570326227:2"}}, False),
+], ids=["one-subtask", "two-subtasks", "batch", "reactive", "vertex-overrides"])
 def test_the_stateful_stages_run_in_the_protect_task_only_at_one_streaming_subtask(keyring_ref, options, chained):
     # one subtask holds every key group, so the keyed stages need no shuffle and chain onto protect
     vertices = _job_vertices(POLICY, keyring_ref, **options)
