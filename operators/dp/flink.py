@@ -511,7 +511,12 @@ class _NoisyAggregate(_SeededProcess):
 
 
 class _BudgetGate(_KeyedProcess):
-    """Keyed by view; charges each window to the view's budget and stops at ``total_epsilon``."""
+    """Keyed by view; charges each window to the view's budget and stops at ``total_epsilon``.
+
+    It is also the last guard of "no window released twice": it remembers each (window, group)
+    it let through, in keyed state, and refuses another release of it, whatever sent it (a
+    second noisy release of a window would spend its epsilon again, uncharged).
+    """
 
     def __init__(self, params: DpParams, view_name: str, policy_id: str, policy_hash: str) -> None:
         self.params = params
@@ -521,22 +526,37 @@ class _BudgetGate(_KeyedProcess):
 
     def open(self, ctx: Any) -> None:
         from pyflink.common.typeinfo import Types
-        from pyflink.datastream.state import ValueStateDescriptor
+        from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
         self.ledger = BudgetLedger(self.params)
         # no TTL: forgetting the spend would let the view spend its budget again
         self.first = ctx.get_state(ValueStateDescriptor("first_window", Types.LONG()))
         self.last = ctx.get_state(ValueStateDescriptor("last_window", Types.LONG()))
+        # "window start \x1f group" -> 1 once released (or suppressed): kept as long as any stage
+        # keeps a buffer of that window
+        released = MapStateDescriptor("released_groups", Types.STRING(), Types.BYTE())
+        released.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+        self.released = ctx.get_map_state(released)
         metrics = ctx.get_metrics_group()
         self.refused = metrics.counter("dp_releases_refused_budget")
+        self.duplicates = metrics.counter("dp_releases_refused_duplicate")
         # a counter raised to the spend, not a gauge: PyFlink workaround [gauges] in operators.flink_compat.
         # It starts at 0 in a restored job and catches up at its first release.
         self.spent_counter = metrics.counter("dp_epsilon_spent_micro")
         self.spent_micro = 0
         self.warned = False
+        self.warned_duplicate = False
 
     def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
         group_json, start, value_json = value
+        released_key = f"{start}\x1f{group_json}"
+        if self.released.contains(released_key):
+            self.duplicates.inc()
+            if not self.warned_duplicate:
+                self.warned_duplicate = True
+                log.warning("dp view %s: a window's group came to the gate a second time; refused (policy %s)",
+                            self.view_name, self.policy_id)
+            return
         first, last = self.first.value(), self.last.value()
         # charge every window between the earliest and the latest one computed
         first = start if first is None else min(first, start)
@@ -554,6 +574,7 @@ class _BudgetGate(_KeyedProcess):
             return
         self.first.update(first)
         self.last.update(last)
+        self.released.put(released_key, 1)
         eps, delta = self.ledger.spent(first, last)
         micro = int(eps * 1e6)
         if micro > self.spent_micro:

@@ -9,6 +9,8 @@ distribution, on free loopback ports, in a temporary folder; the session Kafka b
 - failure: the TaskManager JVM is killed by pid mid-stream, a new one is started, the job
   restores its last checkpoint, and the exactly-once sinks hold every record exactly once;
 - savepoint: stop with a savepoint, change a stateless masking parameter, resume: nothing lost;
+- rescale: the whole policy stopped with a savepoint at one subtask (stateful stages chained onto
+  protect) and resumed at two (keyed by a shuffle): nothing lost or doubled, k still holds;
 - live DP: a job submitted with ``flink-anonymizer submit`` and left running releases every window
   of the sample within window + watermark delay + allowed lateness + idle timeout (issue 19), and
   ``flink-anonymizer status`` shows the records read and the DP operators' watermarks as times.
@@ -41,6 +43,7 @@ from flink_jobs.cli.submit import (
 from flink_jobs.devtools import cluster as flink_cluster
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
+from tests.support.kanon_checker import assert_k_anonymous
 from tests.support.leak_scan import pii_values
 
 pytestmark = pytest.mark.integration
@@ -227,6 +230,55 @@ def test_stop_with_savepoint_change_a_parameter_and_resume_loses_nothing(flink, 
     streets = [r.json()["address"]["street"] for r in masked
                if r.headers["policy_hash"] == changed.hash and "street" in r.json().get("address", {})]
     assert streets and set(streets) == {"[ADDRESS]"}
+
+
+def test_a_savepoint_of_the_whole_job_at_one_subtask_resumes_at_two(flink, kafka_broker, keyring_ref, tmp_path):
+    # at one subtask the stateful stages chain onto protect (no shuffle); at two they are keyed by a
+    # shuffle. Their uids and key groups are the same, so the state of one restores into the other
+    topic = "cluster-rescale"
+    path, policy = _policy_file(tmp_path, topic, ("masked", "anonymized", "aggregated"))
+    raw = _lines(SAMPLE)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("\n".join(raw[:5000]) + "\n")
+    second.write_text("\n".join(raw[5000:]) + "\n")
+    ensure_topics(kafka_broker.bootstrap, [topic], partitions=2)
+    produced = produce_file(kafka_broker.bootstrap, topic, first)
+
+    job_id = submit_job(_options(flink, path, kafka_broker, keyring_ref))
+    wait_for_job(flink.rest_url, job_id, "RUNNING", timeout=60)
+    deadline = time.monotonic() + 150
+    while len(consume(kafka_broker.bootstrap, policy.views["masked"].topic, timeout=2)) < 2000:
+        assert time.monotonic() < deadline, "fewer than 2,000 committed records within 150 s"
+        time.sleep(1)
+    savepoint = stop_with_savepoint(flink.rest_url, job_id, timeout=120)
+
+    produced += produce_file(kafka_broker.bootstrap, topic, second)
+    resumed = submit_job(_options(flink, path, kafka_broker, keyring_ref, savepoint=savepoint, parallelism=2))
+    anonymized_topic = policy.views["anonymized"].topic
+    try:
+        wait_for_job(flink.rest_url, resumed, "RUNNING", timeout=60)
+        deadline = time.monotonic() + 240
+        while True:
+            done = len(consume(kafka_broker.bootstrap, policy.views["masked"].topic, timeout=20))
+            done += len(consume(kafka_broker.bootstrap, policy.dlq_topic, timeout=20))
+            if done >= produced or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        restored = (_checkpoints(flink, resumed).get("latest") or {}).get("restored") or {}
+        parallelism = {v["name"]: v["parallelism"] for v in flink_cluster.rest_get(flink, f"/jobs/{resumed}")["vertices"]}
+    finally:
+        # drain: event time jumps to the end, so every DP window and k-anonymity buffer is released, once
+        stop_with_savepoint(flink.rest_url, resumed, drain=True, timeout=120)
+    assert restored.get("is_savepoint"), "the resumed job did not restore the savepoint"
+    assert set(parallelism.values()) == {2}, parallelism
+    _assert_views(kafka_broker, policy, raw, produced)
+    dead = consume(kafka_broker.bootstrap, policy.dlq_topic, timeout=30)
+    anonymized = consume(kafka_broker.bootstrap, anonymized_topic, timeout=30)
+    suppressed = consume(kafka_broker.bootstrap, f"{anonymized_topic}.suppressed", timeout=30)
+    # a record buffered at the savepoint is released after the resume: each once, none lost
+    assert len(anonymized) + len(suppressed) + len(dead) == produced
+    assert_k_anonymous([r.json() for r in anonymized], quasi_identifiers=("age", "zip", "location"),
+                       subject="customerId", k=policy.views["anonymized"].k_anonymity.k)
 
 
 CLI = str(Path(sys.executable).with_name("flink-anonymizer"))
