@@ -49,6 +49,10 @@ CITIES = (
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")
 
 
+# each pick matches the value with odds of one in len(CITIES) at worst
+_MAX_PICKS = 32
+
+
 class _Substitute(Transform):
     key_purpose = "substitute"
     kind: ClassVar[str] = ""
@@ -65,11 +69,24 @@ class _Substitute(Transform):
         super().open(keyring)
         self._mac_key = derive(self.key, "substitute", self.domain)
 
-    def pick(self, value: Any) -> bytes:
+    def apply(self, value: Any) -> Any:
+        if value is None:
+            return None
         if not isinstance(value, str):
             raise TransformError(f"{self.name} expected a string, got {type(value).__name__}")
         # case and surrounding space do not make a different person
-        return hmac.new(self._mac_key, value.strip().casefold().encode(), hashlib.sha256).digest()
+        own = value.strip().casefold()
+        message = own.encode()
+        for attempt in range(_MAX_PICKS):
+            fake = self.fake(hmac.new(self._mac_key, message, hashlib.sha256).digest())
+            # the lists hold real names and towns: never hand a value back as its own fake
+            if fake.casefold() != own:
+                return fake
+            message = own.encode() + b"\x00" + bytes([attempt + 1])
+        raise TransformError(f"{self.name} found no fake unlike the value in {_MAX_PICKS} picks")
+
+    def fake(self, digest: bytes) -> str:
+        raise NotImplementedError
 
 
 def _index(digest: bytes, offset: int, size: int) -> int:
@@ -82,10 +99,7 @@ class PersonName(_Substitute):
 
     kind = "person_name"
 
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        d = self.pick(value)
+    def fake(self, d: bytes) -> str:
         return f"{FIRST_NAMES[_index(d, 0, len(FIRST_NAMES))]} {LAST_NAMES[_index(d, 4, len(LAST_NAMES))]}"
 
 
@@ -95,10 +109,7 @@ class Email(_Substitute):
 
     kind = "email"
 
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        d = self.pick(value)
+    def fake(self, d: bytes) -> str:
         first = FIRST_NAMES[_index(d, 0, len(FIRST_NAMES))].lower()
         last = LAST_NAMES[_index(d, 4, len(LAST_NAMES))].lower()
         return f"{first}.{last}{_index(d, 8, 1000)}@{EMAIL_DOMAINS[_index(d, 12, len(EMAIL_DOMAINS))]}"
@@ -110,10 +121,7 @@ class StreetAddress(_Substitute):
 
     kind = "street_address"
 
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        d = self.pick(value)
+    def fake(self, d: bytes) -> str:
         number = 1 + _index(d, 0, 9899)
         return f"{number} {STREET_NAMES[_index(d, 4, len(STREET_NAMES))]} {STREET_SUFFIXES[_index(d, 8, len(STREET_SUFFIXES))]}"
 
@@ -124,7 +132,5 @@ class City(_Substitute):
 
     kind = "city"
 
-    def apply(self, value: Any) -> Any:
-        if value is None:
-            return None
-        return CITIES[_index(self.pick(value), 0, len(CITIES))]
+    def fake(self, d: bytes) -> str:
+        return CITIES[_index(d, 0, len(CITIES))]

@@ -161,3 +161,24 @@ def test_a_different_key_gives_different_fakes(kind, values):
     under_a = [make(kind, RING_A).apply(v) for v in values]
     under_b = [make(kind, RING_B).apply(v) for v in values]
     assert under_a != under_b
+
+
+# the lists hold real names and towns, so a value that is on a list must not come back as its own fake
+OWN_FAKE_CANDIDATES = {
+    "person_name": [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES],
+    "city": list(CITIES),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OWN_FAKE_CANDIDATES))
+@pytest.mark.parametrize("seed", range(3))
+def test_a_value_on_the_lists_never_comes_back_as_its_own_fake(kind, seed):
+    ring = Keyring.generate(["substitute"])
+    transform, reopened = make(kind, ring), make(kind, ring)
+    values = OWN_FAKE_CANDIDATES[kind]
+    same = [v for v in values if transform.apply(v).casefold() == v.casefold()]
+    shouted = [v for v in values if transform.apply(f" {v.upper()} ").casefold() == v.casefold()]
+    assert same == [] and shouted == []
+    # a value that needed a second pick still gets the same fake every time
+    assert [reopened.apply(v) for v in values] == [transform.apply(v) for v in values]
+
