@@ -413,10 +413,12 @@ class _NoisyAggregate(_SeededProcess):
         self.released = metrics.counter("dp_groups_released")
         self.suppressed = metrics.counter("dp_groups_suppressed")
         self.not_public = metrics.counter("dp_groups_not_public_dropped")
-        # the last window start released on a quiet input, per group: later contributions to it are late
-        closed = ValueStateDescriptor("quiet_closed", Types.LONG())
-        closed.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
-        self.closed = ctx.get_state(closed)
+        # the last window start released, per group: a contribution to it or an earlier window is late.
+        # The watermark cannot tell after a restore, where it starts over from the lowest value (the
+        # state keeps its first name, "quiet_closed", so savepoints of earlier versions restore)
+        released_through = ValueStateDescriptor("quiet_closed", Types.LONG())
+        released_through.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+        self.released_through = ctx.get_state(released_through)
         self.quiet_seen: dict[tuple[str, int], int] = {}  # (group, start) -> wall ms of its last quiet contribution
         self.settle_ms = 2 * QuietClock(self.params.idle_timeout_ms, 0).tick_ms
 
@@ -435,8 +437,8 @@ class _NoisyAggregate(_SeededProcess):
                 acc = decode_vector(text)  # restored, or evicted from the cache
             else:
                 release = self.params.release_time(start)
-                closed = self.closed.value()
-                if release <= ctx.timer_service().current_watermark() or (closed is not None and start <= closed):
+                through = self.released_through.value()
+                if release <= ctx.timer_service().current_watermark() or (through is not None and start <= through):
                     self.late.inc()
                     return
                 ctx.timer_service().register_event_time_timer(release)
@@ -471,8 +473,6 @@ class _NoisyAggregate(_SeededProcess):
                     ctx.timer_service().register_processing_time_timer(last + self.settle_ms)
                     continue
                 del self.quiet_seen[key]
-                closed = self.closed.value()
-                self.closed.update(key[1] if closed is None else max(closed, key[1]))
                 yield from self._release(group_json, key[1])
             return
         start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
@@ -493,6 +493,10 @@ class _NoisyAggregate(_SeededProcess):
 
     def _release(self, group_json: str, start: int) -> Iterable[Any]:
         """Noise and release one open window of the group (nothing when it is already released)."""
+        # timers fire in event-time order, so every earlier window of the group is released too
+        through = self.released_through.value()
+        if through is None or start > through:
+            self.released_through.update(start)
         acc = self.cache.pop((group_json, start), None)
         if acc is None:
             text = self.windows.get(start)

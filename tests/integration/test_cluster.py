@@ -100,6 +100,15 @@ def _checkpoints(flink, job_id: str) -> dict:
     return flink_cluster.rest_get(flink, f"/jobs/{job_id}/checkpoints")
 
 
+#: what the DP budget gate logs when a window's group reaches it twice (operators/dp/flink.py)
+GATE_REFUSAL = "came to the gate a second time"
+
+
+def _gate_refusals(flink) -> int:
+    """Refusals of a second release of a DP window logged so far by the cluster's TaskManagers."""
+    return sum(log.read_text(errors="replace").count(GATE_REFUSAL) for log in flink.log_dir.glob("*taskexecutor*"))
+
+
 def _assert_views(kafka_broker, policy, raw: list[str], produced: int, dead_expected: int | None = None) -> None:
     """Every record once in the masked view or the dead letters; one DP release per window and group; no PII."""
     masked = consume(kafka_broker.bootstrap, policy.views["masked"].topic, timeout=30)
@@ -243,6 +252,7 @@ def test_a_savepoint_of_the_whole_job_at_one_subtask_resumes_at_two(flink, kafka
     second.write_text("\n".join(raw[5000:]) + "\n")
     ensure_topics(kafka_broker.bootstrap, [topic], partitions=2)
     produced = produce_file(kafka_broker.bootstrap, topic, first)
+    refusals = _gate_refusals(flink)
 
     job_id = submit_job(_options(flink, path, kafka_broker, keyring_ref))
     wait_for_job(flink.rest_url, job_id, "RUNNING", timeout=60)
@@ -250,8 +260,19 @@ def test_a_savepoint_of_the_whole_job_at_one_subtask_resumes_at_two(flink, kafka
     while len(consume(kafka_broker.bootstrap, policy.views["masked"].topic, timeout=2)) < 2000:
         assert time.monotonic() < deadline, "fewer than 2,000 committed records within 150 s"
         time.sleep(1)
+    while not (releases := consume(kafka_broker.bootstrap, policy.views["aggregated"].topic, timeout=2)):
+        assert time.monotonic() < deadline, "no DP window released within 150 s"
+        time.sleep(1)
     savepoint = stop_with_savepoint(flink.rest_url, job_id, timeout=120)
 
+    # late records of a window released before the savepoint come first after the resume. The
+    # watermark starts over after a restore, so only the DP stages' state can tell them late
+    released = min(_epoch_ms(r.json()["window_start"]) for r in releases)
+    window_ms = policy.views["aggregated"].differential_privacy.window_ms
+    late = [line for line, ms in _timed_lines(raw[:5000]) if released <= ms < released + window_ms][:200]
+    assert late, "no record of the released window to send late"
+    second.write_text("\n".join(late + raw[5000:]) + "\n")
+    raw = raw + late
     produced += produce_file(kafka_broker.bootstrap, topic, second)
     resumed = submit_job(_options(flink, path, kafka_broker, keyring_ref, savepoint=savepoint, parallelism=2))
     anonymized_topic = policy.views["anonymized"].topic
@@ -272,6 +293,9 @@ def test_a_savepoint_of_the_whole_job_at_one_subtask_resumes_at_two(flink, kafka
     assert restored.get("is_savepoint"), "the resumed job did not restore the savepoint"
     assert set(parallelism.values()) == {2}, parallelism
     _assert_views(kafka_broker, policy, raw, produced)
+    # the gate is the last guard: no stage before it may send a released window again (after a
+    # restore the watermark starts over, so a late record cannot be told by the watermark alone)
+    assert _gate_refusals(flink) == refusals, "a released DP window reached the budget gate again"
     dead = consume(kafka_broker.bootstrap, policy.dlq_topic, timeout=30)
     anonymized = consume(kafka_broker.bootstrap, anonymized_topic, timeout=30)
     suppressed = consume(kafka_broker.bootstrap, f"{anonymized_topic}.suppressed", timeout=30)
@@ -301,15 +325,20 @@ def _epoch_ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _event_times(lines: list[str]) -> list[int]:
-    """Event times of the well-formed lines, from the raw text."""
-    times = []
+def _timed_lines(lines: list[str]) -> list[tuple[str, int]]:
+    """The well-formed lines with their event times, read from the raw text."""
+    timed = []
     for line in lines:
         try:
-            times.append(_epoch_ms(str(json.loads(line)["timestamp"])))
+            timed.append((line, _epoch_ms(str(json.loads(line)["timestamp"]))))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    return times
+    return timed
+
+
+def _event_times(lines: list[str]) -> list[int]:
+    """Event times of the well-formed lines, from the raw text."""
+    return [ms for _, ms in _timed_lines(lines)]
 
 
 @pytest.mark.timeout(240)
