@@ -92,6 +92,28 @@ def test_importing_a_module_pulls_in_nothing_above_it(module, pulled_in):
     assert above == [], f"{module} pulls in {above}"
 
 
+#: what a plain-Python test, a bench or a worker loads before a job is built: every operator, its
+#: Flink wrapper too, and the job's core. PyFlink (seconds to import) and scipy, which once
+#: deadlocked the embedded interpreter, come in only when a job is built
+LOADS_NO_FLINK = [m for m in MODULES if within(m, "operators")] + ["flink_jobs.protect", "flink_jobs.policy"]
+
+
+def test_the_operators_and_the_jobs_core_load_without_pyflink_or_scipy():
+    script = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = [m for m in ('pyflink', 'diffprivlib', 'scipy', 'sklearn') if m in sys.modules]\n"
+        "    if heavy:\n"
+        "        print(name, 'loads', heavy)\n"
+        "        break\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *LOADS_NO_FLINK], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=True)
+    assert "operators.dp.flink" in LOADS_NO_FLINK and "operators.k_anonymity.flink" in LOADS_NO_FLINK
+    assert result.stdout.strip() == ""
+
+
 def source_of(module: str) -> Path:
     path = ROOT / Path(*module.split("."))
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
