@@ -38,6 +38,7 @@ bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
 	$(PY) -m bench.k_anonymity
 	$(PY) -m bench.dp_aggregates
 	$(PY) bench/tokenization.py
+	$(PY) bench/profile_job.py
 	$(PY) bench/kafka_e2e.py
 	$(PY) bench/scaling.py
 
