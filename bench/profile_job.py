@@ -70,7 +70,8 @@ def library() -> Path:
 
 
 def is_java(frame: str) -> bool:
-    return "/" in frame and not frame.startswith("[")
+    # a Java frame names its class's package path; a native one without symbols names its library's path
+    return "/" in frame and not frame.startswith(("[", "/"))
 
 
 def task_part(frames: list[str]) -> str:

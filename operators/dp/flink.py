@@ -170,6 +170,8 @@ _MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
 QUIET = "~"
 #: the state key under which stage 1 keeps the last window start it closed on a quiet input
 _CLOSED_KEY = "\x1fclosed"
+#: what the budget gate logs, once per subtask, when a (window, group) comes to it a second time
+GATE_REFUSAL = "a window's group came to the gate a second time"
 
 
 #: entries kept in stage 2's write-through cache before it is emptied (state still holds them)
@@ -560,8 +562,7 @@ def _stages() -> tuple[type, type, type]:
                 self.duplicates.inc()
                 if not self.warned_duplicate:
                     self.warned_duplicate = True
-                    log.warning("dp view %s: a window's group came to the gate a second time; refused (policy %s)",
-                                self.view_name, self.policy_id)
+                    log.warning("dp view %s: %s; refused (policy %s)", self.view_name, GATE_REFUSAL, self.policy_id)
                 return
             first, last = self.first.value(), self.last.value()
             # charge every window between the earliest and the latest one computed

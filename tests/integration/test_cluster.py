@@ -43,6 +43,7 @@ from flink_jobs.cli.submit import (
 from flink_jobs.devtools import cluster as flink_cluster
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
+from operators.dp.flink import GATE_REFUSAL
 from tests.support.kanon_checker import assert_k_anonymous
 from tests.support.leak_scan import pii_values
 
@@ -98,10 +99,6 @@ def _options(flink, policy_path: Path, kafka_broker, keyring_ref: str, **kw) -> 
 
 def _checkpoints(flink, job_id: str) -> dict:
     return flink_cluster.rest_get(flink, f"/jobs/{job_id}/checkpoints")
-
-
-#: what the DP budget gate logs when a window's group reaches it twice (operators/dp/flink.py)
-GATE_REFUSAL = "came to the gate a second time"
 
 
 def _gate_refusals(flink) -> int:
