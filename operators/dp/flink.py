@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import operator
 import time
 import zlib
 from collections.abc import Iterable
@@ -87,6 +86,23 @@ def contribution_row_type() -> Any:
     return Types.ROW([Types.INT(), Types.STRING()])
 
 
+def partial_sum_type() -> Any:
+    """``Row(group_json, payload)``: a partial sum from stage 1 to stage 2, which is keyed on the group."""
+    from pyflink.common.typeinfo import Types
+
+    return Types.ROW([Types.STRING(), Types.STRING()])
+
+
+def encode_partial_sum(group_json: str, start: int, vector: str) -> str:
+    """Stage 2's payload: one string crosses, not a tuple (group JSON holds no raw control character)."""
+    return f"{group_json}\x1f{start}\x1f{vector}"
+
+
+def decode_partial_sum(payload: str) -> tuple[str, int, str]:
+    group_json, start, vector = payload.split("\x1f")
+    return group_json, int(start), vector
+
+
 def attach_keyed(
     keyed: Any,
     params: DpParams,
@@ -129,17 +145,19 @@ def attach_keyed(
     """
     from pyflink.common.typeinfo import Types
 
+    from operators.flink_compat import keyed_by_first_field
+
     bound_contributions, noisy_aggregate, budget_gate = _stages()
-    contribution_type = Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()])
     uid = f"dp/{view_name}"
     bounded = (
-        keyed.process(bound_contributions(params, random_state, watermark_delay_ms), output_type=contribution_type)
+        keyed.process(bound_contributions(params, random_state, watermark_delay_ms), output_type=partial_sum_type())
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
-    # (group_json, window_start, summed contribution vectors) one per bucket, window and group
+    # Row(group_json, encode_partial_sum(...)) one per bucket, window and group, keyed on the group in Java
+    # (the key type is ROW<STRING>, as PyFlink's key_by with a STRING key made it: savepoints restore)
     released = (
-        bounded.key_by(_first, key_type=Types.STRING())
+        keyed_by_first_field(bounded, partial_sum_type())
         .process(
             noisy_aggregate(params, random_state, watermark_delay_ms),
             output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()]),
@@ -164,7 +182,6 @@ def attach_keyed(
     return gated
 
 
-_first = operator.itemgetter(0)  # group of a contribution
 _MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
 #: marks a contribution that stage 1 sent because its input went quiet, not because the watermark passed
 QUIET = "~"
@@ -235,9 +252,11 @@ def _stages() -> tuple[type, type, type]:
         """
 
         def open(self, ctx: Any) -> None:
+            from pyflink.common import Row
             from pyflink.common.typeinfo import Types
             from pyflink.datastream.state import MapStateDescriptor
 
+            self.row = Row
             self.rng = make_random(self.subtask_seed(ctx))
             self.core = ContributionBounder(self.params)
             buffers = MapStateDescriptor("subject_windows", Types.STRING(), Types.STRING())
@@ -384,13 +403,13 @@ def _stages() -> tuple[type, type, type]:
                             for i, v in enumerate(vector):
                                 acc[i] += v
                 for group_json, acc in totals.items():
-                    yield group_json, start, marker + encode_vector(acc)
+                    yield self.row(group_json, encode_partial_sum(group_json, start, marker + encode_vector(acc)))
             if p.public_groups and start not in self.announced:
                 self.announced.add(start)
                 self.announced = {s for s in self.announced if s >= start - p.window_ms}
                 zero = marker + encode_vector(self.core.zero())
                 for group_json in p.public_groups:
-                    yield group_json, start, zero
+                    yield self.row(group_json, encode_partial_sum(group_json, start, zero))
 
 
     class _NoisyAggregate(_SeededProcess):
@@ -427,7 +446,7 @@ def _stages() -> tuple[type, type, type]:
             self.settle_ms = 2 * QuietClock(self.params.idle_timeout_ms, 0).tick_ms
 
         def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
-            group_json, start, vector = value
+            group_json, start, vector = decode_partial_sum(value)
             quiet = vector.startswith(QUIET)
             if quiet:
                 vector = vector[1:]

@@ -324,5 +324,5 @@ def test_the_stateful_stages_run_in_the_protect_task_only_at_one_streaming_subta
     # one subtask holds every key group, so the keyed stages need no shuffle and chain onto protect
     vertices = _job_vertices(POLICY, keyring_ref, **options)
     protect = _vertex_of(vertices, "protect")
-    for stage in ("k-anon anonymized stage 0", "dp-bound-contributions[aggregated]"):
+    for stage in ("k-anon anonymized stage 0", "dp-bound-contributions[aggregated]", "dp-noisy-aggregate[aggregated]"):
         assert (stage in protect) is chained, (stage, vertices)
