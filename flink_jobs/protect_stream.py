@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,11 @@ def channel_kinds(policy: Policy, lines: bool = False, rows: Any = None) -> dict
 
 def output_tag(channel: str, kind: str) -> OutputTag:
     return OutputTag(f"channel-{channel}", _CHANNEL_TYPES[kind]())
+
+
+def released_tag(view: str, lines: bool) -> OutputTag:
+    """A k-anonymity view's records that the protect operator publishes itself, shaped as the cascade's output."""
+    return OutputTag(f"channel-{view}-released", Types.STRING() if lines else out_type())
 
 
 class Source(Protocol):
@@ -330,11 +336,15 @@ _ENCODED = ("line", "row")
 class ProtectFunction(ProcessFunction):
     """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
 
-    def __init__(self, policy: Policy, options: JobOptions, kinds: dict[str, str]) -> None:
+    def __init__(self, policy: Policy, options: JobOptions, kinds: dict[str, str], lines: bool = False,
+                 shortcut_token: str | None = None) -> None:
         self.protector = Protector(policy.document, policy.file)
         self.keyring_ref = options.keyring_ref
         self.stats_dir = options.stats_dir
         self.kinds = kinds  # channel -> its shape (channel_kinds)
+        self.lines = lines  # the sinks take finished JSON Lines
+        # the k-anonymity views' first stages, when they run in this operator's thread, publish through it
+        self.shortcut_token = shortcut_token
 
     def open(self, runtime_context: Any) -> None:
         self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
@@ -343,6 +353,9 @@ class ProtectFunction(ProcessFunction):
         shapes = {"line": None, "record": None, "row": _ROW, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
         self.encode = {c: (c != DLQ if kind == "line" else shapes[kind]) for c, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
+        kanon = [c for c, kind in self.kinds.items() if kind == "kanon"]  # timing: processing (build says why)
+        self.released_tags = {c: released_tag(c, self.lines) for c in kanon} if self.shortcut_token else {}
+        self.shortcuts: dict[str, Any] | None = None  # channel -> publish_released, found at the first record
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
         self.metric_in = BatchedCounter(group.counter("records_in"))
@@ -351,6 +364,7 @@ class ProtectFunction(ProcessFunction):
         self.seen = 0
         self.dead = 0
         self.routed = dict.fromkeys(self.kinds, 0)  # records per channel, for the run's accounting
+        self.released_here = dict.fromkeys(self.released_tags, 0)  # k-anonymity records published by the shortcut
         self.next_progress = time.monotonic() + 1.0
 
     def process_element(self, value: tuple, ctx: Any):
@@ -371,6 +385,12 @@ class ProtectFunction(ProcessFunction):
                 yield self.tags[channel], sink_row(*routed.value)
             elif shape is _KEYED:
                 key, payload, _ = routed.value
+                if channel in self.released_tags:
+                    published = self._published(channel, payload)
+                    if published is not None:
+                        self.released_here[channel] += 1
+                        yield self.released_tags[channel], published
+                        continue
                 yield self.tags[channel], Row(key, payload)
             elif shape is _TIMED:
                 key, payload, event_ms = routed.value
@@ -386,6 +406,19 @@ class ProtectFunction(ProcessFunction):
                 self.next_progress = time.monotonic() + 1.0
                 self._write_stats("progress")
 
+    def _published(self, channel: str, payload: str) -> Any:
+        """The record as its view publishes it, when the view's first stage has released its class; else None.
+
+        Found at the first record, once every chained operator is open: a first stage that runs in
+        another thread is not at hand, and every record goes to it.
+        """
+        if self.shortcuts is None:
+            from operators.k_anonymity.flink import released_shortcut
+
+            self.shortcuts = {c: released_shortcut(self.shortcut_token, c) for c in self.released_tags}
+        publish = self.shortcuts[channel]
+        return None if publish is None else publish(payload, int(time.time() * 1000))
+
     def close(self) -> None:
         if hasattr(self, "metric_in"):
             self.metric_in.flush()
@@ -396,7 +429,8 @@ class ProtectFunction(ProcessFunction):
     def _write_stats(self, kind: str) -> None:
         # names and counts only: never a value
         stats = {"subtask": self.subtask, "kind": kind, "records_in": self.seen, "dead_letters": self.dead,
-                 "routed": self.routed, "dropped_fields": dict(self.protector.dropped)}
+                 "routed": self.routed, "dropped_fields": dict(self.protector.dropped),
+                 "k_anonymity_released_in_protect": self.released_here}
         os.makedirs(self.stats_dir, exist_ok=True)
         path = os.path.join(self.stats_dir, f"subtask-{self.subtask}.json")
         with open(path + ".tmp", "w") as fh:
@@ -411,9 +445,19 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
     tags = {channel: output_tag(channel, kind) for channel, kind in kinds.items()}
 
     raw = source.open_source(env)
+    # at one subtask, in thread mode, the k-anonymity views' first stages chain onto protect, in its task
+    # thread, and protect publishes a record of a class they have released itself: one crossing fewer for
+    # most records. released_shortcut (operators/k_anonymity/flink.py) checks the thread; the token tells
+    # this job's stages from another job's in the same TaskManager. Process mode runs a worker's bundles
+    # on a pool of threads, so a thread tells nothing there. Only with timing: processing: with timing:
+    # event a stage's watermark moves with the records it receives, and a record published here would
+    # hold it back
+    kanon = "kanon" in kinds.values()
+    shortcut_token = (uuid.uuid4().hex if kanon and not options.batch and options.execution_mode == "thread"
+                      else None)
     # shape: (position, key, raw value, source ms)
     protected = (
-        raw.process(ProtectFunction(policy, options, kinds), output_type=Types.STRING())
+        raw.process(ProtectFunction(policy, options, kinds, lines, shortcut_token), output_type=Types.STRING())
         .name("protect").uid("protect")
     )
     # every channel leaves the protect operator in the shape its next operator takes, so no record
@@ -434,7 +478,10 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
                 keyed = keyed_side_output(protected, tags[name], kanon_type())
             released, suppressed = k_anonymity.attach_staged(keyed, view.k_anonymity, view_name=name, lines=lines,
                                                              watermark_delay_ms=policy.watermark_delay_ms,
-                                                             slot_group=options.stateful_slot_group)
+                                                             slot_group=options.stateful_slot_group,
+                                                             shortcut_token=shortcut_token)
+            if shortcut_token and kinds[name] == "kanon":
+                released = released.union(side_output(protected, released_tag(name, lines)))
             # shape: (key, headers, value), or its JSON line, for both
             sinks.write(released, name, view.topic, encoded=lines)
             sinks.write(suppressed, f"{name}.suppressed", f"{view.topic}.suppressed", encoded=lines)

@@ -259,6 +259,11 @@ def decode_staged(payload: str) -> tuple[Staged, tuple[str, ...]]:
             tuple(keys.split(_KEYS)))
 
 
+def staged_keys(payload: str) -> list[str]:
+    """The class keys of an :func:`encode_staged` payload, finest first, without decoding the record."""
+    return payload[payload.rindex(_FIELD) + 1:].split(_KEYS)
+
+
 class Stager:
     """Turns a protected record into what the cascade's first stage takes: its partition key and payload.
 
@@ -504,6 +509,15 @@ class Stage:
     def sensitive(self, record: Staged) -> str:
         """The l-diversity value of a record, as text; a missing one counts as one value, ``null``."""
         return orjson.dumps(lookup(orjson.loads(record[VALUE]), self._attribute, None)).decode()
+
+    def finest_released(self, part: Partition, key: str, now: int) -> bool:
+        """Whether ``key`` is a released class at the stage's finest level: :meth:`on_record` passes its records.
+
+        Read-only: a class whose TTL has run out reads as not released, and is dropped by
+        :meth:`on_record` when its next record comes.
+        """
+        at = part.released[0].get(key)
+        return at is not None and at + self._ttl > now
 
     def _is_released(self, part: Partition, index: int, key: str, now: int) -> bool:
         at = part.released[index].get(key)

@@ -5,6 +5,10 @@ This is the only module of the package that imports PyFlink, and only inside its
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 
 from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, state_ttl
@@ -23,6 +27,7 @@ from operators.k_anonymity.core import (
     ncp,
     publish,
     published_fields,
+    staged_keys,
     suppress,
 )
 from operators.k_anonymity.params import KAnonymityParams
@@ -44,9 +49,38 @@ def _types(lines: bool):
 #: the span tracker sees every released record up to this many, then one in SPAN_SAMPLE
 SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
 
+#: the open first stages, by (job's shortcut token, view, thread): at one subtask the first stage runs in
+#: the protect operator's thread, and the protect operator publishes a record of a released class itself
+_FIRST_STAGES: dict[tuple[str, str, int], Any] = {}
+
+
+def released_shortcut(token: str, view_name: str) -> Callable[[str, int], Any] | None:
+    """The first stage's :meth:`publish_released`, when that stage is open in the calling thread; else None.
+
+    The thread is the guard: only an operator chained onto the caller, in the caller's task, may
+    be called from it. At parallelism > 1, in BATCH mode or in a slot group of its own the first
+    stage runs in another task, and every record goes to it. Only with ``timing: processing``: an
+    event-time stage's watermark moves with the records it receives.
+    """
+    stage = _FIRST_STAGES.get((token, view_name, threading.get_ident()))
+    return None if stage is None else stage.publish_released
+
+
+# module functions, not methods: a stage class is pickled by value with a copy of the globals it names,
+# and the registry must be this module's own
+def _register_first_stage(token: str, view_name: str, stage: Any) -> tuple[str, str, int]:
+    key = (token, view_name, threading.get_ident())
+    _FIRST_STAGES[key] = stage
+    return key
+
+
+def _unregister_first_stage(key: tuple[str, str, int], stage: Any) -> None:
+    if _FIRST_STAGES.get(key) is stage:
+        del _FIRST_STAGES[key]
+
 
 def _stage_function(params: KAnonymityParams, number: int, view_name: str, promote_id: str, suppress_id: str,
-                    lines: bool, watermark_delay_ms: int):
+                    lines: bool, watermark_delay_ms: int, shortcut_token: str | None = None):
     from pyflink.common import Row
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, OutputTag, TimeDomain
@@ -71,6 +105,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
 
         def __init__(self) -> None:
             self.params = params
+            # timing: event is left out: its watermark moves with the records this stage receives
+            self.shortcut = shortcut_token if number == 0 and params.timing == "processing" else None
 
         def open(self, runtime_context) -> None:
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
@@ -115,6 +151,26 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.ncp_micro = BatchedCounter(group.counter("ncp_micro"), every=256_000_000)
             self.ncp_records = BatchedCounter(group.counter("ncp_records"), every=256)
             self.tallies += [self.ncp_micro, self.ncp_records]
+            if self.shortcut is not None:
+                # chained operators all open before the first record comes
+                self.shortcut = _register_first_stage(self.shortcut, view_name, self)
+
+        def publish_released(self, payload: str, now: int):
+            """What :meth:`process_element` would publish at once for ``payload``, or None to send it here.
+
+            The protect operator calls it in this stage's thread, before it hands the record over
+            (:func:`released_shortcut`): a record whose finest class is released is published as
+            :meth:`Stage.on_record` passes it, with the same metrics, without crossing into this
+            operator. Only the partitions in memory are read: keyed state is this operator's
+            current key's, not the record's. Anything else, an expired class too, comes here.
+            """
+            keys = staged_keys(payload)
+            part = self.partitions.get(keys[-1])
+            if part is None or not self.stage.finest_released(part, keys[0], now):
+                return None
+            record, _ = decode_staged(payload)
+            for out in self._publish([(record, self.stage.first, keys[0])], now):
+                return out
 
         def _partition(self, key: str, now: int) -> Partition:
             part = self.partitions.get(key)
@@ -235,7 +291,9 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 tally.flush()
 
         def close(self) -> None:
-            for tally in self.tallies:
+            if isinstance(self.shortcut, tuple):
+                _unregister_first_stage(self.shortcut, self)
+            for tally in getattr(self, "tallies", ()):
                 tally.flush()
 
     return StageFunction()
@@ -279,7 +337,7 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
 
 
 def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0,
-                  slot_group: str | None = None):
+                  slot_group: str | None = None, shortcut_token: str | None = None):
     """Wire the cascade onto a keyed stream of staged records.
 
     Parameters
@@ -298,6 +356,9 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
         With ``timing: event``: the watermark's out-of-orderness, where the quiet-input clock starts.
     slot_group : str or None
         The slot sharing group of the cascade's stages (None: the job's default group).
+    shortcut_token : str or None
+        The job's token for :func:`released_shortcut`: the operator that stages the records may
+        publish those of a released class itself, when the first stage runs in its thread.
 
     Returns
     -------
@@ -320,7 +381,7 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
     for number in range(len(params.stages)):
         promote_tag = OutputTag(f"kanon-{view_name}-promote-{number}", staged_type)
         function = _stage_function(params, number, view_name, promote_tag.tag_id, suppress_tag.tag_id, lines,
-                                   watermark_delay_ms)
+                                   watermark_delay_ms, shortcut_token)
         released = (current.process(function, output_type=out_type)
                     .name(f"k-anon {view_name} stage {number}").uid(f"kanon-{view_name}-stage-{number}"))
         if slot_group:

@@ -211,3 +211,40 @@ def test_a_restart_from_a_retained_checkpoint_loses_and_duplicates_no_buffered_r
     assert_accounted([json.loads(r[2])["id"] for r in records], [v["id"] for v in released], [v["id"] for v in suppressed])
     assert_k_anonymous(released, ["age", "zip", "location"], "customerId", K)
     print(f"first run committed {first}, restored from {latest.name}, total {len(lines)}")
+
+
+
+@pytest.mark.parametrize(("timing", "number", "shares"), [("processing", 0, True), ("event", 0, False),
+                                                          ("processing", 1, False)])
+def test_only_a_first_stage_on_processing_time_lets_the_protect_operator_publish_for_it(timing, number, shares):
+    # with timing: event a stage's watermark moves with the records it receives: a record published by
+    # the protect operator instead would hold back the deadlines of the records buffered here
+    from operators.k_anonymity.flink import _stage_function
+
+    params = KAnonymityParams.from_policy({**BLOCK, "timing": timing}, FIELDS)
+    stage = _stage_function(params, number, "view", "promote", "suppress", True, 0, shortcut_token="token")
+    assert (stage.shortcut == "token") is shares
+
+
+def test_a_first_stage_publishes_for_callers_in_its_own_thread_and_job_only():
+    import threading
+
+    from operators.k_anonymity.flink import _register_first_stage, _unregister_first_stage, released_shortcut
+
+    class Stage:
+        def publish_released(self, payload, now):
+            return payload
+
+    stage = Stage()
+    key = _register_first_stage("token", "view", stage)
+    try:
+        assert released_shortcut("token", "view")("p", 0) == "p"
+        assert released_shortcut("another job", "view") is None and released_shortcut("token", "other") is None
+        found = []
+        other = threading.Thread(target=lambda: found.append(released_shortcut("token", "view")))
+        other.start()
+        other.join()
+        assert found == [None]  # another task's thread
+    finally:
+        _unregister_first_stage(key, stage)
+    assert released_shortcut("token", "view") is None
