@@ -51,7 +51,10 @@ Both modes
       instead of shuffled: the keyed operators chain onto the protect operator and run in its thread.
       At parallelism > 1, in BATCH mode (whose keyed inputs Flink sorts by key), and where the
       parallelism may change while the job runs (``scheduler-mode: reactive``, an autoscaler's
-      ``pipeline.jobvertex-parallelism-overrides``), they are keyed by a shuffle as before.
+      ``pipeline.jobvertex-parallelism-overrides``), they are keyed by a shuffle as before. At one
+      subtask in thread mode the protect operator also publishes a k-anonymity record whose class the
+      chained first stage has released, instead of handing it over
+      (:func:`operators.k_anonymity.flink.released_shortcut`, which checks the calling thread).
 """
 
 from __future__ import annotations
