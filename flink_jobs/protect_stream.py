@@ -355,7 +355,11 @@ class ProtectFunction(ProcessFunction):
         self.protector.open(load_keyring(self.keyring_ref))
         kanon = [c for c, kind in self.kinds.items() if kind == "kanon"]  # timing: processing (build says why)
         self.released_tags = {c: released_tag(c, self.lines) for c in kanon} if self.shortcut_token else {}
-        self.shortcuts: dict[str, Any] | None = None  # channel -> publish_released, found at the first record
+        self.shortcuts: dict[str, Any] = {}  # channel -> its ReleasedShortcut
+        if self.released_tags:
+            from operators.k_anonymity.flink import ReleasedShortcut
+
+            self.shortcuts = {c: ReleasedShortcut(self.shortcut_token, c) for c in self.released_tags}
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
         self.metric_in = BatchedCounter(group.counter("records_in"))
@@ -364,7 +368,6 @@ class ProtectFunction(ProcessFunction):
         self.seen = 0
         self.dead = 0
         self.routed = dict.fromkeys(self.kinds, 0)  # records per channel, for the run's accounting
-        self.released_here = dict.fromkeys(self.released_tags, 0)  # k-anonymity records published by the shortcut
         self.next_progress = time.monotonic() + 1.0
 
     def process_element(self, value: tuple, ctx: Any):
@@ -385,10 +388,9 @@ class ProtectFunction(ProcessFunction):
                 yield self.tags[channel], sink_row(*routed.value)
             elif shape is _KEYED:
                 key, payload, _ = routed.value
-                if channel in self.released_tags:
-                    published = self._published(channel, payload)
+                if channel in self.shortcuts:
+                    published = self.shortcuts[channel](payload, int(time.time() * 1000))
                     if published is not None:
-                        self.released_here[channel] += 1
                         yield self.released_tags[channel], published
                         continue
                 yield self.tags[channel], Row(key, payload)
@@ -406,19 +408,6 @@ class ProtectFunction(ProcessFunction):
                 self.next_progress = time.monotonic() + 1.0
                 self._write_stats("progress")
 
-    def _published(self, channel: str, payload: str) -> Any:
-        """The record as its view publishes it, when the view's first stage has released its class; else None.
-
-        Found at the first record, once every chained operator is open: a first stage that runs in
-        another thread is not at hand, and every record goes to it.
-        """
-        if self.shortcuts is None:
-            from operators.k_anonymity.flink import released_shortcut
-
-            self.shortcuts = {c: released_shortcut(self.shortcut_token, c) for c in self.released_tags}
-        publish = self.shortcuts[channel]
-        return None if publish is None else publish(payload, int(time.time() * 1000))
-
     def close(self) -> None:
         if hasattr(self, "metric_in"):
             self.metric_in.flush()
@@ -430,7 +419,7 @@ class ProtectFunction(ProcessFunction):
         # names and counts only: never a value
         stats = {"subtask": self.subtask, "kind": kind, "records_in": self.seen, "dead_letters": self.dead,
                  "routed": self.routed, "dropped_fields": dict(self.protector.dropped),
-                 "k_anonymity_released_in_protect": self.released_here}
+                 "k_anonymity_released_in_protect": {c: shortcut.used for c, shortcut in self.shortcuts.items()}}
         os.makedirs(self.stats_dir, exist_ok=True)
         path = os.path.join(self.stats_dir, f"subtask-{self.subtask}.json")
         with open(path + ".tmp", "w") as fh:

@@ -66,6 +66,37 @@ def released_shortcut(token: str, view_name: str) -> Callable[[str, int], Any] |
     return None if stage is None else stage.publish_released
 
 
+class ReleasedShortcut:
+    """What the operator that stages a view's records calls before it hands one to the first stage.
+
+    ``shortcut(payload, now)`` is the record as published, when the first stage runs in the calling
+    thread and has released the record's finest class; otherwise None, and the record goes to the
+    stage. The stage is looked up at the first call, once every chained operator is open.
+    """
+
+    def __init__(self, token: str, view_name: str) -> None:
+        self.token, self.view_name = token, view_name
+        self.publish: Any = None
+        self.found = False
+        self.used = 0  # records published here
+
+    def __call__(self, payload: str, now: int) -> Any:
+        if not self.found:
+            self.publish, self.found = released_shortcut(self.token, self.view_name), True
+        if self.publish is None:
+            return None
+        out = self.publish(payload, now)
+        if out is not None:
+            self.used += 1
+        return out
+
+
+def thread_mode(stream: Any) -> bool:
+    """Whether the job of ``stream`` runs its Python in thread mode, where a task's operators share its thread."""
+    settings = stream._j_data_stream.getExecutionEnvironment().getConfiguration().toMap()
+    return str(settings.get("python.execution-mode") or "process").lower() == "thread"
+
+
 # module functions, not methods: a stage class is pickled by value with a copy of the globals it names,
 # and the registry must be this module's own
 def _register_first_stage(token: str, view_name: str, stage: Any) -> tuple[str, str, int]:
@@ -318,22 +349,47 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
         Both ``Types.TUPLE([STRING key, STRING headers JSON, STRING value JSON])``, as
         :func:`attach_staged` with ``lines=False``.
 
-    A Python map stages each tuple (:class:`Stager`), as the job's protect operator does
-    for its own records, then :func:`attach_staged` runs the cascade.
+    A Python function stages each tuple (:class:`Stager`), as the job's protect operator does
+    for its own records, then :func:`attach_staged` runs the cascade. As in the job, at one
+    subtask in thread mode it publishes a record of a class the first stage has released itself
+    (:class:`ReleasedShortcut`).
     """
+    import uuid
+
     from pyflink.common import Row
+    from pyflink.datastream import OutputTag, ProcessFunction
 
-    from operators.flink_compat import keyed_by_first_field
+    from operators.flink_compat import keyed_by_first_field, side_output
 
-    staged_type, _ = _types(False)
-    stager = Stager(params)
+    staged_type, out_type = _types(False)
+    token = uuid.uuid4().hex if params.timing == "processing" and thread_mode(stream) else None
+    released_id = f"kanon-{view_name}-released-in-stamp"
 
-    def stamp(record):
-        key, headers, value, subject, qis, event_ms = record
-        return Row(*stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms, now_ms()))
+    class Stamp(ProcessFunction):
+        def open(self, runtime_context) -> None:
+            self.stager = Stager(params)
+            self.shortcut = ReleasedShortcut(token, view_name) if token else None
+            # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
+            self.tag = OutputTag(released_id, _types(False)[1])
 
-    staged = stream.map(stamp, output_type=staged_type).name(f"k-anon {view_name} stamp").uid(f"kanon-{view_name}-stamp")
-    return attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name, lines=False)
+        def process_element(self, record, ctx):
+            key, headers, value, subject, qis, event_ms = record
+            now = now_ms()
+            partition, payload = self.stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms,
+                                                          now)
+            published = self.shortcut(payload, now) if self.shortcut else None
+            if published is None:
+                yield Row(partition, payload)
+            else:
+                yield self.tag, published
+
+    staged = (stream.process(Stamp(), output_type=staged_type).name(f"k-anon {view_name} stamp")
+              .uid(f"kanon-{view_name}-stamp"))
+    released, suppressed = attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name,
+                                         lines=False, shortcut_token=token)
+    if token:
+        released = released.union(side_output(staged, OutputTag(released_id, out_type)))
+    return released, suppressed
 
 
 def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: bool, watermark_delay_ms: int = 0,
