@@ -51,6 +51,7 @@ from operators.flink_compat import (
     keyed_side_output,
     side_output,
     subtask_index,
+    task_attempt,
 )
 from udfs.keyring import load_keyring
 from udfs.record import envelope_line
@@ -359,7 +360,8 @@ class ProtectFunction(ProcessFunction):
         if self.released_tags:
             from operators.k_anonymity.flink import ReleasedShortcut
 
-            self.shortcuts = {c: ReleasedShortcut(self.shortcut_token, c) for c in self.released_tags}
+            task = task_attempt(runtime_context)
+            self.shortcuts = {c: ReleasedShortcut(self.shortcut_token, c, task) for c in self.released_tags}
         self.subtask = subtask_index(runtime_context)
         group = runtime_context.get_metrics_group().add_group("protect")
         self.metric_in = BatchedCounter(group.counter("records_in"))

@@ -3,8 +3,9 @@
 The code that applies one carries a one-line pointer here, by the name in brackets.
 
 Thread mode (Python operators in the JVM's embedded pemja interpreter)
-    - [subtask index] ``get_index_of_this_subtask`` forwards to a Java method that Flink 2.x moved
-      to ``getTaskInfo()``: :func:`subtask_index` asks the task info instead.
+    - [subtask index] ``get_index_of_this_subtask`` and ``get_attempt_number`` forward to Java methods
+      that Flink 2.x moved to ``getTaskInfo()``: :func:`subtask_index` and :func:`task_attempt` ask the
+      task info instead.
     - [ttl cleanup] incremental heap cleanup of state with a TTL fails ("Failed to incrementally
       clean up state with TTL"): :func:`state_ttl` expires entries on read and in full snapshots.
     - [gauges] Flink's metric thread would call a Python gauge into the embedded interpreter, and a
@@ -102,6 +103,15 @@ def subtask_index(runtime_context: Any) -> int:
         return runtime_context.get_index_of_this_subtask()
     except AttributeError:
         return runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
+
+
+def task_attempt(runtime_context: Any) -> tuple[int, int]:
+    """``(subtask index, attempt number)``: which run of which subtask this is [subtask index]."""
+    try:
+        attempt = runtime_context.get_attempt_number()
+    except AttributeError:
+        attempt = runtime_context._runtime_context.getTaskInfo().getAttemptNumber()
+    return subtask_index(runtime_context), attempt
 
 
 def state_ttl(ms: int) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, state_ttl
+from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, state_ttl, task_attempt
 from operators.k_anonymity.core import (
     CACHE_LIMIT,
     ENTERED,
@@ -49,20 +49,22 @@ def _types(lines: bool):
 #: the span tracker sees every released record up to this many, then one in SPAN_SAMPLE
 SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
 
-#: the open first stages, by (job's shortcut token, view, thread): at one subtask the first stage runs in
-#: the protect operator's thread, and the protect operator publishes a record of a released class itself
-_FIRST_STAGES: dict[tuple[str, str, int], Any] = {}
+#: the open first stages, by (job's shortcut token, view, (subtask, attempt), thread): at one subtask the
+#: first stage runs in the protect operator's thread, and the protect operator publishes a record of a
+#: released class itself
+_FIRST_STAGES: dict[tuple[str, str, tuple[int, int], int], Any] = {}
 
 
-def released_shortcut(token: str, view_name: str) -> Callable[[str, int], Any] | None:
+def released_shortcut(token: str, view_name: str, task: tuple[int, int]) -> Callable[[str, int], Any] | None:
     """The first stage's :meth:`publish_released`, when that stage is open in the calling thread; else None.
 
-    The thread is the guard: only an operator chained onto the caller, in the caller's task, may
-    be called from it. At parallelism > 1, in BATCH mode or in a slot group of its own the first
-    stage runs in another task, and every record goes to it. Only with ``timing: processing``: an
-    event-time stage's watermark moves with the records it receives.
+    ``task`` is the caller's ``(subtask index, attempt number)``. The thread is the guard: only an
+    operator chained onto the caller, in the caller's task, may be called from it; the attempt keeps
+    an earlier run's stage apart, should its thread's id come back. At parallelism > 1, in BATCH mode
+    or in a slot group of its own the first stage runs in another task, and every record goes to it.
+    Only with ``timing: processing``: an event-time stage's watermark moves with the records it receives.
     """
-    stage = _FIRST_STAGES.get((token, view_name, threading.get_ident()))
+    stage = _FIRST_STAGES.get((token, view_name, task, threading.get_ident()))
     return None if stage is None else stage.publish_released
 
 
@@ -74,15 +76,15 @@ class ReleasedShortcut:
     stage. The stage is looked up at the first call, once every chained operator is open.
     """
 
-    def __init__(self, token: str, view_name: str) -> None:
-        self.token, self.view_name = token, view_name
+    def __init__(self, token: str, view_name: str, task: tuple[int, int]) -> None:
+        self.token, self.view_name, self.task = token, view_name, task
         self.publish: Any = None
         self.found = False
         self.used = 0  # records published here
 
     def __call__(self, payload: str, now: int) -> Any:
         if not self.found:
-            self.publish, self.found = released_shortcut(self.token, self.view_name), True
+            self.publish, self.found = released_shortcut(self.token, self.view_name, self.task), True
         if self.publish is None:
             return None
         out = self.publish(payload, now)
@@ -99,13 +101,13 @@ def thread_mode(stream: Any) -> bool:
 
 # module functions, not methods: a stage class is pickled by value with a copy of the globals it names,
 # and the registry must be this module's own
-def _register_first_stage(token: str, view_name: str, stage: Any) -> tuple[str, str, int]:
-    key = (token, view_name, threading.get_ident())
+def _register_first_stage(token: str, view_name: str, task: tuple[int, int], stage: Any) -> tuple:
+    key = (token, view_name, task, threading.get_ident())
     _FIRST_STAGES[key] = stage
     return key
 
 
-def _unregister_first_stage(key: tuple[str, str, int], stage: Any) -> None:
+def _unregister_first_stage(key: tuple, stage: Any) -> None:
     if _FIRST_STAGES.get(key) is stage:
         del _FIRST_STAGES[key]
 
@@ -184,7 +186,7 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.tallies += [self.ncp_micro, self.ncp_records]
             if self.shortcut is not None:
                 # chained operators all open before the first record comes
-                self.shortcut = _register_first_stage(self.shortcut, view_name, self)
+                self.shortcut = _register_first_stage(self.shortcut, view_name, task_attempt(runtime_context), self)
 
         def publish_released(self, payload: str, now: int):
             """What :meth:`process_element` would publish at once for ``payload``, or None to send it here.
@@ -368,7 +370,7 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
     class Stamp(ProcessFunction):
         def open(self, runtime_context) -> None:
             self.stager = Stager(params)
-            self.shortcut = ReleasedShortcut(token, view_name) if token else None
+            self.shortcut = ReleasedShortcut(token, view_name, task_attempt(runtime_context)) if token else None
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
             self.tag = OutputTag(released_id, _types(False)[1])
 

@@ -235,16 +235,17 @@ def test_a_first_stage_publishes_for_callers_in_its_own_thread_and_job_only():
         def publish_released(self, payload, now):
             return payload
 
-    stage = Stage()
-    key = _register_first_stage("token", "view", stage)
+    stage, task = Stage(), (0, 0)
+    key = _register_first_stage("token", "view", task, stage)
     try:
-        assert released_shortcut("token", "view")("p", 0) == "p"
-        assert released_shortcut("another job", "view") is None and released_shortcut("token", "other") is None
+        assert released_shortcut("token", "view", task)("p", 0) == "p"
+        assert released_shortcut("another job", "view", task) is None and released_shortcut("token", "other", task) is None
+        assert released_shortcut("token", "view", (0, 1)) is None  # a later attempt: this stage is an earlier run's
         found = []
-        other = threading.Thread(target=lambda: found.append(released_shortcut("token", "view")))
+        other = threading.Thread(target=lambda: found.append(released_shortcut("token", "view", task)))
         other.start()
         other.join()
         assert found == [None]  # another task's thread
     finally:
         _unregister_first_stage(key, stage)
-    assert released_shortcut("token", "view") is None
+    assert released_shortcut("token", "view", task) is None
