@@ -52,6 +52,7 @@ from operators.flink_compat import (
     side_output,
     subtask_index,
     task_attempt,
+    thread_mode,
 )
 from udfs.keyring import load_keyring
 from udfs.record import envelope_line
@@ -444,8 +445,7 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
     # event a stage's watermark moves with the records it receives, and a record published here would
     # hold it back
     kanon = "kanon" in kinds.values()
-    shortcut_token = (uuid.uuid4().hex if kanon and not options.batch and options.execution_mode == "thread"
-                      else None)
+    shortcut_token = uuid.uuid4().hex if kanon and not options.batch and thread_mode(raw) else None
     # shape: (position, key, raw value, source ms)
     protected = (
         raw.process(ProtectFunction(policy, options, kinds, lines, shortcut_token), output_type=Types.STRING())

@@ -114,6 +114,12 @@ def task_attempt(runtime_context: Any) -> tuple[int, int]:
     return subtask_index(runtime_context), attempt
 
 
+def thread_mode(stream: Any) -> bool:
+    """Whether the job of ``stream`` runs its Python in thread mode, where a task's operators share its thread."""
+    settings = stream._j_data_stream.getExecutionEnvironment().getConfiguration().toMap()
+    return str(settings.get("python.execution-mode") or "process").lower() == "thread"
+
+
 def state_ttl(ms: int) -> Any:
     """The TTL every operator's state uses: refreshed on write, expired entries never returned."""
     from pyflink.common import Time

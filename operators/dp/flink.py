@@ -94,7 +94,10 @@ def partial_sum_type() -> Any:
 
 
 def encode_partial_sum(group_json: str, start: int, vector: str) -> str:
-    """Stage 2's payload: one string crosses, not a tuple (group JSON holds no raw control character)."""
+    """Stage 2's payload: one string crosses, not a tuple (group JSON holds no raw control character).
+
+    The group is in it as well as in the key: stage 2 then reads it without asking the JVM for its key.
+    """
     return f"{group_json}\x1f{start}\x1f{vector}"
 
 

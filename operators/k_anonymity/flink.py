@@ -93,12 +93,6 @@ class ReleasedShortcut:
         return out
 
 
-def thread_mode(stream: Any) -> bool:
-    """Whether the job of ``stream`` runs its Python in thread mode, where a task's operators share its thread."""
-    settings = stream._j_data_stream.getExecutionEnvironment().getConfiguration().toMap()
-    return str(settings.get("python.execution-mode") or "process").lower() == "thread"
-
-
 # module functions, not methods: a stage class is pickled by value with a copy of the globals it names,
 # and the registry must be this module's own
 def _register_first_stage(token: str, view_name: str, task: tuple[int, int], stage: Any) -> tuple:
@@ -139,7 +133,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
         def __init__(self) -> None:
             self.params = params
             # timing: event is left out: its watermark moves with the records this stage receives
-            self.shortcut = shortcut_token if number == 0 and params.timing == "processing" else None
+            self.shortcut_token = shortcut_token if number == 0 and params.timing == "processing" else None
+            self.registered: tuple | None = None  # its key in the registry of first stages, once open
 
         def open(self, runtime_context) -> None:
             # made here, not captured: a used TypeInformation (and a tag holding one) keeps a JVM handle
@@ -184,9 +179,10 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             self.ncp_micro = BatchedCounter(group.counter("ncp_micro"), every=256_000_000)
             self.ncp_records = BatchedCounter(group.counter("ncp_records"), every=256)
             self.tallies += [self.ncp_micro, self.ncp_records]
-            if self.shortcut is not None:
+            if self.shortcut_token is not None:
                 # chained operators all open before the first record comes
-                self.shortcut = _register_first_stage(self.shortcut, view_name, task_attempt(runtime_context), self)
+                self.registered = _register_first_stage(self.shortcut_token, view_name,
+                                                        task_attempt(runtime_context), self)
 
         def publish_released(self, payload: str, now: int):
             """What :meth:`process_element` would publish at once for ``payload``, or None to send it here.
@@ -324,8 +320,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 tally.flush()
 
         def close(self) -> None:
-            if isinstance(self.shortcut, tuple):
-                _unregister_first_stage(self.shortcut, self)
+            if self.registered is not None:
+                _unregister_first_stage(self.registered, self)
             for tally in getattr(self, "tallies", ()):
                 tally.flush()
 
@@ -361,7 +357,7 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
     from pyflink.common import Row
     from pyflink.datastream import OutputTag, ProcessFunction
 
-    from operators.flink_compat import keyed_by_first_field, side_output
+    from operators.flink_compat import keyed_by_first_field, side_output, thread_mode
 
     staged_type, out_type = _types(False)
     token = uuid.uuid4().hex if params.timing == "processing" and thread_mode(stream) else None

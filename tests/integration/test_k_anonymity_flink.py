@@ -213,7 +213,6 @@ def test_a_restart_from_a_retained_checkpoint_loses_and_duplicates_no_buffered_r
     print(f"first run committed {first}, restored from {latest.name}, total {len(lines)}")
 
 
-
 @pytest.mark.parametrize(("timing", "number", "shares"), [("processing", 0, True), ("event", 0, False),
                                                           ("processing", 1, False)])
 def test_only_a_first_stage_on_processing_time_lets_the_protect_operator_publish_for_it(timing, number, shares):
@@ -223,7 +222,7 @@ def test_only_a_first_stage_on_processing_time_lets_the_protect_operator_publish
 
     params = KAnonymityParams.from_policy({**BLOCK, "timing": timing}, FIELDS)
     stage = _stage_function(params, number, "view", "promote", "suppress", True, 0, shortcut_token="token")
-    assert (stage.shortcut == "token") is shares
+    assert (stage.shortcut_token == "token") is shares
 
 
 def test_a_first_stage_publishes_for_callers_in_its_own_thread_and_job_only():

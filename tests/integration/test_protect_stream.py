@@ -275,6 +275,7 @@ def test_protect_publishes_a_released_class_itself_only_where_the_first_stage_sh
     else:
         assert by_protect == 0
 
+
 @pytest.mark.parametrize("run_name", ["sample_run", "parallel_run"])
 def test_the_aggregated_view_releases_noisy_counts_with_their_budget(run_name, request):
     releases = [r["value"] for r in read_channel(request.getfixturevalue(run_name) / "aggregated")]
