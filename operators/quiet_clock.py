@@ -30,7 +30,8 @@ class QuietClock:
     minus the watermark delay, plus the wall-clock time since the last record. Flink's watermark
     needs records to advance (and ``with_idleness`` did not help: PyFlink workaround [idleness] in
     :mod:`operators.flink_compat`), so the operators keep this clock themselves. It lives per
-    subtask, not in state: after a restore it starts at the first record.
+    subtask, not in state: after a restore an operator seeds it (:meth:`restored`) from the event
+    times its state holds, so a job restored on an input that stays quiet still closes what it holds.
     """
 
     def __init__(self, idle_timeout_ms: int | None, delay_ms: int) -> None:
@@ -47,6 +48,13 @@ class QuietClock:
     def saw(self, event_ms: int | None, now_ms: int) -> None:
         self.last_arrival = now_ms
         if event_ms is not None and (self.max_event is None or event_ms > self.max_event):
+            self.max_event = event_ms
+
+    def restored(self, event_ms: int, now_ms: int) -> None:
+        """A restored operator's latest event time in state: quiet counts from the restore if no record came since."""
+        if self.last_arrival == 0:
+            self.last_arrival = now_ms
+        if self.max_event is None or event_ms > self.max_event:
             self.max_event = event_ms
 
     def event_time(self, now_ms: int) -> int | None:

@@ -190,6 +190,8 @@ _MAX_WATERMARK = 2**63 - 1  # Flink's end-of-input watermark is Long.MAX_VALUE
 QUIET = "~"
 #: the state key under which stage 1 keeps the last window start it closed on a quiet input
 _CLOSED_KEY = "\x1fclosed"
+#: the state key under which stage 1 keeps the latest event time it had seen at its last quiet-input check
+_SEEN_KEY = "\x1fseen"
 #: what the budget gate logs, once per subtask, when a (window, group) comes to it a second time
 GATE_REFUSAL = "a window's group came to the gate a second time"
 
@@ -288,6 +290,9 @@ def _stages() -> tuple[type, type, type]:
                     if key == _CLOSED_KEY:
                         self.closed[bucket] = int(text)
                         continue
+                    if key == _SEEN_KEY:
+                        self.clock.restored(int(text), int(time.time() * 1000))
+                        continue
                     start, subject = key.split("\x1f", 1)
                     start = int(start)
                     subjects = windows.get(start)
@@ -382,6 +387,9 @@ def _stages() -> tuple[type, type, type]:
                         self.state.put(_CLOSED_KEY, str(self.closed[bucket]))
                         yield from self._flush(bucket, start, ctx, marker=QUIET)
             if windows:
+                if self.clock.max_event is not None:
+                    # so a restore on an input that stays quiet still has a clock to close these windows by
+                    self.state.put(_SEEN_KEY, str(self.clock.max_event))
                 self._tick(bucket, now, ctx)
 
         def _flush(self, bucket: int, start: int, ctx: Any, marker: str = "") -> Iterable[Any]:
@@ -445,7 +453,10 @@ def _stages() -> tuple[type, type, type]:
             released_through = ValueStateDescriptor("quiet_closed", Types.LONG())
             released_through.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
             self.released_through = ctx.get_state(released_through)
-            self.quiet_seen: dict[tuple[str, int], int] = {}  # (group, start) -> wall ms of its last quiet contribution
+            # window start -> wall ms of its last quiet contribution: in state, so a restore still releases them
+            quiet_seen = MapStateDescriptor("quiet_contributed", Types.LONG(), Types.LONG())
+            quiet_seen.enable_time_to_live(state_ttl(self.params.state_ttl_ms))
+            self.quiet_seen = ctx.get_map_state(quiet_seen)
             self.settle_ms = 2 * QuietClock(self.params.idle_timeout_ms, 0).tick_ms
 
         def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
@@ -476,9 +487,9 @@ def _stages() -> tuple[type, type, type]:
             if quiet:
                 # stage 1 closed this window on a quiet input: release it once every bucket has sent its part
                 now = int(time.time() * 1000)
-                if (group_json, start) not in self.quiet_seen:
+                if not self.quiet_seen.contains(start):
                     ctx.timer_service().register_processing_time_timer(now + self.settle_ms)
-                self.quiet_seen[(group_json, start)] = now
+                self.quiet_seen.put(start, now)
             return
             yield
 
@@ -493,13 +504,12 @@ def _stages() -> tuple[type, type, type]:
             p = self.params
             group_json = ctx.get_current_key()
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-                for key in [k for k in self.quiet_seen if k[0] == group_json]:
-                    last = self.quiet_seen[key]
+                for start, last in list(self.quiet_seen.items()):
                     if timestamp - last < self.settle_ms:
                         ctx.timer_service().register_processing_time_timer(last + self.settle_ms)
                         continue
-                    del self.quiet_seen[key]
-                    yield from self._release(group_json, key[1])
+                    self.quiet_seen.remove(start)
+                    yield from self._release(group_json, start)
                 return
             start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
             released = False

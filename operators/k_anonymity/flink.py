@@ -209,6 +209,9 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 records = ((rid, decode_staged(text)[0]) for rid, text in self.buffer.items())
                 part = self.stage.rebuild(records, self.released_state.items(), now)
                 self.partitions[key] = part
+                if self.clock is not None and part.records:
+                    # restored records: so an input that stays quiet after the restore still meets their deadlines
+                    self.clock.restored(max(r[EVENT_TIME] for r in part.records.values()), now)
             return part
 
         def _write(self, part: Partition, service) -> None:

@@ -11,9 +11,13 @@ distribution, on free loopback ports, in a temporary folder; the session Kafka b
 - savepoint: stop with a savepoint, change a stateless masking parameter, resume: nothing lost;
 - rescale: the whole policy stopped with a savepoint at one subtask (stateful stages chained onto
   protect) and resumed at two (keyed by a shuffle): nothing lost or doubled, k still holds;
-- live DP: a job submitted with ``flink-anonymizer submit`` and left running releases every window
-  of the sample within window + watermark delay + allowed lateness + idle timeout (issue 19), and
-  ``flink-anonymizer status`` shows the records read and the DP operators' watermarks as times.
+- live DP: a job submitted with ``flink-anonymizer submit`` and left running closes every window of
+  the sample within window + watermark delay + allowed lateness + idle timeout (issue 19): each is
+  charged, and released unless private group selection rightly suppresses its few subjects; and
+  ``flink-anonymizer status`` shows the records read and the DP operators' watermarks as times;
+- quiet restore: stopped with a savepoint while the stateful views hold the sample's last windows
+  and records, then resumed with no input after it: the quiet-input clocks, seeded from the restored
+  state, still close every window and release every record.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,7 @@ from flink_jobs.devtools import cluster as flink_cluster
 from flink_jobs.kafka_tools import consume, ensure_topics, produce_file
 from flink_jobs.policy import load_policy
 from operators.dp.flink import GATE_REFUSAL
+from tests.support.dp_expect import event_ms, every_window_decided, single_group_subjects, windows_surely_released
 from tests.support.kanon_checker import assert_k_anonymous
 from tests.support.leak_scan import pii_values
 
@@ -264,7 +268,7 @@ def test_a_savepoint_of_the_whole_job_at_one_subtask_resumes_at_two(flink, kafka
 
     # late records of a window released before the savepoint come first after the resume. The
     # watermark starts over after a restore, so only the DP stages' state can tell them late
-    released = min(_epoch_ms(r.json()["window_start"]) for r in releases)
+    released = min(event_ms(r.json()["window_start"]) for r in releases)
     window_ms = policy.views["aggregated"].differential_privacy.window_ms
     late = [line for line, ms in _timed_lines(raw[:5000]) if released <= ms < released + window_ms][:200]
     assert late, "no record of the released window to send late"
@@ -318,16 +322,12 @@ def _cli(*args: str, timeout: float = 200) -> subprocess.CompletedProcess:
     return done
 
 
-def _epoch_ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def _timed_lines(lines: list[str]) -> list[tuple[str, int]]:
     """The well-formed lines with their event times, read from the raw text."""
     timed = []
     for line in lines:
         try:
-            timed.append((line, _epoch_ms(str(json.loads(line)["timestamp"]))))
+            timed.append((line, event_ms(str(json.loads(line)["timestamp"]))))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return timed
@@ -338,25 +338,41 @@ def _event_times(lines: list[str]) -> list[int]:
     return [ms for _, ms in _timed_lines(lines)]
 
 
-@pytest.mark.timeout(240)
-def test_a_submitted_job_left_running_releases_every_window_and_status_shows_its_watermarks(
-        flink, kafka_broker, keyring_ref, tmp_path):
-    topic = "cluster-live-dp"
+def _live_policy(directory: Path, topic: str, views: tuple[str, ...], window_s: int = LIVE_WINDOW_S) -> Path:
+    """The customer-events policy with `views` only, on event time with the live tests' delays, as a YAML file."""
     document = json.loads(json.dumps(load_policy(POLICY).document))
     document["source"]["topic"] = topic
     document["source"]["watermark_delay"] = f"{LIVE_DELAY_S}s"
-    dp = document["views"]["aggregated"]
-    dp["sink"]["topic"] = f"{topic}.aggregated"
-    dp["differential_privacy"].update(window=f"{LIVE_WINDOW_S}s", idle_timeout=f"{LIVE_IDLE_S}s",
-                                      allowed_lateness=f"{LIVE_LATENESS_S}s")
-    document["views"] = {"aggregated": dp}
-    path = tmp_path / "live-dp.yaml"
+    document["views"] = {name: document["views"][name] for name in views}
+    for name, view in document["views"].items():
+        view["sink"]["topic"] = f"{topic}.{name}"
+    if "aggregated" in views:
+        document["views"]["aggregated"]["differential_privacy"].update(
+            window=f"{window_s}s", idle_timeout=f"{LIVE_IDLE_S}s", allowed_lateness=f"{LIVE_LATENESS_S}s")
+    if "anonymized" in views:
+        document["views"]["anonymized"]["k_anonymity"].update(timing="event", idle_timeout=f"{LIVE_IDLE_S}s")
+    path = directory / f"{topic}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.mark.timeout(240)
+def test_a_submitted_job_left_running_closes_every_window_and_status_shows_its_watermarks(
+        flink, kafka_broker, keyring_ref, tmp_path):
+    topic = "cluster-live-dp"
+    path = _live_policy(tmp_path, topic, ("aggregated",))
     lines = _lines(SAMPLE)[:LIVE_LINES]
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(lines) + "\n")
     times = _event_times(lines)
     wanted = {ms - ms % (LIVE_WINDOW_S * 1000) for ms in times}
+    # private group selection may rightly suppress every group of the last window, cut short (it
+    # is still charged): only the windows with a group far above the threshold must be released
+    params = load_policy(path).views["aggregated"].differential_privacy
+    counts = single_group_subjects(lines, LIVE_WINDOW_S * 1000, "region", "customerId")
+    sure = windows_surely_released(counts, params)
+    assert wanted - sure <= {max(wanted)}, "only the sample's last window may rightly release nothing"
+    charged_micro = round(len(wanted) * params.window_epsilon * 1e6)
     # one partition: the sample in its own order, so no window's records fall behind the watermark
     ensure_topics(kafka_broker.bootstrap, [topic], partitions=1)
     produced = produce_file(kafka_broker.bootstrap, topic, events)
@@ -365,7 +381,8 @@ def test_a_submitted_job_left_running_releases_every_window_and_status_shows_its
     submitted = _cli("submit", "--policy", str(path), "--bootstrap-servers", kafka_broker.bootstrap,
                      "--keyring", keyring_ref, "--state-dir", str(flink.state_dir))
     job_id = re.search(r"submitted job ([0-9a-f]{32})", submitted.stdout).group(1)
-    first_dp = "dp-bound-contributions[aggregated]"
+    first_dp, noisy, gate = (f"{stage}[aggregated]" for stage in ("dp-bound-contributions", "dp-noisy-aggregate",
+                                                                 "dp-budget-gate"))
     try:
         # the clock starts when the last event has reached the DP view: its watermark, as status shows it,
         # is then the last event time less the watermark delay
@@ -377,21 +394,29 @@ def test_a_submitted_job_left_running_releases_every_window_and_status_shows_its
         deadline = time.monotonic() + bound
         while True:
             releases = consume(kafka_broker.bootstrap, f"{topic}.aggregated", timeout=5)
-            if {_epoch_ms(r.json()["window_start"]) for r in releases} >= wanted or time.monotonic() > deadline:
+            status = job_status(flink.rest_url, job_id)
+            metrics = status["operators"]
+            pairs = {(r.json()["window_start"], r.json()["region"]) for r in releases}
+            if every_window_decided(metrics, len(pairs), charged_micro, len(counts)) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         shown = _cli("status", job_id, "--state-dir", str(flink.state_dir), timeout=60).stdout
-        status = job_status(flink.rest_url, job_id)
     finally:
         cancel_job(flink.rest_url, job_id)
     windows = Counter((r.json()["window_start"], r.json()["region"]) for r in releases)
-    assert {_epoch_ms(w) for w, _ in windows} == wanted, f"windows of the sample not released within {bound} s:\n{shown}"
+    released = {event_ms(w) for w, _ in windows}
+    assert sure <= released <= wanted, f"windows of the sample not released within {bound} s:\n{shown}"
     assert max(windows.values()) == 1, "a window and group was released twice"
+    # each window charged once, the last (which only the quiet-input close can end) whether its groups were
+    # released or suppressed; each (window, group) decided once
+    assert metrics[gate]["epsilon spent"] == pytest.approx(charged_micro, abs=1), shown
+    assert metrics[noisy]["groups released"] == len(windows), shown
+    assert metrics[noisy]["groups released"] + metrics[noisy].get("groups suppressed", 0) == len(counts), shown
     assert status["job"]["state"] == "RUNNING"
     # status: the records read, whole operator names, and each DP operator's watermark as a time
     assert status["source"] == produced
     assert re.search(rf"source records read\s+{produced:,}\n", shown), shown
-    for operator in (first_dp, "dp-noisy-aggregate[aggregated]", "dp-budget-gate[aggregated]"):
+    for operator in (first_dp, noisy, gate):
         mark = status["watermarks"][operator]
         assert mark is not None and mark >= min(wanted), f"{operator}: watermark {mark}"
         section = shown.split(f"  {operator}\n", 1)[1]
@@ -474,3 +499,62 @@ def test_stateful_slots_run_the_stateful_views_in_a_slot_of_their_own(flink, kaf
     anonymized = consume(kafka_broker.bootstrap, policy.views["anonymized"].topic, timeout=30)
     suppressed = consume(kafka_broker.bootstrap, f"{policy.views['anonymized'].topic}.suppressed", timeout=30)
     assert len(anonymized) + len(suppressed) + 40 == produced
+
+
+@pytest.mark.timeout(480)
+def test_a_job_restored_on_an_input_that_stays_quiet_still_closes_what_it_held(flink, kafka_broker, keyring_ref,
+                                                                             tmp_path):
+    """Stopped with a savepoint once the sample has reached the stateful views, resumed with no input after it.
+
+    No record will move the watermark again: only the quiet-input clocks, seeded from the restored
+    state, can close the DP windows and meet the k-anonymity deadlines that the savepoint held.
+    """
+    topic = "cluster-quiet-restore"
+    window_s = 60  # the sample's last window then needs about a minute of quiet: the stop comes well before
+    path = _live_policy(tmp_path, topic, ("anonymized", "aggregated"), window_s=window_s)
+    policy = load_policy(path)
+    lines = _lines(SAMPLE)[:LIVE_LINES]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    times = _event_times(lines)
+    params = policy.views["aggregated"].differential_privacy
+    charged_micro = round(len({ms - ms % (window_s * 1000) for ms in times}) * params.window_epsilon * 1e6)
+    ensure_topics(kafka_broker.bootstrap, [topic], partitions=1)
+    produced = produce_file(kafka_broker.bootstrap, topic, events)
+    anonymized_topic = policy.views["anonymized"].topic
+    gate = "dp-budget-gate[aggregated]"
+
+    def closed() -> int:
+        return sum(len(consume(kafka_broker.bootstrap, name, timeout=10))
+                   for name in (anonymized_topic, f"{anonymized_topic}.suppressed", policy.dlq_topic))
+
+    job_id = submit_job(_options(flink, path, kafka_broker, keyring_ref))
+    deadline = time.monotonic() + 150
+    while (job_status(flink.rest_url, job_id)["watermarks"].get("dp-bound-contributions[aggregated]") or 0) < (
+            max(times) - LIVE_DELAY_S * 1000 - 1):
+        assert time.monotonic() < deadline, "the sample did not reach the DP view within 150 s"
+        time.sleep(1)
+    savepoint = stop_with_savepoint(flink.rest_url, job_id, timeout=120)
+    assert closed() < produced, "nothing was held at the savepoint: the test no longer tests a restore"
+
+    resumed = submit_job(_options(flink, path, kafka_broker, keyring_ref, savepoint=savepoint))
+    bound = window_s + LIVE_DELAY_S + LIVE_LATENESS_S + LIVE_IDLE_S + LIVE_SLACK_S + 60  # + the job's start
+    try:
+        deadline = time.monotonic() + bound
+        while True:
+            done = closed()
+            metrics = job_status(flink.rest_url, resumed)["operators"]
+            spent = metrics.get(gate, {}).get("epsilon spent", 0)
+            if done >= produced and spent >= charged_micro - 1 or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        restored = (_checkpoints(flink, resumed).get("latest") or {}).get("restored") or {}
+    finally:
+        cancel_job(flink.rest_url, resumed)
+    assert restored.get("is_savepoint"), "the resumed job did not restore the savepoint"
+    assert done == produced, f"{produced - done} records the savepoint held were not released within {bound} s"
+    # the resumed job's spend counter starts at 0 and catches up at its first charge: a window closed after the restore
+    assert spent == pytest.approx(charged_micro, abs=1), f"DP windows not closed within {bound} s: {metrics.get(gate)}"
+    anonymized = consume(kafka_broker.bootstrap, anonymized_topic, timeout=30)
+    assert_k_anonymous([r.json() for r in anonymized], quasi_identifiers=("age", "zip", "location"),
+                       subject="customerId", k=policy.views["anonymized"].k_anonymity.k)

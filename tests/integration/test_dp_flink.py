@@ -18,6 +18,7 @@ from flink_jobs.devtools.processes import free_port
 from operators.dp.flink import attach
 from operators.dp.params import DpParams
 from tests.integration import restart
+from tests.support.dp_expect import event_ms
 
 pytestmark = pytest.mark.integration
 
@@ -160,10 +161,7 @@ def check_release(value: dict, headers: dict, truth: dict, params: DpParams) -> 
 
 
 def window_index(value: dict) -> int:
-    from datetime import datetime
-
-    ms = int(datetime.fromisoformat(value["window_start"].replace("Z", "+00:00")).timestamp() * 1000)
-    return (ms - T0) // MINUTE
+    return (event_ms(value["window_start"]) - T0) // MINUTE
 
 
 def test_public_groups_release_every_window_near_the_truth_with_bounded_flood(tmp_path):
@@ -302,9 +300,7 @@ def test_a_restart_from_a_retained_checkpoint_loses_no_contribution_and_keeps_th
 
 
 def window_ms(value: dict) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(value["window_start"].replace("Z", "+00:00")).timestamp() * 1000)
+    return event_ms(value["window_start"])
 
 
 # -- late records ----------------------------------------------------------------------
