@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.full_job import jvm_cpu_seconds
 from operators.dp.core import ContributionBounder, GroupReleaser, merge, window_starts
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
@@ -93,14 +94,6 @@ def core_throughput(params: DpParams, rows) -> float:
     return len(rows) / elapsed
 
 
-def _jvm_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the JVM, which in thread mode also runs the Python functions."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _flink_job(path: str, params: DpParams | None, keyed: bool = False) -> tuple[float, float]:
     """Net runtime and JVM CPU seconds of one job: file -> parse -> event time -> [DP operators] -> discard.
 
@@ -156,9 +149,9 @@ def _flink_job(path: str, params: DpParams | None, keyed: bool = False) -> tuple
     sink = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
     stream._j_data_stream.sinkTo(sink)
     pid = get_gateway().jvm.ProcessHandle.current().pid()
-    cpu = _jvm_cpu_seconds(pid)
+    cpu = jvm_cpu_seconds(pid)
     result = env.execute("dp-bench" if params else "noop-bench")
-    return result.get_net_runtime() / 1000, _jvm_cpu_seconds(pid) - cpu
+    return result.get_net_runtime() / 1000, jvm_cpu_seconds(pid) - cpu
 
 
 def flink_throughput(params: DpParams, rows, repeats: int) -> None:

@@ -70,7 +70,8 @@ def _java_child(parent: int) -> int | None:
     return None
 
 
-def _cpu_seconds(pid: int) -> float:
+def jvm_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a JVM, which in thread mode also runs the Python functions."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
@@ -86,7 +87,7 @@ def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) ->
     while process.poll() is None and time.perf_counter() - started < 3600:
         try:
             jvm = jvm or _java_child(process.pid)
-            cpu = _cpu_seconds(jvm) if jvm else cpu
+            cpu = jvm_cpu_seconds(jvm) if jvm else cpu
         except OSError:
             pass  # the JVM has just exited: its last reading stands
         time.sleep(0.2)

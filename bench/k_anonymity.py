@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import sysconfig
 import time
@@ -56,6 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.full_job import jvm_cpu_seconds  # noqa: E402
 from operators.k_anonymity import KAnonymityParams, LocalCascade  # noqa: E402
 
 FIELDS = {"customerId": "keep", "purchaseAmount": "keep"}
@@ -257,12 +257,6 @@ def bench_core(data, k: int, max_delay: str, span) -> dict:
             "longest_wait": max(waits), "max_delay": params.max_delay_ms}
 
 
-def _jvm_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the JVM, which in thread mode also runs the Python functions."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_flink(data, k: int, max_delay: str, parallelism: int,
                 execution_mode: str = "thread") -> dict[str, tuple[float, float]]:
     """Records/s, and records per CPU second, of three pipelines on the same source and MiniCluster settings.
@@ -319,7 +313,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int,
 
         def row(i):
             if i == 0 and not mark.exists():  # thread mode: this runs inside the JVM, so its pid is the JVM's
-                cpu = _jvm_cpu_seconds(pid) if execution_mode == "thread" else math.nan
+                cpu = jvm_cpu_seconds(pid) if execution_mode == "thread" else math.nan
                 mark.write_text(f"{time.time()!r} {cpu!r}")
             return rows[i]
 
@@ -337,7 +331,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int,
             stream.map(lambda r: (r[0], r[1], r[2]), output_type=out_type).name("noop").sink_to(discard)
         env.execute(f"{kind}-bench")
         wall, cpu = (float(x) for x in mark.read_text().split())
-        return n / (time.time() - wall), n / (_jvm_cpu_seconds(pid) - cpu) if execution_mode == "thread" else math.nan
+        return n / (time.time() - wall), n / (jvm_cpu_seconds(pid) - cpu) if execution_mode == "thread" else math.nan
 
     return {kind: run(kind) for kind in ("noop", "keyed", "cascade")}
 
