@@ -69,14 +69,20 @@ def flink(tmp_path_factory):
         assert not flink_cluster.taskmanager_pids(cluster), "a TaskManager outlived the cluster"
 
 
-def _policy_file(directory: Path, topic: str, views: tuple[str, ...] = ("masked",),
-                 street: dict | None = None) -> tuple[Path, object]:
-    """The customer-events policy with `views` only, on topics named after `topic`, written to a YAML file."""
+def _policy_document(topic: str, views: tuple[str, ...]) -> dict:
+    """The customer-events policy with `views` only, on topics named after `topic`."""
     document = json.loads(json.dumps(load_policy(POLICY).document))
     document["source"]["topic"] = topic
     document["views"] = {name: document["views"][name] for name in views}
     for name, view in document["views"].items():
         view["sink"]["topic"] = f"{topic}.{name}"
+    return document
+
+
+def _policy_file(directory: Path, topic: str, views: tuple[str, ...] = ("masked",),
+                 street: dict | None = None) -> tuple[Path, object]:
+    """:func:`_policy_document` written to a YAML file, and loaded."""
+    document = _policy_document(topic, views)
     if street is not None:
         document["views"]["masked"]["fields"]["address.street"] = street
     path = directory / f"{topic}-{len(list(directory.glob('*.yaml')))}.yaml"
@@ -339,13 +345,9 @@ def _event_times(lines: list[str]) -> list[int]:
 
 
 def _live_policy(directory: Path, topic: str, views: tuple[str, ...], window_s: int = LIVE_WINDOW_S) -> Path:
-    """The customer-events policy with `views` only, on event time with the live tests' delays, as a YAML file."""
-    document = json.loads(json.dumps(load_policy(POLICY).document))
-    document["source"]["topic"] = topic
+    """:func:`_policy_document` on event time with the live tests' delays, written to a YAML file."""
+    document = _policy_document(topic, views)
     document["source"]["watermark_delay"] = f"{LIVE_DELAY_S}s"
-    document["views"] = {name: document["views"][name] for name in views}
-    for name, view in document["views"].items():
-        view["sink"]["topic"] = f"{topic}.{name}"
     if "aggregated" in views:
         document["views"]["aggregated"]["differential_privacy"].update(
             window=f"{window_s}s", idle_timeout=f"{LIVE_IDLE_S}s", allowed_lateness=f"{LIVE_LATENESS_S}s")
