@@ -132,7 +132,9 @@ class SubjectWindow:
 
     ``groups`` maps group_json to a buffer
     ``[priority, records seen, kept record 1 slots..., kept record 2 slots...]``,
-    with one slot per sum or mean metric (NaN where the value was null).
+    with one slot per sum or mean metric (NaN where the value was null). The priority
+    is NaN until a group must give way to another: most subjects touch one group per
+    window, and then no priority is ever needed.
     """
 
     __slots__ = ("groups", "salt")
@@ -210,12 +212,19 @@ class ContributionBounder:
         groups = window.groups
         acc = groups.get(group_json)
         if acc is None:
-            prio = self.priority(window.salt, group_json)
-            if len(groups) >= self.max_groups:
-                worst_key = max(groups, key=lambda g: groups[g][0])
-                if prio >= groups[worst_key][0]:
-                    return False
-                del groups[worst_key]
+            if len(groups) < self.max_groups:
+                # kept whatever its priority: the keyed hash waits until a group must give way
+                groups[group_json] = [math.nan, 1.0, *vector]
+                return True
+            salt = window.salt
+            for key, kept in groups.items():
+                if kept[0] != kept[0]:  # NaN: not computed yet
+                    kept[0] = self.priority(salt, key)
+            prio = self.priority(salt, group_json)
+            worst_key = max(groups, key=lambda g: groups[g][0])
+            if prio >= groups[worst_key][0]:
+                return False
+            del groups[worst_key]
             groups[group_json] = [prio, 1.0, *vector]
             return True
         seen = int(acc[1]) + 1
@@ -265,7 +274,8 @@ def encode_window(window: SubjectWindow) -> str:
 
     Written on every record that changes a buffer, so it must be cheap: orjson writes
     floats in their shortest exact form in a fraction of ``repr``'s time. It writes
-    NaN (a null value's slot) as null, which :func:`decode_window` turns back into NaN.
+    NaN (a null value's slot, or a priority not yet computed) as null, which
+    :func:`decode_window` turns back into NaN.
     """
     return _dumps([window.salt, window.groups])
 

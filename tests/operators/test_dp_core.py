@@ -209,6 +209,21 @@ def test_when_group_not_kept_then_buffer_unchanged():
     assert window.groups == before and list(window.groups) == [winner]
 
 
+def test_a_subject_of_one_group_needs_no_priority_and_a_second_group_computes_both():
+    p = DpParams.from_policy(block(max_groups_per_subject=1))
+    core = ContributionBounder(p)
+    window = core.new_window(make_random(5))
+    core.offer(window, '["g1"]', core.vector({"purchaseAmount": 1}))
+    core.offer(window, '["g1"]', core.vector({"purchaseAmount": 2}))
+    assert math.isnan(window.groups['["g1"]'][0])
+    # the priority not yet computed survives the state round trip as NaN
+    assert math.isnan(decode_window(encode_window(window)).groups['["g1"]'][0])
+    core.offer(window, '["g2"]', core.vector({"purchaseAmount": 3}))
+    (kept, acc), = window.groups.items()
+    assert acc[0] == core.priority(window.salt, kept)
+    assert kept == min(('["g1"]', '["g2"]'), key=lambda g: core.priority(window.salt, g))
+
+
 def test_record_draws_are_uniform_indices():
     core = ContributionBounder(DpParams.from_policy(DESIGN_BLOCK))
     counts = Counter(core.draw(salt, '["a"]', 7) for salt in range(7000))
