@@ -366,12 +366,44 @@ class _KeyPlan:
         return tuple("[" + ",".join(piece[i] for piece, i in zip(pieces, row, strict=True)) + "]" for row in self.rows)
 
 
-def _count(counts: dict[str, int], item: str, step: int) -> None:
-    left = counts.get(item, 0) + step
+def _count(counts: dict[str, int], item: str, step: int) -> bool:
+    """Add ``step`` to ``item``'s count, dropping it at zero; True when that makes the item appear or disappear."""
+    before = counts.get(item, 0)
+    left = before + step
     if left > 0:
         counts[item] = left
     else:
         counts.pop(item, None)
+    return not before or left <= 0
+
+
+def _join(classes: dict, key: str, rid: int, subject: str, value: str | None) -> None:
+    """Count a record in its class at one level."""
+    entry = classes.get(key)
+    if entry is None:
+        classes[key] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
+        return
+    entry[0][rid] = None
+    _count(entry[1], subject, 1)
+    if value is not None:
+        _count(entry[2], value, 1)
+
+
+def _leave(classes: dict, key: str, rid: int, subject: str, value: str | None) -> None:
+    """Uncount a record from its class at one level; a class left empty is dropped."""
+    members, subjects, values = classes[key]
+    del members[rid]
+    if not members:
+        del classes[key]
+        return
+    _count(subjects, subject, -1)
+    if value is not None:
+        _count(values, value, -1)
+
+
+#: from this many finest classes on, a coarser class of a nested stage keeps its subjects and values tallied,
+#: so that asking whether it is complete no longer walks them all (a few subjects with many records)
+TALLY_FROM = 32
 
 
 class Partition:
@@ -381,10 +413,16 @@ class Partition:
     :meth:`Stage.rebuild` recomputes from them, which is how the Flink operator comes
     back from keyed state. ``added``, ``removed``, ``marked`` and ``armed`` journal the
     changes since the caller last cleared them, so that it can write them through.
+
+    When the stage's hierarchies nest, records are counted in their finest class only
+    (``classes[0]``), and a coarser class is the finest classes under it (``children``):
+    that index changes when a finest class is created or emptied, not with every record; a
+    coarser class of many finest classes also keeps its subjects tallied (``tallies``).
+    Otherwise ``classes`` counts them at every level and ``children`` stays empty.
     """
 
-    __slots__ = ("records", "keys", "classes", "released", "due", "ticks", "next_rid", "next_sweep",
-                 "added", "removed", "marked", "unmarked", "armed", "flush_armed")
+    __slots__ = ("records", "keys", "classes", "children", "tallies", "released", "due", "ticks", "next_rid",
+                 "next_sweep", "added", "removed", "marked", "unmarked", "armed", "flush_armed")
 
     def __init__(self, depth: int) -> None:
         self.records: dict[int, Staged] = {}  # record id -> staged record
@@ -392,6 +430,11 @@ class Partition:
         # per level: class -> (its record ids, oldest first; {subject: records}; {sensitive value: records})
         self.classes: list[dict[str, tuple[dict[int, None], dict[str, int], dict[str, int]]]] = [
             {} for _ in range(depth)]
+        # per level: class -> the finest classes under it that hold buffered records (level 0 unused)
+        self.children: list[dict[str, dict[str, None]]] = [{} for _ in range(depth)]
+        # per level: a class of TALLY_FROM finest classes or more -> ({subject: its finest classes holding the
+        # subject}, the same for sensitive values), kept up to date while the class lasts
+        self.tallies: list[dict[str, tuple[dict[str, int], dict[str, int]]]] = [{} for _ in range(depth)]
         self.released: list[dict[str, int]] = [{} for _ in range(depth)]  # class -> released at (ms)
         self.due: list[tuple[int, int]] = []  # heap of (timer, record id); ids already gone are skipped
         self.ticks: set[int] = set()  # timers armed for this partition
@@ -428,8 +471,10 @@ class Partition:
 class Stage:
     """The release rules of one keyed stage of the cascade: levels ``first`` to ``last`` of the path.
 
-    A record entering the stage is counted in its class at every level of the stage
-    at once, so every level sees all the records buffered in the stage, not a slice.
+    A record entering the stage is in its class at every level of the stage at once,
+    so every level sees all the records buffered in the stage, not a slice. (Where the
+    hierarchies nest it is counted in its finest class only, and a coarser class is the
+    union of the finest classes under it: see :class:`Partition`.)
 
     - **Arrival.** The record passes straight through if its class at the stage's first
       (finest) level is released. Otherwise it is buffered; when that class reaches ``k``
@@ -466,6 +511,7 @@ class Stage:
         self._plan = _KeyPlan(params, range(first, last + 1))
         # a record's class at the stage's finest and last level: all that a record of a released class needs
         self._ends = _KeyPlan(params, (first, last)) if last > first else self._plan
+        # nested: a record is counted in its finest class only, the coarser ones being unions of finest ones
         self._nested = _finest_fixes_coarser(params, first, last)
         self._coarser: dict[str, tuple[str, ...]] = {}  # finest class -> its class at every level of the stage
 
@@ -538,8 +584,48 @@ class Stage:
         part.next_sweep = now + max(1, self._ttl // 4)
 
     def _complete(self, part: Partition, index: int, key: str) -> bool:
+        if index and self._nested:
+            under = part.children[index].get(key)
+            return under is not None and self._complete_under(part, index, key, under)
         entry = part.classes[index].get(key)
         return entry is not None and len(entry[1]) >= self._k and len(entry[2]) >= self._l
+
+    def _complete_under(self, part: Partition, index: int, key: str, finest: dict[str, None]) -> bool:
+        """Whether coarser class ``key``, made of the finest classes ``finest``, holds k subjects (and l values)."""
+        tally = part.tallies[index].get(key)
+        if tally is None and len(finest) >= TALLY_FROM:
+            tally = part.tallies[index][key] = ({}, {})
+            for child in finest:
+                _, subjects, values = part.classes[0][child]
+                for subject in subjects:
+                    _count(tally[0], subject, 1)
+                for value in values:
+                    _count(tally[1], value, 1)
+        if tally is not None:
+            return len(tally[0]) >= self._k and len(tally[1]) >= self._l
+        # a few finest classes: their union, stopping as soon as it is complete
+        subjects_seen: set[str] = set()
+        values_seen: set[str] = set()
+        for child in finest:
+            _, subjects, values = part.classes[0][child]
+            subjects_seen.update(subjects)
+            values_seen.update(values)
+            if len(subjects_seen) >= self._k and len(values_seen) >= self._l:
+                return True
+        return False
+
+    def _retally(self, part: Partition, keys: tuple[str, ...], subject: str | None, value: str | None,
+                 step: int) -> None:
+        """Count a subject (and a value) that a finest class gained or lost in the tallies of its coarser classes."""
+        if not any(part.tallies):
+            return
+        for tallies, key in zip(part.tallies[1:], keys[1:], strict=True):
+            tally = tallies.get(key) if tallies else None
+            if tally is not None:
+                if subject is not None:
+                    _count(tally[0], subject, step)
+                if value is not None:
+                    _count(tally[1], value, step)
 
     def _add(self, part: Partition, record: Staged, keys: tuple[str, ...], rid: int | None = None) -> int:
         if rid is None:
@@ -550,17 +636,11 @@ class Stage:
         part.keys[rid] = keys
         subject = record[SUBJECT]
         value = self.sensitive(record) if self._l else None
-        for classes, key in zip(part.classes, keys, strict=True):
-            entry = classes.get(key)
-            if entry is None:
-                classes[key] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
-                continue
-            entry[0][rid] = None
-            subjects = entry[1]
-            subjects[subject] = subjects.get(subject, 0) + 1
-            if value is not None:
-                values = entry[2]
-                values[value] = values.get(value, 0) + 1
+        if not self._nested:
+            for classes, key in zip(part.classes, keys, strict=True):
+                _join(classes, key, rid, subject, value)
+        else:
+            self._join_finest(part, keys, rid, subject, value)
         timer = self.timer(record)
         heapq.heappush(part.due, (timer, rid))
         if timer not in part.ticks:
@@ -568,22 +648,58 @@ class Stage:
             part.armed.append(timer)
         return rid
 
+    def _join_finest(self, part: Partition, keys: tuple[str, ...], rid: int, subject: str, value: str | None) -> None:
+        """Count a record in its finest class; a new finest class joins the coarser classes it lies in."""
+        finest = keys[0]
+        entry = part.classes[0].get(finest)
+        if entry is not None:
+            entry[0][rid] = None
+            new_subject = _count(entry[1], subject, 1)
+            new_value = value is not None and _count(entry[2], value, 1)
+            if new_subject or new_value:
+                self._retally(part, keys, subject if new_subject else None, value if new_value else None, 1)
+            return
+        part.classes[0][finest] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
+        for children, key in zip(part.children[1:], keys[1:], strict=True):
+            under = children.get(key)
+            if under is None:
+                children[key] = {finest: None}
+            else:
+                under[finest] = None
+        self._retally(part, keys, subject, value, 1)
+
     def _remove(self, part: Partition, rid: int) -> Staged:
         record = part.records.pop(rid)
         keys = part.keys.pop(rid)
         subject = record[SUBJECT]
         value = self.sensitive(record) if self._l else None
-        for classes, key in zip(part.classes, keys, strict=True):
-            members, subjects, values = classes[key]
-            del members[rid]
-            if not members:
-                del classes[key]
-                continue
-            _count(subjects, subject, -1)
-            if value is not None:
-                _count(values, value, -1)
+        if not self._nested:
+            for classes, key in zip(part.classes, keys, strict=True):
+                _leave(classes, key, rid, subject, value)
+        else:
+            self._leave_finest(part, keys, rid, subject, value)
         part.removed.append(rid)
         return record
+
+    def _leave_finest(self, part: Partition, keys: tuple[str, ...], rid: int, subject: str, value: str | None) -> None:
+        """Uncount a record from its finest class; an emptied finest class leaves its coarser classes."""
+        finest = keys[0]
+        members, subjects, values = part.classes[0][finest]
+        del members[rid]
+        if members:
+            gone_subject = _count(subjects, subject, -1)
+            gone_value = value is not None and _count(values, value, -1)
+            if gone_subject or gone_value:
+                self._retally(part, keys, subject if gone_subject else None, value if gone_value else None, -1)
+            return
+        del part.classes[0][finest]
+        self._retally(part, keys, subject, value, -1)  # it held this record alone
+        for children, tallies, key in zip(part.children[1:], part.tallies[1:], keys[1:], strict=True):
+            under = children[key]
+            del under[finest]
+            if not under:
+                del children[key]
+                tallies.pop(key, None)
 
     def _release(self, part: Partition, index: int, key: str, rids: Sequence[int], now: int) -> list[Release]:
         part.released[index][key] = now
@@ -597,7 +713,15 @@ class Stage:
         record = part.records[rid]
         subjects = {record[SUBJECT]}
         values = {self.sensitive(record)} if self._l else set()
-        for other in part.classes[index][key][0]:
+        candidates: Iterable[int]
+        if index and self._nested:
+            finest = part.classes[0]
+            # record ids grow with arrival and each finest class holds its own in order: merged, they come
+            # oldest first, as one list of the coarser class's records would
+            candidates = heapq.merge(*(finest[child][0] for child in part.children[index][key]))
+        else:
+            candidates = part.classes[index][key][0]
+        for other in candidates:
             if len(subjects) >= self._k and len(values) >= self._l:
                 break
             if other == rid:
@@ -646,13 +770,22 @@ class Stage:
 
     def _settle(self, part: Partition, rid: int, now: int, published: list[Release], leaving: list[Staged]) -> None:
         keys = part.keys[rid]
+        below = 1  # nested: how many finest classes the record's class one level down holds; it was not complete
         for index, key in enumerate(keys):
             if self._is_released(part, index, key, now):
                 published.append((self._remove(part, rid), self.first + index, key))
                 return
-            if self._complete(part, index, key):
-                published.extend(self._release(part, index, key, self._smallest_group(part, index, key, rid), now))
-                return
+            if index and self._nested:
+                under = part.children[index][key]
+                if len(under) == below:
+                    continue  # the same finest classes as one level down, so not complete either
+                below = len(under)
+                if not self._complete_under(part, index, key, under):
+                    continue
+            elif not self._complete(part, index, key):
+                continue
+            published.extend(self._release(part, index, key, self._smallest_group(part, index, key, rid), now))
+            return
         leaving.append(self._remove(part, rid))
 
     def rebuild(self, records: Iterable[tuple[int, Staged]], released: Iterable[tuple[str, int]],

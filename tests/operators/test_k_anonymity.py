@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from operators.k_anonymity import (
     Stage,
     class_key,
     class_keys,
+    core,
     extract_quasi_identifiers,
     fast_geohash,
     ncp,
@@ -371,8 +373,11 @@ def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
     stage, part = stage_of(params(path="lockstep")), Partition(3)
     for n in range(10):
         assert feed(stage, part, staged("alice", n=n)) == []
-    # counted once per level of the stage, one subject everywhere; one timer for all ten
-    assert len(part.records) == 10 and all(len(level) == 1 for level in part.classes)
+    # all in one finest class, which each coarser class lists; one subject everywhere; one timer for all ten
+    finest, *coarser = part.keys[0]
+    assert len(part.records) == 10 and part.classes[0] == {finest: (dict.fromkeys(range(10)), {"alice": 10}, {})}
+    assert part.children[1:] == [{key: {finest: None}} for key in coarser]
+    assert not any(stage._complete(part, index, key) for index, key in enumerate(part.keys[0]))
     assert part.armed == [750]
 
 
@@ -454,10 +459,134 @@ def test_when_deadlines_pass_then_only_the_expired_records_leave():
     feed(stage, part, staged("b", entered=100))
     published, leaving = stage.on_deadline(part, 750, 750)
     assert published == [] and [r[3] for r in leaving] == ["a"]
-    assert [{key: entry[1] for key, entry in level.items()} for level in part.classes] == [
-        {key: {"b": 1}} for key in part.keys[1]]
+    # b alone is left in the class, at every level: its finest class, under each coarser one
+    finest, *coarser = part.keys[1]
+    assert {key: entry[1] for key, entry in part.classes[0].items()} == {finest: {"b": 1}}
+    assert part.children[1:] == [{key: {finest: None}} for key in coarser]
     # the class still needs k fresh subjects: "a" left, so two more are needed
     assert feed(stage, part, staged("c", entered=200)) == []
+
+
+# -- the index of a nested stage: finest classes counted, coarser classes as the finest ones under them --------
+
+
+def index_of(part: Partition) -> tuple:
+    """What a partition's class index says, in a form to compare: members in their order, children as sets.
+
+    The order of children is the order the finest classes were made in, which a rebuild may not repeat;
+    nothing is read from it but the order of a union.
+    """
+    finest = {key: (list(members), subjects, values) for key, (members, subjects, values) in part.classes[0].items()}
+    return finest, part.classes[1:], [{key: set(under) for key, under in level.items()} for level in part.children]
+
+
+def assert_tallies_hold(part: Partition) -> None:
+    """Each tallied coarser class counts, per subject and per value, the finest classes under it holding it."""
+    for index, tallies in enumerate(part.tallies):
+        for key, (subjects, values) in tallies.items():
+            under = [part.classes[0][child] for child in part.children[index][key]]
+            assert subjects == dict(Counter(s for _, held, _ in under for s in held)), (index, key)
+            assert values == dict(Counter(v for _, _, held in under for v in held)), (index, key)
+
+
+def test_when_records_in_different_finest_classes_meet_at_a_coarser_level_then_their_union_completes_it():
+    p = params(k=3, path="lockstep")
+    stage, part = stage_of(p), Partition(3)
+    people = [("a", 31, "94102"), ("a", 33, "94150"), ("b", 36, "94110"), ("c", 38, "94177")]
+    for n, (subject, age, zip_code) in enumerate(people):
+        feed(stage, part, near(subject, age, zip_code, entered=n * 100, n=n))
+    coarse = part.keys[0][1]
+    # four finest classes (a's two records too), each under the one level-1 class, in the order they came
+    assert len(part.classes[0]) == 4 and all(len(subjects) == 1 for _, subjects, _ in part.classes[0].values())
+    assert list(part.children[1][coarse]) == [part.keys[rid][0] for rid in range(4)]
+    assert not any(stage._complete(part, 0, key) for key in part.classes[0])
+    assert stage._complete(part, 1, coarse)  # a, b and c: three subjects across four finest classes
+    published, _ = stage.on_deadline(part, 750, 750)
+    # a-0 is due: the oldest records that bring k subjects, a-1 being no new subject
+    assert ids(published) == ["a-0", "b-2", "c-3"] and {r[1:] for r in published} == {(1, coarse)}
+    assert list(part.records) == [1] and list(part.children[1][coarse]) == [part.keys[1][0]]
+
+
+def test_when_a_finest_class_empties_then_the_coarser_classes_drop_it_and_go_when_they_hold_none():
+    p = params(k=5, path="lockstep")
+    stage, part = stage_of(p), Partition(3)
+    feed(stage, part, near("a", 31, "94102", entered=0))
+    feed(stage, part, near("b", 36, "94110", entered=100, n=1))
+    first, second = part.keys[0][0], part.keys[1][0]
+    _, coarse, coarsest = part.keys[0]
+    both = {first: None, second: None}
+    assert part.children[1:] == [{coarse: both}, {coarsest: both}]
+    _, leaving = stage.on_deadline(part, 750, 750)  # a leaves the stage: k = 5 is out of reach
+    assert [r[3] for r in leaving] == ["a"]
+    assert list(part.classes[0]) == [second] and part.children[1:] == [{coarse: {second: None}}, {coarsest: {second: None}}]
+    stage.on_deadline(part, 850, 850)
+    assert part.empty() and part.classes == [{}, {}, {}] and part.children == [{}, {}, {}]
+
+
+def test_when_a_coarser_class_holds_many_finest_classes_then_its_tally_follows_them(monkeypatch):
+    monkeypatch.setattr(core, "TALLY_FROM", 3)
+    p = params(k=4, path="lockstep", l_diversity={"attribute": "band", "l": 2})
+    stage, part = stage_of(p), Partition(3)
+    people = [("a", 31, "94102", "x"), ("a", 36, "94110", "x"), ("b", 38, "94177", "x"), ("b", 33, "94150", "x")]
+    for n, (subject, age, zip_code, band) in enumerate(people):
+        record = near(subject, age, zip_code, entered=n)
+        feed(stage, part, (*record[:2], json.dumps({"id": f"{subject}-{n}", "band": band}), *record[3:]))
+    coarse = part.keys[0][1]
+    assert not stage._complete(part, 1, coarse) and coarse in part.tallies[1]  # four finest classes: tallied
+    assert_tallies_hold(part)
+    # a third subject, in a finest class already there, and with a new band: it joins the tally
+    record = near("c", 36, "94110", entered=5, n=9)
+    feed(stage, part, (*record[:2], json.dumps({"id": "c-9", "band": "y"}), *record[3:]))
+    assert_tallies_hold(part)
+    assert part.tallies[1][coarse] == ({"a": 2, "b": 2, "c": 1}, {'"x"': 4, '"y"': 1})
+    assert not stage._complete(part, 1, coarse)  # three subjects, k = 4
+    feed(stage, part, near("d", 39, "94199", entered=6, n=10))
+    assert_tallies_hold(part)
+    assert stage._complete(part, 1, coarse)
+    published, _ = stage.on_deadline(part, 750, 750)  # a-0 due: released at level 1 with the fewest others
+    assert ids(published) == ["a-0", "b-2", "c-9", "d-10"] and {r[1] for r in published} == {1}
+    assert_tallies_hold(part)
+    assert coarse in part.released[1] and sorted(part.records) == [1, 3]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_when_hierarchies_do_not_nest_then_every_level_counts_its_records_and_releases_stay_k_anonymous(seed):
+    # the policy check refuses a group with two parents, so the table is swapped in after it: a stage must not
+    # lean on nesting it cannot see. Its finest level is a group that does not fix the next one
+    valid = {"nurse": ["health", "care"], "surgeon": ["health", "care"], "carer": ["social", "care"],
+             "doctor": ["social", "care"]}
+    crossed = {"nurse": ("health", "care"), "surgeon": ("health", "medicine"), "carer": ("social", "care"),
+               "doctor": ("social", "medicine")}
+    quasi = {"job": {"groups": valid, "hierarchy": ["exact", {"group": 1}, {"group": 2}, "*"]}}
+    p = params(k=3, quasi_identifiers=quasi, path=[{"job": 1}, {"job": 2}, {"job": 3}])
+    p.quasi_identifiers[0].groups.update(crossed)
+    stage = stage_of(p)
+    assert not stage._nested and (stage.first, stage.last) == (0, 1)
+    part = Partition(stage.depth)
+    rng = random.Random(seed)
+    out, ids_in, left = [], [], []
+    # two subjects in each group of level 0, so no class is complete there; three under "care" at level 1
+    jobs = {"s0": "nurse", "s1": "surgeon", "s2": "carer", "s3": "carer", "s4": rng.choice(list(crossed))}
+    for i in range(150):
+        subject = rng.choice(list(jobs)[:4] if i < 100 else list(jobs))
+        ids_in.append(str(i))
+        record = (None, "{}", json.dumps({"id": str(i), "customerId": subject}), subject,
+                  json.dumps({"job": jobs[subject]}), i * 10, i * 10)
+        out += feed(stage, part, record, now=i * 10)
+        published, leaving = stage.on_deadline(part, i * 10, i * 10)
+        out += published
+        left += leaving
+        # every buffered record is counted at every level; there is no index of finest classes
+        for level in part.classes:
+            assert sorted(rid for members, _, _ in level.values() for rid in members) == sorted(part.records)
+        assert part.children == [{}, {}]
+    published, leaving = stage.flush(part, 10_000)
+    out += published
+    left += leaving
+    released = [{**json.loads(record[2]), "job": json.loads(key)[0]} for record, _, key in out]
+    assert "care" in {r["job"] for r in released}  # nurses and carers meet at level 1 only
+    assert_k_anonymous(released, ["job"], "customerId", 3)
+    assert_accounted(ids_in, [r["id"] for r in released], [json.loads(r[2])["id"] for r in left])
 
 
 # -- the whole cascade ------------------------------------------------------------------------
@@ -575,8 +704,11 @@ def replay(part: Partition, facts: dict, released: dict) -> None:
     part.clear_journal()
 
 
+@pytest.mark.parametrize("tally_from", [core.TALLY_FROM, 2])
 @pytest.mark.parametrize("seed", range(30))
-def test_when_a_partition_is_rebuilt_from_its_written_state_then_it_behaves_as_the_one_that_never_left(seed):
+def test_when_a_partition_is_rebuilt_from_its_written_state_then_it_behaves_as_the_one_that_never_left(
+        seed, tally_from, monkeypatch):
+    monkeypatch.setattr(core, "TALLY_FROM", tally_from)
     rng = random.Random(seed)
     # a short TTL, so released classes also run out (and leave the state) mid-run
     p = params(k=3, path="lockstep", l_diversity={"attribute": "band", "l": 2}, state_ttl="1500ms")
@@ -599,6 +731,9 @@ def test_when_a_partition_is_rebuilt_from_its_written_state_then_it_behaves_as_t
         replay(restored, facts, released)
         assert facts == restored.records
         assert released == {f"{i}|{key}": at for i, level in enumerate(restored.released) for key, at in level.items()}
+        # the index kept up record by record is the one a rebuild makes from the records alone
+        assert index_of(restored) == index_of(stage.rebuild(facts.items(), [], now))
+        assert_tallies_hold(restored)
         kept.clear_journal()
         if rng.random() < 0.1:  # a restore: only the written state survives
             restored = stage.rebuild(facts.items(), released.items(), now)
