@@ -127,6 +127,8 @@ def generalize(qi: QuasiIdentifier, level: Level, value: Any) -> Any:
 
 
 _GEOHASH_ALPHABET = "0123456789bcdefghjkmnpqrstuvwxyz"
+#: every two-character geohash step, by its 10 bits
+_GEOHASH_PAIRS = [first + second for first in _GEOHASH_ALPHABET for second in _GEOHASH_ALPHABET]
 # _SPREAD[n] has the bits of the 16-bit n at the even positions of a 32-bit word
 _SPREAD = [0] * 65536
 for _n in range(1, 65536):
@@ -147,7 +149,13 @@ def fast_geohash(lat: float, lon: float, precision: int) -> str:
     lat_s = _SPREAD[lat_i & 0xFFFF] | _SPREAD[lat_i >> 16] << 32
     # longitude takes the first bit: the even positions when the bit count is odd
     word = lon_s | lat_s << 1 if bits % 2 else lon_s << 1 | lat_s
-    return "".join(_GEOHASH_ALPHABET[(word >> shift) & 31] for shift in range(bits - 5, -1, -5))
+    # two characters per step, from the top: the common precisions (2 to 6) take one to three steps
+    text = ""
+    shift = bits - 10
+    while shift >= 0:
+        text += _GEOHASH_PAIRS[(word >> shift) & 1023]
+        shift -= 10
+    return text + _GEOHASH_ALPHABET[word & 31] if shift == -5 else text
 
 
 
@@ -315,7 +323,8 @@ class _KeyPlan:
     steps are generalized once and spliced as JSON text, and a geohash QI is hashed once,
     at its finest step, the coarser ones being its prefixes. The steps of a plain value
     (a number, a string) are remembered, up to ``CACHE_LIMIT`` values per QI: a subject's
-    age and zip come back with each of its records.
+    age and zip come back with each of its records; so are a coordinate's, by its finest
+    geohash cell, when every step is a geohash.
     """
 
     def __init__(self, params: KAnonymityParams, levels: Sequence[int]) -> None:
@@ -329,10 +338,16 @@ class _KeyPlan:
                      for qi, used in zip(self.qis, self.used, strict=True)]
         self.memo: list[dict[Any, dict[int, str]] | None] = [
             None if qi.kind == "geo" else {} for qi in self.qis]  # raw value -> its row of JSON steps
+        # a coordinate whose steps are all geohash prefixes (or "*"): its row follows from its finest cell,
+        # which many coordinates share, so the row is remembered by cell
+        self.cells: list[dict[str, dict[int, str]] | None] = [
+            {} if top and all(qi.levels[i].kind in ("geohash", "star") for i in used) else None
+            for qi, used, top in zip(self.qis, self.used, self.geo_top, strict=True)]
 
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         pieces: list[dict[int, str]] = []
-        for qi, used, top, grid, memo in zip(self.qis, self.used, self.geo_top, self.grid, self.memo, strict=True):
+        for qi, used, top, grid, memo, cells in zip(self.qis, self.used, self.geo_top, self.grid, self.memo,
+                                                     self.cells, strict=True):
             value = qis[qi.name]
             if memo is not None:
                 # bool is an int to a dict: 1 and True would share a row, so the type is in the key
@@ -341,6 +356,11 @@ class _KeyPlan:
                     pieces.append(known)
                     continue
             full = fast_geohash(value["lat"], value["lon"], top) if top else ""
+            if cells is not None:
+                known = cells.get(full)
+                if known is not None:
+                    pieces.append(known)
+                    continue
             if grid:
                 lat, lon = _micro(value["lat"]), _micro(value["lon"])
             row = {}
@@ -360,6 +380,10 @@ class _KeyPlan:
                 if len(memo) >= CACHE_LIMIT:
                     memo.clear()
                 memo[type(value), value] = row
+            elif cells is not None:
+                if len(cells) >= CACHE_LIMIT:
+                    cells.clear()
+                cells[full] = row
         if len(pieces) == 3:
             a, b, c = pieces
             return tuple(f"[{a[x]},{b[y]},{c[z]}]" for x, y, z in self.rows)
