@@ -173,14 +173,18 @@ class Protector:
             return [self._dead(position, key, raw, str(exc))]
 
     def _kanon_input(self, name: str, view: Any, key: str | None, record: dict, event_ms: int, dropped: list) -> tuple:
-        """``(stage-0 partition key, staged payload, event ms)``: the record as the cascade's first stage takes it."""
+        """``(staged record, its class keys in stage 0, event ms)``: what the cascade's first stage takes.
+
+        The wrapper encodes it as one payload for the stage (:func:`~operators.k_anonymity.core.encode_staged`),
+        unless the stage has released its class and it is published at once.
+        """
         quasi = self._extract_quasi_identifiers(view.k_anonymity, record)
         protected = apply_view(view.tree, record, dropped)
         # the raw subject only lives in keyed state (as sensitive as the raw topic); it is never published
         subject = str(record[self._subject_field])
-        return (*self._stagers[name].stage_record(self._view_key(protected), self._view_headers[name],
-                                                  orjson.dumps(protected).decode(), subject, quasi, event_ms,
-                                                  int(time.time() * 1000)), event_ms)
+        return (*self._stagers[name].staged(self._view_key(protected), self._view_headers[name],
+                                            orjson.dumps(protected).decode(), subject, quasi, event_ms,
+                                            int(time.time() * 1000)), event_ms)
 
     def _unconsumed(self, view: str, dropped: list[str]) -> list[str]:
         """The dropped fields a k-anonymity view does not publish generalized, remembered per set of names."""

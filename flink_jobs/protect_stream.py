@@ -329,8 +329,9 @@ class FileOutput:
         lines.sink_to(sink).name(f"sink-{channel}").uid(f"sink-{channel}")
 
 
-# how a Kafka record channel, a k-anonymity and a DP channel leave the protect operator
-_ROW, _KEYED, _TIMED = "row", "keyed", "timed"
+# how a Kafka record channel, a k-anonymity channel (without and with event time) and a DP channel leave
+# the protect operator
+_ROW, _KEYED, _STAGED_TIMED, _TIMED = "row", "keyed", "staged-timed", "timed"
 #: the channel kinds a sink writes as they come (``encoded=True``)
 _ENCODED = ("line", "row")
 
@@ -350,11 +351,17 @@ class ProtectFunction(ProcessFunction):
 
     def open(self, runtime_context: Any) -> None:
         self.tags = {channel: output_tag(channel, kind) for channel, kind in self.kinds.items()}
-        # channel -> None (emit the tuple), _KEYED / _TIMED (emit the keyed or timestamped Row), or
-        # whether its value is JSON (emit a finished line)
-        shapes = {"line": None, "record": None, "row": _ROW, "kanon": _KEYED, "kanon-event": _TIMED, "dp": _TIMED}
+        # channel -> None (emit the tuple), _KEYED / _STAGED_TIMED (encode the staged record and emit it keyed,
+        # or keyed and timestamped), _TIMED (emit the timestamped Row), or whether its value is JSON (emit a
+        # finished line)
+        shapes = {"line": None, "record": None, "row": _ROW, "kanon": _KEYED, "kanon-event": _STAGED_TIMED,
+                  "dp": _TIMED}
         self.encode = {c: (c != DLQ if kind == "line" else shapes[kind]) for c, kind in self.kinds.items()}
         self.protector.open(load_keyring(self.keyring_ref))
+        if any(kind in ("kanon", "kanon-event") for kind in self.kinds.values()):
+            from operators.k_anonymity.core import encode_staged
+
+            self.encode_staged = encode_staged
         kanon = [c for c, kind in self.kinds.items() if kind == "kanon"]  # timing: processing (build says why)
         self.released_tags = {c: released_tag(c, self.lines) for c in kanon} if self.shortcut_token else {}
         self.shortcuts: dict[str, Any] = {}  # channel -> its ReleasedShortcut
@@ -390,16 +397,19 @@ class ProtectFunction(ProcessFunction):
             elif shape is _ROW:
                 yield self.tags[channel], sink_row(*routed.value)
             elif shape is _KEYED:
-                key, payload, _ = routed.value
+                record, keys, _ = routed.value
                 if channel in self.shortcuts:
-                    published = self.shortcuts[channel](payload, int(time.time() * 1000))
+                    published = self.shortcuts[channel](record, keys, int(time.time() * 1000))
                     if published is not None:
                         yield self.released_tags[channel], published
                         continue
-                yield self.tags[channel], Row(key, payload)
+                yield self.tags[channel], Row(keys[-1], self.encode_staged(record, keys))
             elif shape is _TIMED:
                 key, payload, event_ms = routed.value
                 yield self.tags[channel], (Row(key, payload), event_ms)
+            elif shape is _STAGED_TIMED:
+                record, keys, event_ms = routed.value
+                yield self.tags[channel], (Row(keys[-1], self.encode_staged(record, keys)), event_ms)
             else:
                 yield self.tags[channel], envelope_line(*routed.value, shape)
         # metrics in batches: a counter call per record costs more than the record's masking. The

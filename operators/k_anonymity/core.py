@@ -267,11 +267,6 @@ def decode_staged(payload: str) -> tuple[Staged, tuple[str, ...]]:
             tuple(keys.split(_KEYS)))
 
 
-def staged_keys(payload: str) -> list[str]:
-    """The class keys of an :func:`encode_staged` payload, finest first, without decoding the record."""
-    return payload[payload.rindex(_FIELD) + 1:].split(_KEYS)
-
-
 class Stager:
     """Turns a protected record into what the cascade's first stage takes: its partition key and payload.
 
@@ -286,10 +281,20 @@ class Stager:
         self.stage = Stage(params, *params.stages[0])
         self.event = params.timing == "event"
 
+    def staged(self, key: str | None, headers: str, value: str, subject: str, qis: Mapping[str, Any],
+               event_ms: int, now_ms: int) -> tuple[Staged, tuple[str, ...]]:
+        """The staged record and its class keys at the stage's finest and last level (the partition key).
+
+        Not yet one string: a record whose finest class is released is published from these as they
+        are (:func:`operators.k_anonymity.flink.released_shortcut`), and only the others are encoded.
+        """
+        record = (key, headers, value, subject, orjson.dumps(qis).decode(), event_ms, event_ms if self.event else now_ms)
+        return record, self.stage.end_keys(qis)
+
     def stage_record(self, key: str | None, headers: str, value: str, subject: str, qis: Mapping[str, Any],
                      event_ms: int, now_ms: int) -> tuple[str, str]:
-        keys = self.stage.end_keys(qis)
-        record = (key, headers, value, subject, orjson.dumps(qis).decode(), event_ms, event_ms if self.event else now_ms)
+        """:meth:`staged`, as the first stage's ``(partition key, payload)``."""
+        record, keys = self.staged(key, headers, value, subject, qis, event_ms, now_ms)
         return keys[-1], encode_staged(record, keys)
 
 

@@ -27,7 +27,6 @@ from operators.k_anonymity.core import (
     ncp,
     publish,
     published_fields,
-    staged_keys,
     suppress,
 )
 from operators.k_anonymity.params import KAnonymityParams
@@ -55,7 +54,7 @@ SPAN_WARMUP, SPAN_SAMPLE = 1024, 16
 _FIRST_STAGES: dict[tuple[str, str, tuple[int, int], int], Any] = {}
 
 
-def released_shortcut(token: str, view_name: str, task: tuple[int, int]) -> Callable[[str, int], Any] | None:
+def released_shortcut(token: str, view_name: str, task: tuple[int, int]) -> Callable[[tuple, tuple[str, ...], int], Any] | None:
     """The first stage's :meth:`publish_released`, when that stage is open in the calling thread; else None.
 
     ``task`` is the caller's ``(subtask index, attempt number)``. The thread is the guard: only an
@@ -71,9 +70,10 @@ def released_shortcut(token: str, view_name: str, task: tuple[int, int]) -> Call
 class ReleasedShortcut:
     """What the operator that stages a view's records calls before it hands one to the first stage.
 
-    ``shortcut(payload, now)`` is the record as published, when the first stage runs in the calling
-    thread and has released the record's finest class; otherwise None, and the record goes to the
-    stage. The stage is looked up at the first call, once every chained operator is open.
+    ``shortcut(record, keys, now)``, with the record and its class keys as :meth:`Stager.staged` gives
+    them, is the record as published, when the first stage runs in the calling thread and has released
+    the record's finest class; otherwise None, and the record goes to the stage. The stage is looked up
+    at the first call, once every chained operator is open.
     """
 
     def __init__(self, token: str, view_name: str, task: tuple[int, int]) -> None:
@@ -82,12 +82,12 @@ class ReleasedShortcut:
         self.found = False
         self.used = 0  # records published here
 
-    def __call__(self, payload: str, now: int) -> Any:
+    def __call__(self, record: tuple, keys: tuple[str, ...], now: int) -> Any:
         if not self.found:
             self.publish, self.found = released_shortcut(self.token, self.view_name, self.task), True
         if self.publish is None:
             return None
-        out = self.publish(payload, now)
+        out = self.publish(record, keys, now)
         if out is not None:
             self.used += 1
         return out
@@ -184,8 +184,8 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 self.registered = _register_first_stage(self.shortcut_token, view_name,
                                                         task_attempt(runtime_context), self)
 
-        def publish_released(self, payload: str, now: int):
-            """What :meth:`process_element` would publish at once for ``payload``, or None to send it here.
+        def publish_released(self, record: tuple, keys: tuple[str, ...], now: int):
+            """What :meth:`process_element` would publish at once for a staged record, or None to send it here.
 
             The protect operator calls it in this stage's thread, before it hands the record over
             (:func:`released_shortcut`): a record whose finest class is released is published as
@@ -193,11 +193,9 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
             operator. Only the partitions in memory are read: keyed state is this operator's
             current key's, not the record's. Anything else, an expired class too, comes here.
             """
-            keys = staged_keys(payload)
             part = self.partitions.get(keys[-1])
             if part is None or not self.stage.finest_released(part, keys[0], now):
                 return None
-            record, _ = decode_staged(payload)
             for out in self._publish([(record, self.stage.first, keys[0])], now):
                 return out
 

@@ -231,13 +231,13 @@ def test_a_first_stage_publishes_for_callers_in_its_own_thread_and_job_only():
     from operators.k_anonymity.flink import _register_first_stage, _unregister_first_stage, released_shortcut
 
     class Stage:
-        def publish_released(self, payload, now):
-            return payload
+        def publish_released(self, record, keys, now):
+            return record
 
     stage, task = Stage(), (0, 0)
     key = _register_first_stage("token", "view", task, stage)
     try:
-        assert released_shortcut("token", "view", task)("p", 0) == "p"
+        assert released_shortcut("token", "view", task)("r", ("k",), 0) == "r"
         assert released_shortcut("another job", "view", task) is None and released_shortcut("token", "other", task) is None
         assert released_shortcut("token", "view", (0, 1)) is None  # a later attempt: this stage is an earlier run's
         found = []
