@@ -374,11 +374,10 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
         def process_element(self, record, ctx):
             key, headers, value, subject, qis, event_ms = record
             now = now_ms()
-            partition, payload = self.stager.stage_record(key, headers, value, subject, orjson.loads(qis), event_ms,
-                                                          now)
-            published = self.shortcut(payload, now) if self.shortcut else None
+            record, keys = self.stager.staged(key, headers, value, subject, orjson.loads(qis), event_ms, now)
+            published = self.shortcut(record, keys, now) if self.shortcut else None
             if published is None:
-                yield Row(partition, payload)
+                yield Row(keys[-1], encode_staged(record, keys))
             else:
                 yield self.tag, published
 
