@@ -73,6 +73,8 @@ def lookup(record: Any, path: str | Sequence[str], absent: Any = MISSING) -> Any
     A step into something that is not an object is absent too; a null value is returned as None,
     so callers tell "null" from "absent" by their choice of ``absent``.
     """
+    if type(record) is dict and type(path) is str and "." not in path:
+        return record.get(path, absent)  # a top-level field of a parsed record: the per-record common case
     node = record
     for part in path.split(".") if isinstance(path, str) else path:
         if not isinstance(node, Mapping) or part not in node:

@@ -58,10 +58,8 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
         number; the message names the field, never the value.
     """
     group = []
-    # a top-level field of a parsed record (a dict): one lookup, the per-record common case
-    top = type(record) is dict
     for name in params.group_by:
-        value = record.get(name, MISSING) if top and "." not in name else lookup(record, name)
+        value = lookup(record, name)
         if value is MISSING or value is None:
             raise TransformError(f"field {name}: missing group field")
         if not scalar_group_value(value):
@@ -85,7 +83,7 @@ def extract_contribution(params: DpParams, record: Mapping[str, Any]) -> tuple[s
         name = metric.field
         if name in values:
             continue
-        value = record.get(name, MISSING) if top and "." not in name else lookup(record, name)
+        value = lookup(record, name)
         if value is MISSING or value is None:
             values[name] = None
         elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

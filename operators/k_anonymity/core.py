@@ -41,8 +41,7 @@ _ABSENT = object()
 
 def _first(record: Mapping[str, Any], paths: Sequence[str]) -> Any:
     for path in paths:
-        # a top-level field of a parsed record (a dict): one lookup, the per-record common case
-        value = record.get(path) if "." not in path and type(record) is dict else lookup(record, path, None)
+        value = lookup(record, path, None)
         if value is not None:
             return value
     return _ABSENT
