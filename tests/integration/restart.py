@@ -40,7 +40,8 @@ def cancel_after_checkpoints(client: Any, checkpoints: Path, count: int = 3, tim
 def thread_mode_config(*, small_bundles: bool = False) -> Any:
     """A local job's ``Configuration``: Python functions in thread mode, run by this venv's interpreter.
 
-    With ``small_bundles``, the latency tuning of the job: small bundles, or a record waits for its
+    A failing job fails at once: without a restart strategy Flink restarts a checkpointing job again
+    and again, and the test would wait for its timeout instead of seeing the error. With ``small_bundles``, the latency tuning of the job: small bundles, or a record waits for its
     bundle to fill.
     """
     from pyflink.common import Configuration
@@ -49,6 +50,7 @@ def thread_mode_config(*, small_bundles: bool = False) -> Any:
     config.set_string("python.execution-mode", "thread")
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
+    config.set_string("restart-strategy.type", "none")
     if small_bundles:
         config.set_string("python.fn-execution.bundle.size", "50")
         config.set_string("python.fn-execution.bundle.time", "20")

@@ -109,7 +109,6 @@ def run_job(params: DpParams, rows, random_state, tmp_path: Path) -> list[tuple[
     conf.set_string("execution.checkpointing.interval", "500ms")
     conf.set_string("execution.checkpointing.dir", (tmp_path / "checkpoints").as_uri())
     conf.set_string("execution.checkpointing.tolerable-failed-checkpoints", "0")
-    conf.set_string("restart-strategy.type", "none")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.enable_checkpointing(500)
     env.set_parallelism(1)
