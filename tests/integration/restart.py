@@ -41,7 +41,9 @@ def thread_mode_config(*, small_bundles: bool = False) -> Any:
     """A local job's ``Configuration``: Python functions in thread mode, run by this venv's interpreter.
 
     A failing job fails at once: without a restart strategy Flink restarts a checkpointing job again
-    and again, and the test would wait for its timeout instead of seeing the error. With ``small_bundles``, the latency tuning of the job: small bundles, or a record waits for its
+    and again, and the test would wait for its timeout instead of seeing the error.
+
+    With ``small_bundles``, the latency tuning of the job: small bundles, or a record waits for its
     bundle to fill.
     """
     from pyflink.common import Configuration
