@@ -290,12 +290,6 @@ class Stager:
         record = (key, headers, value, subject, orjson.dumps(qis).decode(), event_ms, event_ms if self.event else now_ms)
         return record, self.stage.end_keys(qis)
 
-    def stage_record(self, key: str | None, headers: str, value: str, subject: str, qis: Mapping[str, Any],
-                     event_ms: int, now_ms: int) -> tuple[str, str]:
-        """:meth:`staged`, as the first stage's ``(partition key, payload)``."""
-        record, keys = self.staged(key, headers, value, subject, qis, event_ms, now_ms)
-        return keys[-1], encode_staged(record, keys)
-
 
 def class_keys(params: KAnonymityParams, first: int, last: int, qis: Mapping[str, Any]) -> tuple[str, ...]:
     """:func:`class_key` at every level from ``first`` to ``last``."""

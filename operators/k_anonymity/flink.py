@@ -397,9 +397,9 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
     Parameters
     ----------
     keyed : KeyedStream
-        ``STRING`` payloads of :func:`encode_staged`, keyed by their stage-0 partition key
-        (what :meth:`Stager.stage_record` returns, keyed in Java by
-        :func:`operators.flink_compat.keyed_by_first_field`).
+        ``Row(partition key, payload)``: the last of :meth:`Stager.staged`'s keys and
+        :func:`encode_staged` of its record and keys, keyed in Java on the first field by
+        :func:`operators.flink_compat.keyed_by_first_field`.
     params : KAnonymityParams
     view_name : str
         Used in operator names, uids and metric groups.

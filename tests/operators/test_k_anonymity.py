@@ -758,13 +758,13 @@ def test_when_a_staged_record_is_encoded_then_it_decodes_to_the_same_record_and_
 
 
 def test_when_the_stager_stages_a_record_then_its_key_is_the_partition_and_its_keys_are_the_stage_ends():
-    from operators.k_anonymity import Stager, decode_staged
+    from operators.k_anonymity import Stager, decode_staged, encode_staged
 
     params = KAnonymityParams.from_policy({"k": 2, "quasi_identifiers": QIS, "max_delay": "10s"}, {})
     qis = {"age": 34, "zip": "15222", "location": {"lat": 40.44, "lon": -80.02}}
-    partition, payload = Stager(params).stage_record("k", "{}", "{}", "s1", qis, 1000, 5000)
-    record, keys = decode_staged(payload)
+    staged, keys = Stager(params).staged("k", "{}", "{}", "s1", qis, 1000, 5000)
+    record, decoded_keys = decode_staged(encode_staged(staged, keys))
     stage = Stage(params, *params.stages[0])
-    assert keys == (stage.keys(qis)[0], stage.keys(qis)[-1]) and partition == keys[-1]
+    assert record == staged and decoded_keys == keys == (stage.keys(qis)[0], stage.keys(qis)[-1])
     assert record[6] == 5000  # processing timing: entered at the wall clock, not the event time
     assert stage.all_keys(record, keys) == stage.keys(qis)
