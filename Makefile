@@ -33,7 +33,7 @@ lint: $(STAMP) ## ruff
 
 bench: $(STAMP) jars ## benchmarks (not tests): each prints side-by-side ratios
 	$(PY) bench/masked_view.py --scaling
-	$(PY) bench/full_job.py --views
+	$(PY) bench/full_job.py --views --rounds 3
 	$(PY) bench/fpe.py
 	$(PY) -m bench.k_anonymity
 	$(PY) -m bench.dp_aggregates

@@ -7,12 +7,15 @@ difference in wall time, so job start (JVM, interpreter, operator open) cancels 
     marginal rate = (n_large - n_small) / (t_large - t_small)
 
 It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view alone too with
-``--views``, and the load average, since other builds may share the machine. Beside each rate it
+``--views``, and the load average, since other builds may share the machine. With ``--rounds R``
+every shape runs R times, the rounds interleaved (each round in the opposite order to the one
+before), and each figure is the median of its rounds, with the rounds' spread beside it: a view
+whose extra records take a few seconds moves by a third between two runs on a shared machine. Beside each rate it
 prints the JVM's marginal CPU time per record (thread mode runs the Python operators inside it)
 and how many cores that kept busy: a job at one core while two are free is held by one thread
 (the interpreter's GIL), not by the machine.
 
-    .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views]
+    .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,9 +109,9 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=None, help="events in the small run (default n / 6)")
     parser.add_argument("--views", action="store_true", help="also each stateful view alone")
     parser.add_argument("--execution-mode", default="thread", choices=["thread", "process"])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every shape, interleaved; medians (default 1)")
     args = parser.parse_args()
     small = args.small or args.n // 6
-
     work = Path(tempfile.mkdtemp(prefix="bench-full-"))
     try:
         sizes = {}
@@ -119,28 +123,37 @@ def main() -> int:
         shapes = [("masked view alone", ["masked"]), ("whole three-view job", None)]
         if args.views:
             shapes += [("anonymized view alone", ["anonymized"]), ("aggregated view alone", ["aggregated"])]
+        rounds = max(1, args.rounds)
         print(f"{sizes['small'][1]:,} and {sizes['large'][1]:,} events, {args.execution_mode} mode, p=1, "
-              f"through `flink-anonymizer run`; load average before: {os.getloadavg()[0]:.2f}")
+              f"through `flink-anonymizer run`, {rounds} round(s); load average before: {os.getloadavg()[0]:.2f}")
         # the first run of a session pays for cold caches (jars, bytecode, page cache): a small run
         # that took longer than the large one gave a negative marginal rate. One untimed run first.
         timed_run(write_policy(work, ["masked"]), sizes["small"][0], work / "out-warm-up", ref, args.execution_mode)
         shutil.rmtree(work / "out-warm-up", ignore_errors=True)
+        extra = sizes["large"][1] - sizes["small"][1]
+        runs: dict[str, list[tuple[float, float, float, float]]] = {label: [] for label, _ in shapes}
+        for round_index in range(rounds):
+            for label, views in (shapes if round_index % 2 == 0 else shapes[::-1]):
+                policy = write_policy(work, views)
+                times, cpu = {}, {}
+                for size, (events, _) in sizes.items():
+                    times[size], cpu[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
+                                                       args.execution_mode)
+                    shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
+                runs[label].append((times["small"], times["large"], cpu["small"], cpu["large"]))
         rates = {}
-        for label, views in shapes:
-            policy = write_policy(work, views)
-            times, cpu = {}, {}
-            for size, (events, _) in sizes.items():
-                times[size], cpu[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
-                                                   args.execution_mode)
-                shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
-            extra = sizes["large"][1] - sizes["small"][1]
-            wall = max(1e-9, times["large"] - times["small"])
-            rates[label] = extra / wall
+        for label, _ in shapes:
+            marginal = [extra / max(1e-9, large - small) for small, large, _, _ in runs[label]]
+            cpu_us = [1e6 * (cpu_large - cpu_small) / extra for _, _, cpu_small, cpu_large in runs[label]]
+            busy = [(cpu_large - cpu_small) / max(1e-9, large - small)
+                    for small, large, cpu_small, cpu_large in runs[label]]
+            rates[label] = statistics.median(marginal)
+            small_s, large_s = (statistics.median(run[i] for run in runs[label]) for i in (0, 1))
+            spread = f"   rounds {', '.join(f'{rate:,.0f}' for rate in marginal)}" if rounds > 1 else ""
             print(f"  {label:<24} marginal {rates[label]:>9,.0f} records/s   "
-                  f"JVM CPU {1e6 * (cpu['large'] - cpu['small']) / extra:6.1f} us/record, "
-                  f"{(cpu['large'] - cpu['small']) / wall:.2f} cores busy   "
-                  f"(runs {times['small']:.1f} s and {times['large']:.1f} s; "
-                  f"{sizes['large'][1] / times['large']:,.0f} records/s with job start)")
+                  f"JVM CPU {statistics.median(cpu_us):6.1f} us/record, {statistics.median(busy):.2f} cores busy   "
+                  f"(runs {small_s:.1f} s and {large_s:.1f} s; "
+                  f"{sizes['large'][1] / large_s:,.0f} records/s with job start){spread}")
         masked = rates["masked view alone"]
         print(f"  ratio whole job / masked  {rates['whole three-view job'] / masked:>6.2f}   (target >= 0.5)")
         for label in ("anonymized view alone", "aggregated view alone"):
