@@ -7,20 +7,25 @@ difference in wall time, so job start (JVM, interpreter, operator open) cancels 
     marginal rate = (n_large - n_small) / (t_large - t_small)
 
 It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view alone too with
-``--views``, and the load average, since other builds may share the machine. With ``--rounds R``
-every shape runs R times, the rounds interleaved (each round in the opposite order to the one
-before), and each figure is the median of its rounds, with the rounds' spread beside it: a view
-whose extra records take a few seconds moves by a third between two runs on a shared machine. Beside each rate it
-prints the JVM's marginal CPU time per record (thread mode runs the Python operators inside it)
-and how many cores that kept busy: a job at one core while two are free is held by one thread
-(the interpreter's GIL), not by the machine.
+``--views``, and the load average, since other builds may share the machine. ``--pairs`` adds each
+pair of views, and sets each pair's and the whole job's time per record beside the sum of its views
+alone: where they match, combining views costs nothing and the ratio rests on each view's own cost.
 
-    .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views] [--rounds 3]
+With ``--rounds R`` every shape runs R times, every other round in reverse order, and each figure is
+the median of its rounds, with every round's rate beside it: a view whose extra records take a few
+seconds moves by a third between two runs on a shared machine.
+
+Beside each rate it prints the JVM's marginal CPU time per record (thread mode runs the Python
+operators inside it) and how many cores that kept busy: a job at one core while two are free is
+held by one thread (the interpreter's GIL), not by the machine.
+
+    .venv/bin/python bench/full_job.py --n 300000 [--small 50000] [--views | --pairs] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -40,6 +46,8 @@ from conf.samples.generate_events import iter_events  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
 
 POLICY = ROOT / "conf/policies/customer-events.yaml"
+#: the shipped policy's views, in its order
+VIEWS = tuple(yaml.safe_load(POLICY.read_text())["views"])
 CLI = str(Path(sys.executable).with_name("flink-anonymizer"))
 
 
@@ -103,15 +111,28 @@ def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) ->
     return elapsed, cpu
 
 
+class Run(NamedTuple):
+    """One shape at both sizes: wall seconds and JVM CPU seconds of the small and the large run."""
+
+    small_s: float
+    large_s: float
+    small_cpu: float
+    large_cpu: float
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300_000, help="events in the large run (default 300,000)")
     parser.add_argument("--small", type=int, default=None, help="events in the small run (default n / 6)")
     parser.add_argument("--views", action="store_true", help="also each stateful view alone")
+    parser.add_argument("--pairs", action="store_true", help="also each pair of views (implies --views)")
     parser.add_argument("--execution-mode", default="thread", choices=["thread", "process"])
     parser.add_argument("--rounds", type=int, default=1, help="runs of every shape, interleaved; medians (default 1)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     small = args.small or args.n // 6
+
     work = Path(tempfile.mkdtemp(prefix="bench-full-"))
     try:
         sizes = {}
@@ -121,44 +142,56 @@ def main() -> int:
         Keyring.generate().save(keyring)
         ref = f"file:{keyring}"
         shapes = [("masked view alone", ["masked"]), ("whole three-view job", None)]
-        if args.views:
+        if args.views or args.pairs:
             shapes += [("anonymized view alone", ["anonymized"]), ("aggregated view alone", ["aggregated"])]
-        rounds = max(1, args.rounds)
+        if args.pairs:
+            shapes += [(" + ".join(pair), list(pair)) for pair in itertools.combinations(VIEWS, 2)]
         print(f"{sizes['small'][1]:,} and {sizes['large'][1]:,} events, {args.execution_mode} mode, p=1, "
-              f"through `flink-anonymizer run`, {rounds} round(s); load average before: {os.getloadavg()[0]:.2f}")
+              f"through `flink-anonymizer run`, {args.rounds} round(s); load average before: {os.getloadavg()[0]:.2f}")
         # the first run of a session pays for cold caches (jars, bytecode, page cache): a small run
         # that took longer than the large one gave a negative marginal rate. One untimed run first.
         timed_run(write_policy(work, ["masked"]), sizes["small"][0], work / "out-warm-up", ref, args.execution_mode)
         shutil.rmtree(work / "out-warm-up", ignore_errors=True)
         extra = sizes["large"][1] - sizes["small"][1]
-        runs: dict[str, list[tuple[float, float, float, float]]] = {label: [] for label, _ in shapes}
-        for round_index in range(rounds):
+        runs: dict[str, list[Run]] = {label: [] for label, _ in shapes}
+        for round_index in range(args.rounds):
+            # every other round in reverse, so no shape always runs first or last
             for label, views in (shapes if round_index % 2 == 0 else shapes[::-1]):
                 policy = write_policy(work, views)
-                times, cpu = {}, {}
+                measured = {}
                 for size, (events, _) in sizes.items():
-                    times[size], cpu[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
-                                                       args.execution_mode)
+                    measured[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
+                                               args.execution_mode)
                     shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
-                runs[label].append((times["small"], times["large"], cpu["small"], cpu["large"]))
+                runs[label].append(Run(measured["small"][0], measured["large"][0],
+                                       measured["small"][1], measured["large"][1]))
         rates = {}
         for label, _ in shapes:
-            marginal = [extra / max(1e-9, large - small) for small, large, _, _ in runs[label]]
-            cpu_us = [1e6 * (cpu_large - cpu_small) / extra for _, _, cpu_small, cpu_large in runs[label]]
-            busy = [(cpu_large - cpu_small) / max(1e-9, large - small)
-                    for small, large, cpu_small, cpu_large in runs[label]]
+            walls = [max(1e-9, run.large_s - run.small_s) for run in runs[label]]
+            cpus = [run.large_cpu - run.small_cpu for run in runs[label]]
+            marginal = [extra / wall for wall in walls]
             rates[label] = statistics.median(marginal)
-            small_s, large_s = (statistics.median(run[i] for run in runs[label]) for i in (0, 1))
-            spread = f"   rounds {', '.join(f'{rate:,.0f}' for rate in marginal)}" if rounds > 1 else ""
-            print(f"  {label:<24} marginal {rates[label]:>9,.0f} records/s   "
-                  f"JVM CPU {statistics.median(cpu_us):6.1f} us/record, {statistics.median(busy):.2f} cores busy   "
-                  f"(runs {small_s:.1f} s and {large_s:.1f} s; "
+            large_s = statistics.median(run.large_s for run in runs[label])
+            spread = f"   rounds {', '.join(f'{rate:,.0f}' for rate in marginal)}" if args.rounds > 1 else ""
+            print(f"  {label:<24} marginal {rates[label]:>9,.0f} records/s ({1e6 / rates[label]:5.1f} us)   "
+                  f"JVM CPU {1e6 * statistics.median(cpus) / extra:6.1f} us/record, "
+                  f"{statistics.median(cpu / wall for cpu, wall in zip(cpus, walls, strict=True)):.2f} cores busy   "
+                  f"(runs {statistics.median(run.small_s for run in runs[label]):.1f} s and {large_s:.1f} s; "
                   f"{sizes['large'][1] / large_s:,.0f} records/s with job start){spread}")
         masked = rates["masked view alone"]
         print(f"  ratio whole job / masked  {rates['whole three-view job'] / masked:>6.2f}   (target >= 0.5)")
         for label in ("anonymized view alone", "aggregated view alone"):
             if label in rates:
                 print(f"  ratio {label.split()[0]} / masked  {rates[label] / masked:>6.2f}")
+        if args.pairs:
+            # the views add up when a pair's wall time per record is the sum of its two views' alone
+            alone = {views[0]: 1e6 / rates[label] for label, views in shapes if views and len(views) == 1}
+            for label, views in shapes:
+                if views and len(views) == 2:
+                    print(f"  {label:<24} {1e6 / rates[label]:5.1f} us per record; its views alone add up to "
+                          f"{alone[views[0]] + alone[views[1]]:5.1f} us")
+            print(f"  whole three-view job     {1e6 / rates['whole three-view job']:5.1f} us per record; "
+                  f"the three views alone add up to {sum(alone.values()):5.1f} us")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
