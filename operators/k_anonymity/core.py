@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -343,6 +343,18 @@ class _KeyPlan:
             for qi, used, top in zip(self.qis, self.used, self.geo_top, strict=True)]
 
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
+        pieces = self.pieces(qis)
+        if len(pieces) == 3:
+            a, b, c = pieces
+            return tuple(f"[{a[x]},{b[y]},{c[z]}]" for x, y, z in self.rows)
+        return tuple("[" + ",".join(piece[i] for piece, i in zip(pieces, row, strict=True)) + "]" for row in self.rows)
+
+    def key(self, pieces: list[dict[int, str]], index: int) -> str:
+        """The class key at the plan's ``index``-th level, from :meth:`pieces`."""
+        return "[" + ",".join(piece[i] for piece, i in zip(pieces, self.rows[index], strict=True)) + "]"
+
+    def pieces(self, qis: Mapping[str, Any]) -> list[dict[int, str]]:
+        """Each QI's published JSON text at each hierarchy step the plan uses: ``[{step: text}]``, one per QI."""
         pieces: list[dict[int, str]] = []
         for qi, used, top, grid, memo, cells in zip(self.qis, self.used, self.geo_top, self.grid, self.memo,
                                                      self.cells, strict=True):
@@ -382,10 +394,7 @@ class _KeyPlan:
                 if len(cells) >= CACHE_LIMIT:
                     cells.clear()
                 cells[full] = row
-        if len(pieces) == 3:
-            a, b, c = pieces
-            return tuple(f"[{a[x]},{b[y]},{c[z]}]" for x, y, z in self.rows)
-        return tuple("[" + ",".join(piece[i] for piece, i in zip(pieces, row, strict=True)) + "]" for row in self.rows)
+        return pieces
 
 
 def _count(counts: dict[str, int], item: str, step: int) -> bool:
@@ -437,14 +446,18 @@ class Partition:
     changes since the caller last cleared them, so that it can write them through.
 
     When the stage's hierarchies nest, records are counted in their finest class only
-    (``classes[0]``), and a coarser class is the finest classes under it (``children``):
-    that index changes when a finest class is created or emptied, not with every record; a
-    coarser class of many finest classes also keeps its subjects tallied (``tallies``).
-    Otherwise ``classes`` counts them at every level and ``children`` stays empty.
+    (``classes[0]``), and the classes that hold them form a tree: each class points to
+    its class one level up (``up``), which lists the classes under it one level down
+    (``kids``). A new finest class joins the tree up to the first class already in it,
+    and an emptied one leaves it up to the first class that keeps other classes, so a
+    record pays for the levels whose classes it creates or empties, not for every
+    level. A coarser class whose finest classes were found to share few subjects keeps
+    its subjects tallied (``tallies``). Otherwise ``classes`` counts records at every
+    level, and the tree stays empty.
     """
 
-    __slots__ = ("records", "keys", "classes", "children", "tallies", "released", "due", "ticks", "next_rid",
-                 "next_sweep", "added", "removed", "marked", "unmarked", "armed", "flush_armed")
+    __slots__ = ("records", "keys", "classes", "up", "kids", "tallies", "tallied", "released", "due", "ticks",
+                 "next_rid", "next_sweep", "added", "removed", "marked", "unmarked", "armed", "flush_armed")
 
     def __init__(self, depth: int) -> None:
         self.records: dict[int, Staged] = {}  # record id -> staged record
@@ -452,11 +465,14 @@ class Partition:
         # per level: class -> (its record ids, oldest first; {subject: records}; {sensitive value: records})
         self.classes: list[dict[str, tuple[dict[int, None], dict[str, int], dict[str, int]]]] = [
             {} for _ in range(depth)]
-        # per level: class -> the finest classes under it that hold buffered records (level 0 unused)
-        self.children: list[dict[str, dict[str, None]]] = [{} for _ in range(depth)]
-        # per level: a class of TALLY_FROM finest classes or more -> ({subject: its finest classes holding the
-        # subject}, the same for sensitive values), kept up to date while the class lasts
+        # nested: per level, a class that holds buffered records -> its class one level up (the last level unused)
+        self.up: list[dict[str, str]] = [{} for _ in range(depth)]
+        # nested: per level, a class -> its classes one level down that hold buffered records (level 0 unused)
+        self.kids: list[dict[str, dict[str, None]]] = [{} for _ in range(depth)]
+        # nested: per level, a class whose first TALLY_FROM finest classes held fewer than k subjects (or l values)
+        # -> ({subject: its finest classes holding the subject}, the same for values), kept up to date while it lasts
         self.tallies: list[dict[str, tuple[dict[str, int], dict[str, int]]]] = [{} for _ in range(depth)]
+        self.tallied = 0  # how many classes are tallied: none, and a record's subject changes no tally
         self.released: list[dict[str, int]] = [{} for _ in range(depth)]  # class -> released at (ms)
         self.due: list[tuple[int, int]] = []  # heap of (timer, record id); ids already gone are skipped
         self.ticks: set[int] = set()  # timers armed for this partition
@@ -535,7 +551,6 @@ class Stage:
         self._ends = _KeyPlan(params, (first, last)) if last > first else self._plan
         # nested: a record is counted in its finest class only, the coarser ones being unions of finest ones
         self._nested = _finest_fixes_coarser(params, first, last)
-        self._coarser: dict[str, tuple[str, ...]] = {}  # finest class -> its class at every level of the stage
 
     def partition_key(self, qis: Mapping[str, Any]) -> str:
         """The key of the stage's keyed state: the record's class at the stage's last level."""
@@ -546,21 +561,8 @@ class Stage:
         return self._plan.keys(qis)
 
     def all_keys(self, record: Staged, keys: tuple[str, ...]) -> tuple[str, ...]:
-        """A record's class at every level of the stage, from its :meth:`end_keys` (or all of them already).
-
-        Hierarchies nest, so the finest class fixes every coarser one: the keys are computed once
-        per finest class and remembered (up to ``CACHE_LIMIT`` classes), not once per record.
-        """
-        if len(keys) == self.depth:
-            return keys
-        known = self._coarser.get(keys[0]) if self._nested else None
-        if known is None:
-            known = self._plan.keys(orjson.loads(record[QIS]))
-            if self._nested:
-                if len(self._coarser) >= CACHE_LIMIT:
-                    self._coarser.clear()
-                self._coarser[keys[0]] = known
-        return known
+        """A record's class at every level of the stage, from its :meth:`end_keys` (or all of them already)."""
+        return keys if len(keys) == self.depth else self._plan.keys(orjson.loads(record[QIS]))
 
     def end_keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         """A record's class at the stage's finest level and its partition key: enough to pass a released class.
@@ -607,41 +609,65 @@ class Stage:
 
     def _complete(self, part: Partition, index: int, key: str) -> bool:
         if index and self._nested:
-            under = part.children[index].get(key)
-            return under is not None and self._complete_under(part, index, key, under)
+            return key in part.kids[index] and self._complete_under(part, index, key)
         entry = part.classes[index].get(key)
         return entry is not None and len(entry[1]) >= self._k and len(entry[2]) >= self._l
 
-    def _complete_under(self, part: Partition, index: int, key: str, finest: dict[str, None]) -> bool:
-        """Whether coarser class ``key``, made of the finest classes ``finest``, holds k subjects (and l values)."""
-        tally = part.tallies[index].get(key)
-        if tally is None and len(finest) >= TALLY_FROM:
-            tally = part.tallies[index][key] = ({}, {})
-            for child in finest:
-                _, subjects, values = part.classes[0][child]
-                for subject in subjects:
-                    _count(tally[0], subject, 1)
-                for value in values:
-                    _count(tally[1], value, 1)
-        if tally is not None:
-            return len(tally[0]) >= self._k and len(tally[1]) >= self._l
-        # a few finest classes: their union, stopping as soon as it is complete
-        subjects_seen: set[str] = set()
-        values_seen: set[str] = set()
-        for child in finest:
-            _, subjects, values = part.classes[0][child]
-            subjects_seen.update(subjects)
-            values_seen.update(values)
-            if len(subjects_seen) >= self._k and len(values_seen) >= self._l:
-                return True
-        return False
+    def _leaves(self, part: Partition, index: int, key: str) -> Iterator[str]:
+        """The finest classes under class ``key`` at level ``index`` of a nested stage, depth first."""
+        kids = part.kids[index][key]
+        if index == 1:
+            yield from kids
+        else:
+            for kid in kids:
+                yield from self._leaves(part, index - 1, kid)
 
-    def _retally(self, part: Partition, keys: tuple[str, ...], subject: str | None, value: str | None,
-                 step: int) -> None:
+    def _complete_under(self, part: Partition, index: int, key: str) -> bool:
+        """Whether coarser class ``key`` holds k subjects (and l values) among the finest classes under it.
+
+        Their union, stopping as soon as it is complete: with many subjects that is after a few
+        finest classes, however many the class holds. A class not complete after ``TALLY_FROM``
+        of them (a few subjects with many records) is tallied instead, once, and asked by its tally.
+        """
+        tally = part.tallies[index].get(key)
+        if tally is None:
+            subjects_seen: set[str] = set()
+            values_seen: set[str] = set()
+            finest = part.classes[0]
+            for scanned, leaf in enumerate(self._leaves(part, index, key)):
+                if scanned == TALLY_FROM:
+                    tally = self._tally(part, index, key)
+                    break
+                _, subjects, values = finest[leaf]
+                subjects_seen.update(subjects)
+                values_seen.update(values)
+                if len(subjects_seen) >= self._k and len(values_seen) >= self._l:
+                    return True
+            else:
+                return False
+        return len(tally[0]) >= self._k and len(tally[1]) >= self._l
+
+    def _tally(self, part: Partition, index: int, key: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Start tallying class ``key``: for each subject and value, how many of its finest classes hold it."""
+        tally: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        finest = part.classes[0]
+        for leaf in self._leaves(part, index, key):
+            _, subjects, values = finest[leaf]
+            for subject in subjects:
+                _count(tally[0], subject, 1)
+            for value in values:
+                _count(tally[1], value, 1)
+        part.tallies[index][key] = tally
+        part.tallied += 1
+        return tally
+
+    def _retally(self, part: Partition, finest: str, subject: str | None, value: str | None, step: int) -> None:
         """Count a subject (and a value) that a finest class gained or lost in the tallies of its coarser classes."""
-        if not any(part.tallies):
+        if not part.tallied:
             return
-        for tallies, key in zip(part.tallies[1:], keys[1:], strict=True):
+        key = finest
+        for up, tallies in zip(part.up, part.tallies[1:], strict=False):
+            key = up[key]
             tally = tallies.get(key) if tallies else None
             if tally is not None:
                 if subject is not None:
@@ -662,7 +688,7 @@ class Stage:
             for classes, key in zip(part.classes, keys, strict=True):
                 _join(classes, key, rid, subject, value)
         else:
-            self._join_finest(part, keys, rid, subject, value)
+            self._join_finest(part, record, keys[0], rid, subject, value)
         timer = self.timer(record)
         heapq.heappush(part.due, (timer, rid))
         if timer not in part.ticks:
@@ -670,25 +696,33 @@ class Stage:
             part.armed.append(timer)
         return rid
 
-    def _join_finest(self, part: Partition, keys: tuple[str, ...], rid: int, subject: str, value: str | None) -> None:
-        """Count a record in its finest class; a new finest class joins the coarser classes it lies in."""
-        finest = keys[0]
+    def _join_finest(self, part: Partition, record: Staged, finest: str, rid: int, subject: str,
+                     value: str | None) -> None:
+        """Count a record in its finest class; a new finest class joins the tree up to a class already in it."""
         entry = part.classes[0].get(finest)
         if entry is not None:
             entry[0][rid] = None
             new_subject = _count(entry[1], subject, 1)
             new_value = value is not None and _count(entry[2], value, 1)
             if new_subject or new_value:
-                self._retally(part, keys, subject if new_subject else None, value if new_value else None, 1)
+                self._retally(part, finest, subject if new_subject else None, value if new_value else None, 1)
             return
         part.classes[0][finest] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
-        for children, key in zip(part.children[1:], keys[1:], strict=True):
-            under = children.get(key)
-            if under is None:
-                children[key] = {finest: None}
-            else:
-                under[finest] = None
-        self._retally(part, keys, subject, value, 1)
+        # the coarser keys are computed one level at a time, and only up to the first class already there
+        pieces = None
+        child = finest
+        for index in range(1, self.depth):
+            if pieces is None:
+                pieces = self._plan.pieces(orjson.loads(record[QIS]))
+            key = self._plan.key(pieces, index)
+            part.up[index - 1][child] = key
+            under = part.kids[index].get(key)
+            if under is not None:
+                under[child] = None
+                break
+            part.kids[index][key] = {child: None}
+            child = key
+        self._retally(part, finest, subject, value, 1)
 
     def _remove(self, part: Partition, rid: int) -> Staged:
         record = part.records.pop(rid)
@@ -699,29 +733,33 @@ class Stage:
             for classes, key in zip(part.classes, keys, strict=True):
                 _leave(classes, key, rid, subject, value)
         else:
-            self._leave_finest(part, keys, rid, subject, value)
+            self._leave_finest(part, keys[0], rid, subject, value)
         part.removed.append(rid)
         return record
 
-    def _leave_finest(self, part: Partition, keys: tuple[str, ...], rid: int, subject: str, value: str | None) -> None:
-        """Uncount a record from its finest class; an emptied finest class leaves its coarser classes."""
-        finest = keys[0]
+    def _leave_finest(self, part: Partition, finest: str, rid: int, subject: str, value: str | None) -> None:
+        """Uncount a record from its finest class; an emptied finest class leaves the tree up to a class that stays."""
         members, subjects, values = part.classes[0][finest]
         del members[rid]
         if members:
             gone_subject = _count(subjects, subject, -1)
             gone_value = value is not None and _count(values, value, -1)
             if gone_subject or gone_value:
-                self._retally(part, keys, subject if gone_subject else None, value if gone_value else None, -1)
+                self._retally(part, finest, subject if gone_subject else None, value if gone_value else None, -1)
             return
+        self._retally(part, finest, subject, value, -1)  # it held this record alone
         del part.classes[0][finest]
-        self._retally(part, keys, subject, value, -1)  # it held this record alone
-        for children, tallies, key in zip(part.children[1:], part.tallies[1:], keys[1:], strict=True):
-            under = children[key]
-            del under[finest]
-            if not under:
-                del children[key]
-                tallies.pop(key, None)
+        child = finest
+        for index in range(1, self.depth):
+            key = part.up[index - 1].pop(child)
+            under = part.kids[index][key]
+            del under[child]
+            if under:
+                break
+            del part.kids[index][key]
+            if part.tallies[index].pop(key, None) is not None:
+                part.tallied -= 1
+            child = key
 
     def _release(self, part: Partition, index: int, key: str, rids: Sequence[int], now: int) -> list[Release]:
         part.released[index][key] = now
@@ -740,7 +778,7 @@ class Stage:
             finest = part.classes[0]
             # record ids grow with arrival and each finest class holds its own in order: merged, they come
             # oldest first, as one list of the coarser class's records would
-            candidates = heapq.merge(*(finest[child][0] for child in part.children[index][key]))
+            candidates = heapq.merge(*(finest[leaf][0] for leaf in self._leaves(part, index, key)))
         else:
             candidates = part.classes[index][key][0]
         for other in candidates:
@@ -767,7 +805,7 @@ class Stage:
         finest = keys[0]
         if self._is_released(part, 0, finest, now):
             return [(record, self.first, finest)]
-        self._add(part, record, self.all_keys(record, keys))
+        self._add(part, record, keys if self._nested else self.all_keys(record, keys))
         if self._complete(part, 0, finest):
             return self._release(part, 0, finest, list(part.classes[0][finest][0]), now)
         return []
@@ -792,17 +830,19 @@ class Stage:
 
     def _settle(self, part: Partition, rid: int, now: int, published: list[Release], leaving: list[Staged]) -> None:
         keys = part.keys[rid]
-        below = 1  # nested: how many finest classes the record's class one level down holds; it was not complete
-        for index, key in enumerate(keys):
+        key = keys[0]
+        for index in range(self.depth):
+            if index:
+                if not self._nested:
+                    key = keys[index]
+                else:
+                    key = part.up[index - 1][key]
             if self._is_released(part, index, key, now):
                 published.append((self._remove(part, rid), self.first + index, key))
                 return
             if index and self._nested:
-                under = part.children[index][key]
-                if len(under) == below:
-                    continue  # the same finest classes as one level down, so not complete either
-                below = len(under)
-                if not self._complete_under(part, index, key, under):
+                # one class under it: the same finest classes as one level down, so not complete either
+                if len(part.kids[index][key]) == 1 or not self._complete_under(part, index, key):
                     continue
             elif not self._complete(part, index, key):
                 continue
@@ -826,7 +866,8 @@ class Stage:
                 part.unmarked.append((int(index), key))
         for rid, record in sorted(records):
             record = tuple(record)
-            self._add(part, record, self._plan.keys(orjson.loads(record[QIS])), rid)
+            qis = orjson.loads(record[QIS])
+            self._add(part, record, self._ends.keys(qis) if self._nested else self._plan.keys(qis), rid)
         part.added = []
         return part
 

@@ -373,10 +373,11 @@ def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
     stage, part = stage_of(params(path="lockstep")), Partition(3)
     for n in range(10):
         assert feed(stage, part, staged("alice", n=n)) == []
-    # all in one finest class, which each coarser class lists; one subject everywhere; one timer for all ten
-    finest, *coarser = part.keys[0]
+    # all in one finest class, the tree one class per level above it; one subject everywhere; one timer for all ten
+    finest, *coarser = keys = part.keys[0]
     assert len(part.records) == 10 and part.classes[0] == {finest: (dict.fromkeys(range(10)), {"alice": 10}, {})}
-    assert part.children[1:] == [{key: {finest: None}} for key in coarser]
+    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys, coarser)]
+    assert part.up[:-1] == [{below: key} for below, key in zip(keys, coarser)]
     assert not any(stage._complete(part, index, key) for index, key in enumerate(part.keys[0]))
     assert part.armed == [750]
 
@@ -459,32 +460,41 @@ def test_when_deadlines_pass_then_only_the_expired_records_leave():
     feed(stage, part, staged("b", entered=100))
     published, leaving = stage.on_deadline(part, 750, 750)
     assert published == [] and [r[3] for r in leaving] == ["a"]
-    # b alone is left in the class, at every level: its finest class, under each coarser one
-    finest, *coarser = part.keys[1]
+    # b alone is left in the class, at every level: its finest class, the tree one class per level above it
+    finest, *coarser = keys = part.keys[1]
     assert {key: entry[1] for key, entry in part.classes[0].items()} == {finest: {"b": 1}}
-    assert part.children[1:] == [{key: {finest: None}} for key in coarser]
+    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys, coarser)]
     # the class still needs k fresh subjects: "a" left, so two more are needed
     assert feed(stage, part, staged("c", entered=200)) == []
 
 
-# -- the index of a nested stage: finest classes counted, coarser classes as the finest ones under them --------
+# -- the index of a nested stage: finest classes counted, coarser classes a tree over them ------------------
 
 
 def index_of(part: Partition) -> tuple:
-    """What a partition's class index says, in a form to compare: members in their order, children as sets.
+    """What a partition's class index says, in a form to compare: members in their order, the tree's kids as sets.
 
-    The order of children is the order the finest classes were made in, which a rebuild may not repeat;
+    The order of kids is the order the classes were made in, which a rebuild may not repeat;
     nothing is read from it but the order of a union.
     """
     finest = {key: (list(members), subjects, values) for key, (members, subjects, values) in part.classes[0].items()}
-    return finest, part.classes[1:], [{key: set(under) for key, under in level.items()} for level in part.children]
+    return finest, part.classes[1:], [{key: set(under) for key, under in level.items()} for level in part.kids], part.up
+
+
+def finest_under(part: Partition, index: int, key: str) -> list[str]:
+    """The finest classes under class ``key`` at level ``index``, by walking the tree's kids down."""
+    classes = [key]
+    for level in range(index, 0, -1):
+        classes = [kid for parent in classes for kid in part.kids[level][parent]]
+    return classes
 
 
 def assert_tallies_hold(part: Partition) -> None:
     """Each tallied coarser class counts, per subject and per value, the finest classes under it holding it."""
+    assert part.tallied == sum(len(tallies) for tallies in part.tallies)
     for index, tallies in enumerate(part.tallies):
         for key, (subjects, values) in tallies.items():
-            under = [part.classes[0][child] for child in part.children[index][key]]
+            under = [part.classes[0][child] for child in finest_under(part, index, key)]
             assert subjects == dict(Counter(s for _, held, _ in under for s in held)), (index, key)
             assert values == dict(Counter(v for _, _, held in under for v in held)), (index, key)
 
@@ -498,16 +508,16 @@ def test_when_records_in_different_finest_classes_meet_at_a_coarser_level_then_t
     coarse = part.keys[0][1]
     # four finest classes (a's two records too), each under the one level-1 class, in the order they came
     assert len(part.classes[0]) == 4 and all(len(subjects) == 1 for _, subjects, _ in part.classes[0].values())
-    assert list(part.children[1][coarse]) == [part.keys[rid][0] for rid in range(4)]
+    assert list(part.kids[1][coarse]) == [part.keys[rid][0] for rid in range(4)]
     assert not any(stage._complete(part, 0, key) for key in part.classes[0])
     assert stage._complete(part, 1, coarse)  # a, b and c: three subjects across four finest classes
     published, _ = stage.on_deadline(part, 750, 750)
     # a-0 is due: the oldest records that bring k subjects, a-1 being no new subject
     assert ids(published) == ["a-0", "b-2", "c-3"] and {r[1:] for r in published} == {(1, coarse)}
-    assert list(part.records) == [1] and list(part.children[1][coarse]) == [part.keys[1][0]]
+    assert list(part.records) == [1] and list(part.kids[1][coarse]) == [part.keys[1][0]]
 
 
-def test_when_a_finest_class_empties_then_the_coarser_classes_drop_it_and_go_when_they_hold_none():
+def test_when_a_finest_class_empties_then_it_leaves_the_tree_and_coarser_classes_go_when_they_hold_none():
     p = params(k=5, path="lockstep")
     stage, part = stage_of(p), Partition(3)
     feed(stage, part, near("a", 31, "94102", entered=0))
@@ -515,12 +525,14 @@ def test_when_a_finest_class_empties_then_the_coarser_classes_drop_it_and_go_whe
     first, second = part.keys[0][0], part.keys[1][0]
     _, coarse, coarsest = part.keys[0]
     both = {first: None, second: None}
-    assert part.children[1:] == [{coarse: both}, {coarsest: both}]
+    assert part.kids[1:] == [{coarse: both}, {coarsest: {coarse: None}}]
+    assert part.up[:2] == [{first: coarse, second: coarse}, {coarse: coarsest}]
     _, leaving = stage.on_deadline(part, 750, 750)  # a leaves the stage: k = 5 is out of reach
     assert [r[3] for r in leaving] == ["a"]
-    assert list(part.classes[0]) == [second] and part.children[1:] == [{coarse: {second: None}}, {coarsest: {second: None}}]
+    assert list(part.classes[0]) == [second] and part.kids[1:] == [{coarse: {second: None}}, {coarsest: {coarse: None}}]
+    assert part.up[:2] == [{second: coarse}, {coarse: coarsest}]
     stage.on_deadline(part, 850, 850)
-    assert part.empty() and part.classes == [{}, {}, {}] and part.children == [{}, {}, {}]
+    assert part.empty() and part.classes == [{}, {}, {}] and part.kids == part.up == [{}, {}, {}]
 
 
 def test_when_a_coarser_class_holds_many_finest_classes_then_its_tally_follows_them(monkeypatch):
@@ -579,7 +591,7 @@ def test_when_hierarchies_do_not_nest_then_every_level_counts_its_records_and_re
         # every buffered record is counted at every level; there is no index of finest classes
         for level in part.classes:
             assert sorted(rid for members, _, _ in level.values() for rid in members) == sorted(part.records)
-        assert part.children == [{}, {}]
+        assert part.kids == part.up == [{}, {}]
     published, leaving = stage.flush(part, 10_000)
     out += published
     left += leaving
