@@ -351,7 +351,10 @@ class _KeyPlan:
 
     def key(self, pieces: list[dict[int, str]], index: int) -> str:
         """The class key at the plan's ``index``-th level, from :meth:`pieces`."""
-        return "[" + ",".join(piece[i] for piece, i in zip(pieces, self.rows[index], strict=True)) + "]"
+        row = self.rows[index]
+        if len(pieces) == 3:
+            return f"[{pieces[0][row[0]]},{pieces[1][row[1]]},{pieces[2][row[2]]}]"
+        return "[" + ",".join(piece[i] for piece, i in zip(pieces, row, strict=True)) + "]"
 
     def pieces(self, qis: Mapping[str, Any]) -> list[dict[int, str]]:
         """Each QI's published JSON text at each hierarchy step the plan uses: ``[{step: text}]``, one per QI."""
@@ -613,14 +616,33 @@ class Stage:
         entry = part.classes[index].get(key)
         return entry is not None and len(entry[1]) >= self._k and len(entry[2]) >= self._l
 
-    def _leaves(self, part: Partition, index: int, key: str) -> Iterator[str]:
-        """The finest classes under class ``key`` at level ``index`` of a nested stage, depth first."""
-        kids = part.kids[index][key]
-        if index == 1:
-            yield from kids
-        else:
-            for kid in kids:
-                yield from self._leaves(part, index - 1, kid)
+    @staticmethod
+    def _leaves(part: Partition, index: int, key: str) -> Iterator[str]:
+        """The finest classes under class ``key`` at level ``index`` of a nested stage, depth first, one at a time.
+
+        For a caller that may stop early; one stack of iterators, not a generator per level.
+        """
+        kids = part.kids
+        stack = [iter(kids[index][key])]
+        while stack:
+            level = index - len(stack)  # the level of the classes the top iterator gives
+            for child in stack[-1]:
+                if not level:
+                    yield child
+                else:
+                    stack.append(iter(kids[level][child]))
+                    break
+            else:
+                stack.pop()
+
+    @staticmethod
+    def _all_leaves(part: Partition, index: int, key: str) -> list[str]:
+        """:meth:`_leaves`, all of them, in the same order: one level of the tree at a time."""
+        classes = [key]
+        for level in range(index, 0, -1):
+            kids = part.kids[level]
+            classes = [kid for parent in classes for kid in kids[parent]]
+        return classes
 
     def _complete_under(self, part: Partition, index: int, key: str) -> bool:
         """Whether coarser class ``key`` holds k subjects (and l values) among the finest classes under it.
@@ -651,7 +673,7 @@ class Stage:
         """Start tallying class ``key``: for each subject and value, how many of its finest classes hold it."""
         tally: tuple[dict[str, int], dict[str, int]] = ({}, {})
         finest = part.classes[0]
-        for leaf in self._leaves(part, index, key):
+        for leaf in self._all_leaves(part, index, key):
             _, subjects, values = finest[leaf]
             for subject in subjects:
                 _count(tally[0], subject, 1)
@@ -778,7 +800,7 @@ class Stage:
             finest = part.classes[0]
             # record ids grow with arrival and each finest class holds its own in order: merged, they come
             # oldest first, as one list of the coarser class's records would
-            candidates = heapq.merge(*(finest[leaf][0] for leaf in self._leaves(part, index, key)))
+            candidates = heapq.merge(*[finest[leaf][0] for leaf in self._all_leaves(part, index, key)])
         else:
             candidates = part.classes[index][key][0]
         for other in candidates:
@@ -814,11 +836,14 @@ class Stage:
         """Settle every record whose timer is at or before ``upto``: published, or leaving the stage."""
         published: list[Release] = []
         leaving: list[Staged] = []
+        # per level, the classes found neither released nor complete in this call: records only leave while it
+        # runs, which completes no class and so releases none, so they stay so, and are not asked again
+        failed: list[set[str]] = [set() for _ in range(self.depth)]
         due = part.due
         while due and due[0][0] <= upto:
             _, rid = heapq.heappop(due)
             if rid in part.records:
-                self._settle(part, rid, now, published, leaving)
+                self._settle(part, rid, now, published, leaving, failed)
         part.ticks = {t for t in part.ticks if t > upto}
         if now >= part.next_sweep:
             self._sweep(part, now)
@@ -828,7 +853,8 @@ class Stage:
         """End of a bounded input: settle every buffered record as if its deadline had come."""
         return self.on_deadline(part, 2**63, now)
 
-    def _settle(self, part: Partition, rid: int, now: int, published: list[Release], leaving: list[Staged]) -> None:
+    def _settle(self, part: Partition, rid: int, now: int, published: list[Release], leaving: list[Staged],
+                failed: list[set[str]]) -> None:
         keys = part.keys[rid]
         key = keys[0]
         for index in range(self.depth):
@@ -837,14 +863,18 @@ class Stage:
                     key = keys[index]
                 else:
                     key = part.up[index - 1][key]
+            if key in failed[index]:
+                continue
             if self._is_released(part, index, key, now):
                 published.append((self._remove(part, rid), self.first + index, key))
                 return
             if index and self._nested:
                 # one class under it: the same finest classes as one level down, so not complete either
                 if len(part.kids[index][key]) == 1 or not self._complete_under(part, index, key):
+                    failed[index].add(key)
                     continue
             elif not self._complete(part, index, key):
+                failed[index].add(key)
                 continue
             published.extend(self._release(part, index, key, self._smallest_group(part, index, key, rid), now))
             return
