@@ -497,6 +497,8 @@ class Partition:
         A record both added and removed since the last clear (released on arrival) is in
         neither; a class dropped and released again is only put.
         """
+        if not self.removed and not self.marked and not self.unmarked:  # a record buffered, and nothing else
+            return [(rid, self.records[rid]) for rid in self.added], [], [], []
         added, removed = set(self.added), set(self.removed)
         puts = [(rid, self.records[rid]) for rid in self.added if rid not in removed]
         removes = [rid for rid in self.removed if rid not in added]
