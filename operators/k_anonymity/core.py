@@ -142,8 +142,12 @@ def fast_geohash(lat: float, lon: float, precision: int) -> str:
     """
     bits = 5 * precision
     lon_bits, lat_bits = (bits + 1) // 2, bits // 2
-    lon_i = min(int((lon + 180.0) / 360.0 * (1 << lon_bits)), (1 << lon_bits) - 1)
-    lat_i = min(int((lat + 90.0) / 180.0 * (1 << lat_bits)), (1 << lat_bits) - 1)
+    lon_i = int((lon + 180.0) / 360.0 * (1 << lon_bits))
+    if lon_i >> lon_bits:  # longitude 180 itself: the last cell
+        lon_i = (1 << lon_bits) - 1
+    lat_i = int((lat + 90.0) / 180.0 * (1 << lat_bits))
+    if lat_i >> lat_bits:
+        lat_i = (1 << lat_bits) - 1
     lon_s = _SPREAD[lon_i & 0xFFFF] | _SPREAD[lon_i >> 16] << 32
     lat_s = _SPREAD[lat_i & 0xFFFF] | _SPREAD[lat_i >> 16] << 32
     # longitude takes the first bit: the even positions when the bit count is odd
@@ -341,6 +345,7 @@ class _KeyPlan:
         self.cells: list[dict[str, dict[int, str]] | None] = [
             {} if top and all(qi.levels[i].kind in ("geohash", "star") for i in used) else None
             for qi, used, top in zip(self.qis, self.used, self.geo_top, strict=True)]
+        self.specs = list(zip(self.qis, self.used, self.geo_top, self.grid, self.memo, self.cells, strict=True))
 
     def keys(self, qis: Mapping[str, Any]) -> tuple[str, ...]:
         pieces = self.pieces(qis)
@@ -359,8 +364,7 @@ class _KeyPlan:
     def pieces(self, qis: Mapping[str, Any]) -> list[dict[int, str]]:
         """Each QI's published JSON text at each hierarchy step the plan uses: ``[{step: text}]``, one per QI."""
         pieces: list[dict[int, str]] = []
-        for qi, used, top, grid, memo, cells in zip(self.qis, self.used, self.geo_top, self.grid, self.memo,
-                                                     self.cells, strict=True):
+        for qi, used, top, grid, memo, cells in self.specs:
             value = qis[qi.name]
             if memo is not None:
                 # bool is an int to a dict: 1 and True would share a row, so the type is in the key
