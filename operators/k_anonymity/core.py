@@ -10,6 +10,7 @@ timers; tests and benchmarks run them without a JVM.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -439,8 +440,11 @@ def _leave(classes: dict, key: str, rid: int, subject: str, value: str | None) -
         _count(values, value, -1)
 
 
-#: from this many finest classes on, a coarser class of a nested stage keeps its subjects and values tallied,
-#: so that asking whether it is complete no longer walks them all (a few subjects with many records)
+#: a coarser class of up to this many buffered records is sorted whole for its oldest; a larger one is merged lazily
+SORT_UP_TO = 512
+
+#: a coarser class of a nested stage not yet complete after this many of its finest classes keeps its subjects and
+#: values tallied from then on, so that asking again no longer walks them all (a few subjects with many records)
 TALLY_FROM = 32
 
 
@@ -806,7 +810,10 @@ class Stage:
             finest = part.classes[0]
             # record ids grow with arrival and each finest class holds its own in order: merged, they come
             # oldest first, as one list of the coarser class's records would
-            candidates = heapq.merge(*[finest[leaf][0] for leaf in self._all_leaves(part, index, key)])
+            members = [finest[leaf][0] for leaf in self._all_leaves(part, index, key)]
+            # a few records: sorted in C at once; many: merged, only as far as the group needs
+            candidates = (sorted(itertools.chain.from_iterable(members)) if sum(map(len, members)) <= SORT_UP_TO
+                          else heapq.merge(*members))
         else:
             candidates = part.classes[index][key][0]
         for other in candidates:

@@ -376,8 +376,8 @@ def test_when_one_subject_sends_many_records_then_the_class_stays_buffered():
     # all in one finest class, the tree one class per level above it; one subject everywhere; one timer for all ten
     finest, *coarser = keys = part.keys[0]
     assert len(part.records) == 10 and part.classes[0] == {finest: (dict.fromkeys(range(10)), {"alice": 10}, {})}
-    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys, coarser)]
-    assert part.up[:-1] == [{below: key} for below, key in zip(keys, coarser)]
+    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys[:-1], coarser, strict=True)]
+    assert part.up[:-1] == [{below: key} for below, key in zip(keys[:-1], coarser, strict=True)]
     assert not any(stage._complete(part, index, key) for index, key in enumerate(part.keys[0]))
     assert part.armed == [750]
 
@@ -463,7 +463,7 @@ def test_when_deadlines_pass_then_only_the_expired_records_leave():
     # b alone is left in the class, at every level: its finest class, the tree one class per level above it
     finest, *coarser = keys = part.keys[1]
     assert {key: entry[1] for key, entry in part.classes[0].items()} == {finest: {"b": 1}}
-    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys, coarser)]
+    assert part.kids[1:] == [{key: {below: None}} for below, key in zip(keys[:-1], coarser, strict=True)]
     # the class still needs k fresh subjects: "a" left, so two more are needed
     assert feed(stage, part, staged("c", entered=200)) == []
 
@@ -533,6 +533,25 @@ def test_when_a_finest_class_empties_then_it_leaves_the_tree_and_coarser_classes
     assert part.up[:2] == [{second: coarse}, {coarse: coarsest}]
     stage.on_deadline(part, 850, 850)
     assert part.empty() and part.classes == [{}, {}, {}] and part.kids == part.up == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_when_a_coarser_class_is_released_then_sorting_or_merging_its_records_picks_the_same_oldest(seed, monkeypatch):
+    rng = random.Random(seed)
+    p = params(k=5, path="lockstep")
+    # many finest classes of one or two subjects each: classes are completed at the coarser levels
+    people = [(rng.choice("abcdefghijkl"), rng.randrange(20, 60), f"941{rng.randrange(100):02d}") for _ in range(150)]
+    outcomes = []
+    for sort_up_to in (core.SORT_UP_TO, 0):  # 0: every coarser class merged lazily
+        monkeypatch.setattr(core, "SORT_UP_TO", sort_up_to)
+        stage, part = stage_of(p), Partition(3)
+        out = []
+        for n, (subject, age, zip_code) in enumerate(people):
+            out += feed(stage, part, near(subject, age, zip_code, entered=n * 10, n=n), now=n * 10)
+            out += stage.on_deadline(part, n * 10, n * 10)[0]
+        out += stage.flush(part, 10_000)[0]
+        outcomes.append([(json.loads(record[2])["id"], level, key) for record, level, key in out])
+    assert outcomes[0] == outcomes[1] and any(level for _, level, _ in outcomes[0])
 
 
 def test_when_a_coarser_class_holds_many_finest_classes_then_its_tally_follows_them(monkeypatch):
