@@ -472,7 +472,8 @@ class Partition:
 
     def __init__(self, depth: int) -> None:
         self.records: dict[int, Staged] = {}  # record id -> staged record
-        self.keys: dict[int, tuple[str, ...]] = {}  # record id -> its class at each level of the stage
+        # record id -> its class keys: at each level of the stage, or (nested) the finest first, the rest read from the tree
+        self.keys: dict[int, tuple[str, ...]] = {}
         # per level: class -> (its record ids, oldest first; {subject: records}; {sensitive value: records})
         self.classes: list[dict[str, tuple[dict[int, None], dict[str, int], dict[str, int]]]] = [
             {} for _ in range(depth)]
@@ -741,11 +742,9 @@ class Stage:
             return
         part.classes[0][finest] = ({rid: None}, {subject: 1}, {} if value is None else {value: 1})
         # the coarser keys are computed one level at a time, and only up to the first class already there
-        pieces = None
+        pieces = self._plan.pieces(orjson.loads(record[QIS])) if self.depth > 1 else []
         child = finest
         for index in range(1, self.depth):
-            if pieces is None:
-                pieces = self._plan.pieces(orjson.loads(record[QIS]))
             key = self._plan.key(pieces, index)
             part.up[index - 1][child] = key
             under = part.kids[index].get(key)

@@ -481,20 +481,14 @@ def index_of(part: Partition) -> tuple:
     return finest, part.classes[1:], [{key: set(under) for key, under in level.items()} for level in part.kids], part.up
 
 
-def finest_under(part: Partition, index: int, key: str) -> list[str]:
-    """The finest classes under class ``key`` at level ``index``, by walking the tree's kids down."""
-    classes = [key]
-    for level in range(index, 0, -1):
-        classes = [kid for parent in classes for kid in part.kids[level][parent]]
-    return classes
-
-
 def assert_tallies_hold(part: Partition) -> None:
     """Each tallied coarser class counts, per subject and per value, the finest classes under it holding it."""
     assert part.tallied == sum(len(tallies) for tallies in part.tallies)
     for index, tallies in enumerate(part.tallies):
         for key, (subjects, values) in tallies.items():
-            under = [part.classes[0][child] for child in finest_under(part, index, key)]
+            leaves = list(Stage._leaves(part, index, key))  # depth first, one at a time
+            assert leaves == Stage._all_leaves(part, index, key)  # one level at a time: the same, in the same order
+            under = [part.classes[0][child] for child in leaves]
             assert subjects == dict(Counter(s for _, held, _ in under for s in held)), (index, key)
             assert values == dict(Counter(v for _, _, held in under for v in held)), (index, key)
 
