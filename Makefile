@@ -19,8 +19,9 @@ $(STAMP): setup.cfg
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-jars: ## fetch the Kafka broker and the Flink Kafka connector from Maven Central
+jars: $(STAMP) ## fetch the Kafka broker and the Flink Kafka connector from Maven Central; build the job's Java bundler (conf/bundle)
 	@bash conf/fetch_jars.sh
+	@bash conf/bundle/build.sh $(PY)
 
 run: $(STAMP) jars ## run the main job in a local MiniCluster on the bundled sample events
 	$(CLI) run --policy $(POLICY) --input $(SAMPLE) --output out --dev-keyring

@@ -43,6 +43,8 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StatementSet, StreamTableEnvironment
 from pyflink.table.expressions import col
 
+from operators.flink_compat import pipeline_jars
+
 __all__ = [
     "DEFAULT_JARS_DIR",
     "SINK_TYPE",
@@ -111,7 +113,7 @@ def add_connector_jars(env: StreamExecutionEnvironment, jars_dir: Path = DEFAULT
 
 def _add_jars(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment | None, jars_dir: Path = DEFAULT_JARS_DIR) -> None:
     wanted = connector_jar_urls(jars_dir)
-    missing = [u for u in wanted if u not in _pipeline_jars(env)]
+    missing = [u for u in wanted if u not in pipeline_jars(env._j_stream_execution_environment)]
     if not missing:
         return
     env.add_jars(*missing)
@@ -352,17 +354,6 @@ def _sink_tuple_to_row_binary(record: tuple) -> Row:
 def _sink_tuple_to_row_all_binary(record: tuple) -> Row:
     row = _sink_tuple_to_row_binary(record)
     return Row(k=row.k.encode("latin-1") if row.k else None, headers=row.headers, v=row.v)
-
-
-def _pipeline_jars(env: StreamExecutionEnvironment) -> list[str]:
-    # The same lookup env.add_jars does, so a second add of the same jar can be skipped.
-    from pyflink.common import Configuration
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    key = jvm.org.apache.flink.configuration.PipelineOptions.JARS.key()
-    conf = jvm.org.apache.flink.python.util.PythonConfigUtil.getEnvironmentConfig(env._j_stream_execution_environment)
-    return Configuration.parse_list_value(conf.getString(key, None))
 
 
 _seq = 0

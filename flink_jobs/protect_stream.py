@@ -470,13 +470,13 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
         if view.k_anonymity:
             from operators import k_anonymity
 
-            # shape: staged payloads keyed by their stage-0 partition key (with event-time timestamps and
-            # watermarks for timing: event, whose deadlines are event time)
+            # shape: staged payloads bundled and keyed by their stage-0 partition key (with event-time
+            # timestamps and watermarks for timing: event, whose deadlines are event time)
             if view.k_anonymity.timing == "event":
                 keyed = keyed_event_time_side_output(protected, tags[name], kanon_type(), _watermarks(policy),
-                                                     f"event-time-{name}")
+                                                     f"event-time-{name}", bundle=f"kanon-{name}-bundle-0")
             else:
-                keyed = keyed_side_output(protected, tags[name], kanon_type())
+                keyed = keyed_side_output(protected, tags[name], kanon_type(), bundle=f"kanon-{name}-bundle-0")
             released, suppressed = k_anonymity.attach_staged(keyed, view.k_anonymity, view_name=name, lines=lines,
                                                              watermark_delay_ms=policy.watermark_delay_ms,
                                                              slot_group=options.stateful_slot_group,
@@ -496,9 +496,9 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
         elif view.differential_privacy:
             from operators.dp import flink as dp_flink
 
-            # shape: contribution payloads keyed by subject bucket, with event-time timestamps
+            # shape: contribution payloads bundled and keyed by subject bucket, after event-time watermarks
             keyed = keyed_event_time_side_output(protected, tags[name], dp_row_type(), _watermarks(policy),
-                                                 f"event-time-{name}")
+                                                 f"event-time-{name}", bundle=f"dp-{name}-bundle")
             releases = dp_flink.attach_keyed(keyed, view.differential_privacy, view_name=name, policy_id=policy.id,
                                              policy_hash=policy.hash, watermark_delay_ms=policy.watermark_delay_ms,
                                              slot_group=options.stateful_slot_group)

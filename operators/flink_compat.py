@@ -26,6 +26,8 @@ Thread mode (Python operators in the JVM's embedded pemja interpreter)
 Process mode (Python operators in Beam worker processes)
     - [no None] a STRING or LONG field cannot carry None: ``""`` stands for "no key" (the sinks
       turn it back into none) and ``-1`` for "no timestamp".
+    - [put_all] ``MapState.put_all`` iterates its dict as if it were (key, value) pairs and fails:
+      :func:`put_all` puts one entry at a time there (a write to the worker's cache, not a call).
 
 Both modes
     - [end of input] processing-time timers never fire once a bounded input has ended: a buffer
@@ -56,15 +58,41 @@ Both modes
       subtask in thread mode the protect operator also publishes a k-anonymity record whose class the
       chained first stage has released, instead of handing it over
       (:func:`operators.k_anonymity.flink.released_shortcut`, which checks the calling thread).
+    - [bundles] thread mode calls a Python function once per record and ignores
+      ``python.fn-execution.bundle.size`` (Flink 2.2's ``AbstractEmbeddedPythonFunctionOperator``
+      has no bundles), and a keyed Python stage costs more per call than the work of most of its
+      records. So the keyed streams above may pass a Java operator first, ``BundleByKey``
+      (``conf/bundle``, built into :data:`BUNDLE_JAR` by ``make jars``): it joins the payloads of one
+      key with :data:`BUNDLE_SEPARATOR` and lets them go at ``bundle.size`` records, after
+      ``bundle.time``, before a watermark, before a checkpoint barrier and at the end of input. It
+      holds no state, so a restore loses and repeats nothing. The keyed function then splits its
+      input (:func:`unbundle`). Not in BATCH mode, nor with a bundle size of 1; without the jar the
+      records cross one by one, as before, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: timestamp of the event-time timer that flushes a buffer when a bounded input ends [end of input]
 FLUSH_TIMER = 2**63 - 2
+
+#: joins the payloads of one bundle [bundles]. No payload holds it: their fields are JSON text, which
+#: escapes control characters, joined by the codecs' own ``\x1e`` and ``\x1f``.
+BUNDLE_SEPARATOR = "\x1d"
+
+#: the Java side of [bundles]: ``dev.flinkanonymizer.BundleByKey``, built from ``conf/bundle`` by ``make jars``
+BUNDLE_JAR = Path(__file__).resolve().parents[1] / "jars" / "ops" / "flink-anonymizer-ops.jar"
+
+
+def unbundle(payload: str) -> list[str]:
+    """The payloads a keyed function received in one call: one, or a bundle of one key's [bundles]."""
+    return payload.split(BUNDLE_SEPARATOR)
 
 
 def now_ms() -> int:
@@ -145,24 +173,26 @@ def side_output(stream: Any, tag: Any) -> Any:
     return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
-def keyed_by_first_field(stream: Any, row_type: Any) -> Any:
+def keyed_by_first_field(stream: Any, row_type: Any, bundle: str | None = None) -> Any:
     """Key a stream of ``Row(key, payload)`` on its key, in Java: what ``key_by`` does, without its Python step.
 
-    The keyed Python function then receives the payload, as after ``key_by``.
+    The keyed Python function then receives the payload, as after ``key_by``; with ``bundle`` (the
+    bundling operator's name and uid) it receives one or more payloads of its key, to :func:`unbundle`.
     """
-    return _keyed(stream._j_data_stream, row_type)
+    return _keyed(stream._j_data_stream, row_type, bundle)
 
 
-def keyed_side_output(stream: Any, tag: Any, row_type: Any) -> Any:
-    """A side output of ``Row(key, payload)`` records, keyed on its key in Java."""
-    return _keyed(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()), row_type)
+def keyed_side_output(stream: Any, tag: Any, row_type: Any, bundle: str | None = None) -> Any:
+    """A side output of ``Row(key, payload)`` records, keyed on its key in Java; ``bundle`` as above."""
+    return _keyed(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()), row_type, bundle)
 
 
-def keyed_event_time_side_output(stream: Any, tag: Any, row_type: Any, strategy: Any, name: str) -> Any:
+def keyed_event_time_side_output(stream: Any, tag: Any, row_type: Any, strategy: Any, name: str,
+                                 bundle: str | None = None) -> Any:
     """A side output of ``(Row(key, payload), event ms)``: timestamps and watermarks set, keyed, all in Java.
 
     ``strategy`` is a ``WatermarkStrategy`` without a timestamp assigner (the second field is the
-    timestamp); ``name`` names and identifies the watermark operator.
+    timestamp); ``name`` names and identifies the watermark operator; ``bundle`` as above.
     """
     from pyflink.java_gateway import get_gateway
 
@@ -173,14 +203,60 @@ def keyed_event_time_side_output(stream: Any, tag: Any, row_type: Any, strategy:
     j_timed.name(name).uid(name)
     j_rows = j_timed.map(event_time.RemoveTimestampMapFunction(), row_type.get_java_type_info())
     j_rows.name(f"{name}-drop-timestamp").uid(f"{name}-drop-timestamp")
-    return _keyed(j_rows, row_type)
+    return _keyed(j_rows, row_type, bundle)
 
 
-def _keyed(j_stream: Any, row_type: Any) -> Any:
+def put_all(state: Any, entries: dict) -> None:
+    """Put ``entries`` in a ``MapState``: in thread mode one call into Java for them all [put_all]."""
+    if len(entries) > 1 and type(state).__module__.startswith("pyflink.fn_execution.datastream.embedded"):
+        state.put_all(entries)
+    else:
+        for key, value in entries.items():
+            state.put(key, value)
+
+
+def pipeline_jars(j_env: Any) -> list[str]:
+    """The jars a job ships (``pipeline.jars``), as ``StreamExecutionEnvironment.add_jars`` looks them up."""
+    from pyflink.common import Configuration
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    key = jvm.org.apache.flink.configuration.PipelineOptions.JARS.key()
+    conf = jvm.org.apache.flink.python.util.PythonConfigUtil.getEnvironmentConfig(j_env)
+    return Configuration.parse_list_value(conf.getString(key, None))
+
+
+def _bundled(j_stream: Any, row_type: Any, name: str) -> Any:
+    """``j_stream`` through ``BundleByKey``, where [bundles] applies; else ``j_stream`` as it is."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.java_gateway import get_gateway
+
+    j_env = j_stream.getExecutionEnvironment()
+    settings = j_env.getConfiguration().toMap()
+    size = int(settings.get("python.fn-execution.bundle.size") or 100_000)  # PyFlink's defaults
+    delay_ms = int(settings.get("python.fn-execution.bundle.time") or 1_000)
+    if size <= 1 or not _streaming(j_env):
+        return j_stream
+    if not BUNDLE_JAR.is_file():
+        log.warning("%s is missing (make jars builds it): keyed Python stages take their records one by one",
+                    BUNDLE_JAR)
+        return j_stream
+    url = BUNDLE_JAR.as_uri()
+    if url not in pipeline_jars(j_env):
+        StreamExecutionEnvironment(j_env).add_jars(url)  # shipped with the job, and loadable here
+    operator = get_gateway().jvm.dev.flinkanonymizer.BundleByKey(size, max(delay_ms, 1), BUNDLE_SEPARATOR)
+    j_out = j_stream.transform(name, row_type.get_java_type_info(), operator)
+    j_out.uid(name).setParallelism(j_stream.getParallelism())
+    return j_out
+
+
+def _keyed(j_stream: Any, row_type: Any, bundle: str | None = None) -> Any:
     from pyflink.common import Types
     from pyflink.datastream import DataStream, KeyedStream
     from pyflink.java_gateway import get_gateway
 
+    if bundle is not None:
+        j_stream = _bundled(j_stream, row_type, bundle)
     jvm = get_gateway().jvm
     key_type = row_type.get_field_types()[0]
     payload_type = row_type.get_field_types()[1]
@@ -197,15 +273,19 @@ def _keyed(j_stream: Any, row_type: Any) -> Any:
 
 def _single_streaming_subtask(j_stream: Any) -> bool:
     """Whether ``j_stream`` and what keys it run as one subtask, in STREAMING mode [one subtask]."""
-    from pyflink.java_gateway import get_gateway
-
     j_env = j_stream.getExecutionEnvironment()
     config = j_env.getConfiguration()
-    mode = config.get(get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions.RUNTIME_MODE)
     # reactive mode and an autoscaler's vertex overrides change a running job's parallelism without
     # building it again: a stream keyed only because it ran as one subtask would then be wrong
     settings = config.toMap()
     rescaled = (str(settings.get("scheduler-mode") or "").lower() == "reactive"
                 or bool(settings.get("pipeline.jobvertex-parallelism-overrides")))
-    return (j_stream.getParallelism() == 1 and j_env.getParallelism() == 1 and str(mode.name()) == "STREAMING"
-            and not rescaled)
+    return j_stream.getParallelism() == 1 and j_env.getParallelism() == 1 and _streaming(j_env) and not rescaled
+
+
+def _streaming(j_env: Any) -> bool:
+    """Whether the job runs in STREAMING mode (not BATCH, nor AUTOMATIC)."""
+    from pyflink.java_gateway import get_gateway
+
+    mode = j_env.getConfiguration().get(get_gateway().jvm.org.apache.flink.configuration.ExecutionOptions.RUNTIME_MODE)
+    return str(mode.name()) == "STREAMING"

@@ -29,7 +29,7 @@ from operators.dp.core import (
 )
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
-from operators.flink_compat import BatchedCounter, state_ttl, subtask_index
+from operators.flink_compat import BatchedCounter, put_all, state_ttl, subtask_index, unbundle
 from operators.quiet_clock import QuietClock
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def attach(
 
     rows = stream.map(encode, output_type=contribution_row_type()).name(f"dp-encode[{view_name}]").uid(
         f"dp/{view_name}/encode")
-    return attach_keyed(keyed_by_first_field(rows, contribution_row_type()), params, view_name=view_name,
+    keyed = keyed_by_first_field(rows, contribution_row_type(), bundle=f"dp/{view_name}/bundle")
+    return attach_keyed(keyed, params, view_name=view_name,
                         policy_id=policy_id, policy_hash=policy_hash, random_state=random_state,
                         watermark_delay_ms=watermark_delay_ms)
 
@@ -241,8 +242,9 @@ def _stages() -> tuple[type, type, type]:
         stage-2 record per bucket, window and group instead of one per subject.
 
         State: ``buffers``, a ``MapState`` of the bucket from ``"<window start>\x1f<subject>"``
-        to the encoded :class:`SubjectWindow`, written through on every record that
-        changes a buffer, so a checkpoint holds every open window's contributions. A
+        to the encoded :class:`SubjectWindow`, written through at the end of every call that
+        changes a buffer (a call takes one record or a bundle of them), so a checkpoint holds every
+        open window's contributions. A
         copy of the bucket's buffers lives in ``self.buckets`` (``{bucket: {window start:
         {subject: SubjectWindow}}}``), so records never read state; a bucket's copy is
         loaded from state the first time this subtask sees the bucket, which after a
@@ -305,12 +307,26 @@ def _stages() -> tuple[type, type, type]:
             return windows
 
         def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
-            subject, group_json, values_json, ts = decode_contribution(value)
+            # value: one contribution, or a bundle of this bucket's [bundles]
+            windows = None
+            changed: dict[str, SubjectWindow] = {}  # state key -> its buffer, written once per call
+            for payload in unbundle(value):
+                subject, group_json, values_json, ts = decode_contribution(payload)
+                if windows is None:
+                    bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key (encode_contribution), no JVM call
+                    windows = self.buckets.get(bucket)
+                    if windows is None:
+                        windows = self._windows(bucket, ctx)
+                self._contribute(bucket, windows, subject, group_json, values_json, ts, ctx, changed)
+            if changed:
+                put_all(self.state, {key: encode_window(window) for key, window in changed.items()})
+            return
+            yield  # a generator, as PyFlink expects
+
+        def _contribute(self, bucket: int, windows: dict[int, dict[str, SubjectWindow]], subject: str,
+                        group_json: str, values_json: str, ts: int, ctx: Any, changed: dict[str, SubjectWindow]) -> None:
+            """One record into its (subject, window) buffers; ``changed`` gathers those to write through to state."""
             self.records.add()
-            bucket = zlib.crc32(subject.encode()) % BUCKETS  # the current key (encode_contribution), without a JVM call
-            windows = self.buckets.get(bucket)
-            if windows is None:
-                windows = self._windows(bucket, ctx)
             if self.clock.idle_ms is not None:
                 now = int(time.time() * 1000)  # the wall clock without a call into the JVM
                 self.clock.saw(ts, now)
@@ -334,9 +350,7 @@ def _stages() -> tuple[type, type, type]:
                 if vector is None:
                     vector = self.core.vector(values_json)
                 if self.core.offer(window, group_json, vector):
-                    self.state.put(f"{start}\x1f{subject}", encode_window(window))
-            return
-            yield  # a generator, as PyFlink expects
+                    changed[f"{start}\x1f{subject}"] = window
 
         def _open_window(self, windows: dict[int, Any], start: int, bucket: int,
                          ctx: Any) -> dict[str, SubjectWindow] | None:

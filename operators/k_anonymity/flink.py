@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, state_ttl, task_attempt
+from operators.flink_compat import FLUSH_TIMER, BatchedCounter, now_ms, put_all, state_ttl, task_attempt, unbundle
 from operators.k_anonymity.core import (
     CACHE_LIMIT,
     ENTERED,
@@ -215,10 +215,10 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
         def _write(self, part: Partition, service) -> None:
             """Write the partition's journal through to keyed state and timers."""
             puts, removes, marks, unmarks = part.writes()
-            for rid, record in puts:
+            if puts:
                 # the record alone: rebuild() recomputes its class keys, so keys in state would only
                 # make every checkpoint larger (a key per level of the stage)
-                self.buffer.put(rid, encode_staged(record, ()))
+                put_all(self.buffer, {rid: encode_staged(record, ()) for rid, record in puts})
             for rid in removes:
                 self.buffer.remove(rid)
             for name in unmarks:
@@ -267,17 +267,23 @@ def _stage_function(params: KAnonymityParams, number: int, view_name: str, promo
                 yield out if self.envelope is None else self.envelope(*out, True)
 
         def process_element(self, payload, ctx):
-            # payload: encode_staged(record, its class keys in this stage); the last key is this partition's
+            # payload: encode_staged(record, its class keys in this stage), or a bundle of them [bundles]; all
+            # of this partition, whose key is every record's last
             now = now_ms()
-            record, keys = decode_staged(payload)
-            part = self._partition(keys[-1], now)
-            releases = self.stage.on_record(part, record, keys, now)
+            part = key = None
+            releases: list[Release] = []
+            for one in unbundle(payload):
+                record, keys = decode_staged(one)
+                if part is None:
+                    key = keys[-1]
+                    part = self._partition(key, now)
+                releases += self.stage.on_record(part, record, keys, now)
+                if self.clock is not None:
+                    self.clock.saw(record[EVENT_TIME], now)
             if part.added or part.removed or part.marked or part.unmarked or part.armed:
                 self._write(part, ctx.timer_service())
-            if self.clock is not None:
-                self.clock.saw(record[EVENT_TIME], now)
-                if part.records and keys[-1] not in self.ticking:
-                    self._tick(keys[-1], now, ctx.timer_service())
+            if self.clock is not None and part.records and key not in self.ticking:
+                self._tick(key, now, ctx.timer_service())
             yield from self._publish(releases, now)
 
         def _tick(self, key: str, now: int, service) -> None:
@@ -383,7 +389,8 @@ def attach(stream, params: KAnonymityParams, *, view_name: str):
 
     staged = (stream.process(Stamp(), output_type=staged_type).name(f"k-anon {view_name} stamp")
               .uid(f"kanon-{view_name}-stamp"))
-    released, suppressed = attach_staged(keyed_by_first_field(staged, staged_type), params, view_name=view_name,
+    keyed = keyed_by_first_field(staged, staged_type, bundle=f"kanon-{view_name}-bundle-0")
+    released, suppressed = attach_staged(keyed, params, view_name=view_name,
                                          lines=False, shortcut_token=token)
     if token:
         released = released.union(side_output(staged, OutputTag(released_id, out_type)))
@@ -399,7 +406,7 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
     keyed : KeyedStream
         ``Row(partition key, payload)``: the last of :meth:`Stager.staged`'s keys and
         :func:`encode_staged` of its record and keys, keyed in Java on the first field by
-        :func:`operators.flink_compat.keyed_by_first_field`.
+        :func:`operators.flink_compat.keyed_by_first_field`, bundled or not.
     params : KAnonymityParams
     view_name : str
         Used in operator names, uids and metric groups.
@@ -422,7 +429,8 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
         ``k_suppressed`` header.
 
     A promoted record goes to the next stage as a ``(partition key, payload)`` side output,
-    keyed in Java: each record crosses between Java and Python once per stage it visits.
+    bundled and keyed in Java: a record crosses into each stage it visits once, with the others
+    of its bundle [bundles].
     """
     from pyflink.datastream import OutputTag
 
@@ -442,7 +450,7 @@ def attach_staged(keyed, params: KAnonymityParams, *, view_name: str, lines: boo
             released.slot_sharing_group(slot_group)
         released_streams.append(released)
         if number + 1 < len(params.stages):
-            current = keyed_side_output(released, promote_tag, staged_type)
+            current = keyed_side_output(released, promote_tag, staged_type, bundle=f"kanon-{view_name}-bundle-{number + 1}")
         else:
             suppressed = side_output(released, suppress_tag)
     out = released_streams[0] if len(released_streams) == 1 else released_streams[0].union(*released_streams[1:])

@@ -348,7 +348,9 @@ def test_late_records_are_dropped_counted_and_never_released():
         return rows[i]
 
     port = free_port()
-    conf = restart.thread_mode_config()
+    # small bundles: a bundle goes by count here, since the sleeps above hold the task thread that would
+    # fire its timer, and the late records must reach stage 1 before the tail's pause
+    conf = restart.thread_mode_config(small_bundles=True)
     conf.set_string("rest.port", str(port))
     conf.set_string("metrics.fetcher.update-interval", "100")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
