@@ -13,9 +13,9 @@ prints, side by side in one run:
   "floor": the NCP if every record were released at level 0, the finest the hierarchies
   allow, which no cascade over these hierarchies can beat;
 - with ``--flink``, records/s of the Flink cascade in a MiniCluster (``--execution-mode``,
-  thread by default; ``--parallelism``) next to
+  thread by default; ``--parallelism``), with the job's bundles and one record at a time, next to
   a no-op pipeline and an empty keyed Python stage on the same input; ``--flink-rounds R`` runs
-  the three R times, interleaved, and prints the medians with every round's rate.
+  the four R times, interleaved, and prints the medians with every round's rate.
 
 The policy's hierarchies (``--hierarchy``) start as issue 5's examples do (age exact,
 zip 5 digits, geohash 6). ``deep`` takes two more steps each before ``*``; ``binary``, the
@@ -261,12 +261,14 @@ def bench_core(data, k: int, max_delay: str, span) -> dict:
 
 def bench_flink(data, k: int, max_delay: str, parallelism: int,
                 execution_mode: str = "thread") -> dict[str, tuple[float, float]]:
-    """Records/s, and records per CPU second, of three pipelines on the same source and MiniCluster settings.
+    """Records/s, and records per CPU second, of four pipelines on the same source and MiniCluster settings.
 
     ``noop`` maps each row to an output tuple; ``keyed`` keys by subject into an empty
-    Python ``KeyedProcessFunction`` (the least any keyed Python stage costs); ``cascade``
-    is :func:`operators.k_anonymity.attach`. The source is a Java number sequence mapped to
-    the staged tuples (``from_collection`` ships and decodes rows slowly). Each rate counts
+    Python ``KeyedProcessFunction`` (the least any keyed Python stage costs, a call per record);
+    ``cascade`` is :func:`operators.k_anonymity.attach` with the job's bundles of 1,000 records or
+    100 ms; ``one by one`` is the same cascade with a bundle size of 1, a call per record and stage.
+    The source is a Java number sequence mapped to the staged tuples (``from_collection`` ships
+    and decodes rows slowly). Each rate counts
     from the first record the source map sees, so the job start is left out, to the end of
     the job; checkpoints run every 2 s, as in the job. The CPU figure is the JVM's user +
     system time over the same span (in thread mode the Python functions run in it), so it
@@ -308,6 +310,9 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int,
         # 30 s buffer), and a failure fails the run instead of restarting it unseen
         config.set_string("execution.checkpointing.dir", (marks / f"checkpoints-{kind}").as_uri())
         config.set_string("restart-strategy.type", "none")
+        # the job's file-run bundles; "one by one" hands each record to each stage alone [bundles]
+        config.set_string("python.fn-execution.bundle.size", "1" if kind == "one by one" else "1000")
+        config.set_string("python.fn-execution.bundle.time", "100")
         env = StreamExecutionEnvironment.get_execution_environment(config)
         env.set_parallelism(parallelism)
         env.enable_checkpointing(2000)
@@ -322,7 +327,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int,
         numbers = env.from_source(NumberSequenceSource(0, n - 1), WatermarkStrategy.no_watermarks(), "numbers")
         stream = numbers.map(row, output_type=in_type).name("rows").uid("rows")
         discard = Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
-        if kind == "cascade":
+        if kind in ("cascade", "one by one"):
             released, suppressed = attach(stream, params, view_name="bench")
             released.sink_to(discard).name("discard released").uid("discard-released")
             suppressed.sink_to(discard).name("discard suppressed").uid("discard-suppressed")
@@ -335,7 +340,7 @@ def bench_flink(data, k: int, max_delay: str, parallelism: int,
         wall, cpu = (float(x) for x in mark.read_text().split())
         return n / (time.time() - wall), n / (jvm_cpu_seconds(pid) - cpu) if execution_mode == "thread" else math.nan
 
-    return {kind: run(kind) for kind in ("noop", "keyed", "cascade")}
+    return {kind: run(kind) for kind in ("noop", "keyed", "cascade", "one by one")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flink", action="store_true", help="also time the Flink cascade in a MiniCluster")
     parser.add_argument("--flink-n", type=int, default=50_000, help="records for the Flink run (default 50000)")
     parser.add_argument("--flink-rounds", type=int, default=1,
-                        help="runs of the three Flink pipelines, interleaved; each figure is then their median (default 1)")
+                        help="runs of the four Flink pipelines, interleaved; each figure is then their median (default 1)")
     parser.add_argument("--parallelism", type=int, default=1, help="Flink parallelism (default 1)")
     parser.add_argument("--execution-mode", choices=("thread", "process"), default="thread",
                         help="PyFlink execution mode of the Flink runs (default thread)")
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; medians of {len(rounds)} rounds" if len(rounds) > 1 else ""))
         for kind, (wall, cpu) in rates.items():
             each = ", ".join(f"{r[kind][0]:,.0f}" for r in rounds)
-            print(f"  {kind:<8} {wall:>9,.0f} rec/s wall {cpu:>9,.0f} rec/CPU-s   "
+            print(f"  {kind:<10} {wall:>9,.0f} rec/s wall {cpu:>9,.0f} rec/CPU-s   "
                   f"vs no-op: {wall / rates['noop'][0]:.2f} wall, {cpu / rates['noop'][1]:.2f} CPU"
                   + (f"   rounds {each}" if len(rounds) > 1 else ""))
     return 0
