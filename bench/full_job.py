@@ -10,6 +10,8 @@ It prints both marginal rates and their ratio (DESIGN target: >= 0.5), each view
 ``--views``, and the load average, since other builds may share the machine. ``--pairs`` adds each
 pair of views, and sets each pair's and the whole job's time per record beside the sum of its views
 alone: where they match, combining views costs nothing and the ratio rests on each view's own cost.
+``--one-by-one`` adds the whole job and the stateful views with ``--bundle-size 1``: each record
+handed to each keyed Python stage alone, as before the job bundled them [bundles].
 
 With ``--rounds R`` every shape runs R times, every other round in reverse order, and each figure is
 the median of its rounds, with every round's rate beside it: a view whose extra records take a few
@@ -88,12 +90,14 @@ def jvm_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str) -> tuple[float, float]:
+def timed_run(policy: Path, events: Path, out: Path, keyring: str, mode: str,
+              bundle_size: int | None = None) -> tuple[float, float]:
     """Wall seconds of one run, and the CPU seconds of its JVM (read until it exits; NaN off Linux)."""
     started = time.perf_counter()
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the run
+    bundles = [] if bundle_size is None else ["--bundle-size", str(bundle_size)]
     process = subprocess.Popen([CLI, "run", "--policy", str(policy), "--input", str(events), "--output", str(out),
-                                "--keyring", keyring, "--execution-mode", mode, "--quiet"],
+                                "--keyring", keyring, "--execution-mode", mode, "--quiet", *bundles],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     jvm, cpu = None, math.nan
     while process.poll() is None and time.perf_counter() - started < 3600:
@@ -126,6 +130,9 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=None, help="events in the small run (default n / 6)")
     parser.add_argument("--views", action="store_true", help="also each stateful view alone")
     parser.add_argument("--pairs", action="store_true", help="also each pair of views (implies --views)")
+    parser.add_argument("--one-by-one", action="store_true",
+                        help="also the whole job (and with --views each stateful view) with --bundle-size 1: "
+                        "every record handed to each keyed Python stage alone")
     parser.add_argument("--execution-mode", default="thread", choices=["thread", "process"])
     parser.add_argument("--rounds", type=int, default=1, help="runs of every shape, interleaved; medians (default 1)")
     args = parser.parse_args()
@@ -146,6 +153,8 @@ def main() -> int:
             shapes += [("anonymized view alone", ["anonymized"]), ("aggregated view alone", ["aggregated"])]
         if args.pairs:
             shapes += [(" + ".join(pair), list(pair)) for pair in itertools.combinations(VIEWS, 2)]
+        if args.one_by_one:
+            shapes += [(f"{label}, one by one", views) for label, views in shapes[1:4]]
         print(f"{sizes['small'][1]:,} and {sizes['large'][1]:,} events, {args.execution_mode} mode, p=1, "
               f"through `flink-anonymizer run`, {args.rounds} round(s); load average before: {os.getloadavg()[0]:.2f}")
         # the first run of a session pays for cold caches (jars, bytecode, page cache): a small run
@@ -161,7 +170,7 @@ def main() -> int:
                 measured = {}
                 for size, (events, _) in sizes.items():
                     measured[size] = timed_run(policy, events, work / f"out-{policy.stem}-{size}", ref,
-                                               args.execution_mode)
+                                               args.execution_mode, 1 if label.endswith("one by one") else None)
                     shutil.rmtree(work / f"out-{policy.stem}-{size}", ignore_errors=True)
                 runs[label].append(Run(measured["small"][0], measured["large"][0],
                                        measured["small"][1], measured["large"][1]))
@@ -183,6 +192,10 @@ def main() -> int:
         for label in ("anonymized view alone", "aggregated view alone"):
             if label in rates:
                 print(f"  ratio {label.split()[0]} / masked  {rates[label] / masked:>6.2f}")
+        for label in rates:
+            if label.endswith(", one by one"):
+                bundled = label.removesuffix(", one by one")
+                print(f"  {bundled}: bundled / one by one  {rates[bundled] / rates[label]:>6.2f}")
         if args.pairs:
             # the views add up when a pair's wall time per record is the sum of its two views' alone
             alone = {views[0]: 1e6 / rates[label] for label, views in shapes if views and len(views) == 1}
