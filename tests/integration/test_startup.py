@@ -100,6 +100,17 @@ def test_each_view_alone_and_the_whole_policy_run_on_files(tmp_path, keyring_ref
     _check_file_views(tmp_path / "out", view)
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_the_whole_policy_runs_with_records_handed_to_its_keyed_stages_one_by_one(tmp_path, keyring_ref):
+    # --bundle-size 1: no Java bundles before the k-anonymity and DP stages [bundles]
+    policy = _write_policy(tmp_path, "all")
+    done = _run(["run", "--policy", str(policy), "--input", str(SAMPLE), "--output", str(tmp_path / "out"),
+                 "--keyring", keyring_ref, "--bundle-size", "1", "--quiet"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "balanced" in done.stdout
+    _check_file_views(tmp_path / "out", "all")
+
+
 @pytest.mark.timeout(RUN_TIMEOUT_S + 90)
 @pytest.mark.parametrize("mode", MODES)  # the embedded interpreter (default); a Python process per task
 @pytest.mark.parametrize("view", VIEWS)  # each view of the shipped policy alone, then all three

@@ -266,6 +266,14 @@ def test_run_without_input_or_kafka_says_what_to_pass(policy_file, keyring_file,
     assert "pass --input FILE and --output DIR" in capsys.readouterr().err
 
 
+def test_run_with_a_bundle_size_below_one_is_refused_before_flink(policy_file, keyring_file, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["run", "--policy", str(policy_file), "--keyring", f"file:{keyring_file}", "--bundle-size", "0",
+                     "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out")]) == 2
+    assert "--bundle-size must be at least 1, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_with_a_bad_policy_is_refused_before_flink(tmp_path, keyring_file, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(POLICY.replace("{mask: keep_last, n: 4}", "{mask: keep_lats, n: 4}"))
