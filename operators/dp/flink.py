@@ -158,10 +158,10 @@ def attach_keyed(
         .name(f"dp-bound-contributions[{view_name}]")
         .uid(f"{uid}/bound-contributions")
     )
-    # Row(group_json, encode_partial_sum(...)) one per bucket, window and group, keyed on the group in Java
-    # (the key type is ROW<STRING>, as PyFlink's key_by with a STRING key made it: savepoints restore)
+    # Row(group_json, encode_partial_sum(...)) one per bucket, window and group, bundled and keyed on the group
+    # in Java (the key type is ROW<STRING>, as PyFlink's key_by with a STRING key made it: savepoints restore)
     released = (
-        keyed_by_first_field(bounded, partial_sum_type())
+        keyed_by_first_field(bounded, partial_sum_type(), bundle=f"{uid}/partial-sums-bundle")
         .process(
             noisy_aggregate(params, random_state, watermark_delay_ms),
             output_type=Types.TUPLE([Types.STRING(), Types.LONG(), Types.STRING()]),
@@ -281,6 +281,7 @@ def _stages() -> tuple[type, type, type]:
             self.window_ms = self.params.window_ms
             self.clock = QuietClock(self.params.idle_timeout_ms, self.watermark_delay_ms)
             self.closed: dict[int, int] = {}  # bucket -> last window start closed on a quiet input
+            self.seen_marks: dict[int, str] = {}  # bucket -> its _SEEN_KEY entry in state
             self.ticking: set[int] = set()  # buckets with a quiet-input timer pending
 
         def _windows(self, bucket: int, ctx: Any) -> dict[int, dict[str, SubjectWindow]]:
@@ -293,6 +294,7 @@ def _stages() -> tuple[type, type, type]:
                         self.closed[bucket] = int(text)
                         continue
                     if key == _SEEN_KEY:
+                        self.seen_marks[bucket] = text
                         self.clock.restored(int(text), int(time.time() * 1000))
                         continue
                     start, subject = key.split("\x1f", 1)
@@ -387,6 +389,30 @@ def _stages() -> tuple[type, type, type]:
             start = timestamp - p.allowed_lateness_ms - p.window_ms + 1
             yield from self._flush(bucket, start, ctx)
 
+        def _forget(self, bucket: int, start: int, subjects: dict[str, SubjectWindow],
+                    windows: dict[int, dict[str, SubjectWindow]]) -> None:
+            """Remove a flushed window's buffers from the bucket's state, in as few calls into the JVM as it takes.
+
+            A window is flushed when the watermark passes it, so the bucket's next window has mostly just
+            opened: clearing the bucket and writing its few other entries again takes two calls where
+            removing the flushed window's buffers takes one per subject. ``windows`` no longer holds ``start``.
+            """
+            marks = {}
+            if bucket in self.closed:
+                marks[_CLOSED_KEY] = str(self.closed[bucket])
+            if bucket in self.seen_marks:
+                marks[_SEEN_KEY] = self.seen_marks[bucket]
+            rest = sum(map(len, windows.values())) + len(marks)
+            if rest >= len(subjects):
+                for subject in subjects:
+                    self.state.remove(f"{start}\x1f{subject}")
+                return
+            self.state.clear()
+            if rest:
+                marks.update((f"{s}\x1f{subject}", encode_window(window))
+                             for s, held in windows.items() for subject, window in held.items())
+                put_all(self.state, marks)
+
         def _on_quiet(self, bucket: int, now: int, ctx: Any) -> Iterable[Any]:
             """A quiet-input check: close the bucket's windows that the wall clock has carried past."""
             self.ticking.discard(bucket)
@@ -403,7 +429,8 @@ def _stages() -> tuple[type, type, type]:
             if windows:
                 if self.clock.max_event is not None:
                     # so a restore on an input that stays quiet still has a clock to close these windows by
-                    self.state.put(_SEEN_KEY, str(self.clock.max_event))
+                    self.seen_marks[bucket] = str(self.clock.max_event)
+                    self.state.put(_SEEN_KEY, self.seen_marks[bucket])
                 self._tick(bucket, now, ctx)
 
         def _flush(self, bucket: int, start: int, ctx: Any, marker: str = "") -> Iterable[Any]:
@@ -413,11 +440,7 @@ def _stages() -> tuple[type, type, type]:
             subjects = windows.pop(start, None)
             if subjects:
                 self.held -= len(subjects)
-                if windows or bucket in self.closed:
-                    for subject in subjects:
-                        self.state.remove(f"{start}\x1f{subject}")
-                else:
-                    self.state.clear()  # the bucket's only open window: one call
+                self._forget(bucket, start, subjects, windows)
                 totals: dict[str, list[float]] = {}
                 for window in subjects.values():
                     for group_json, vector in self.core.finish(window):
@@ -441,7 +464,8 @@ def _stages() -> tuple[type, type, type]:
         """Stage 2: keyed by group; sums contributions per window and releases them with noise.
 
         Window totals live in a ``MapState`` (window start -> comma-joined floats) behind
-        a write-through cache, as in stage 1: one state write per contribution.
+        a write-through cache, as in stage 1: written once per call for each window it changed (a
+        call takes one partial sum or a bundle of the group's).
         """
 
         seed_offset = 500
@@ -474,13 +498,36 @@ def _stages() -> tuple[type, type, type]:
             self.settle_ms = 2 * QuietClock(self.params.idle_timeout_ms, 0).tick_ms
 
         def process_element(self, value: Any, ctx: Any) -> Iterable[Any]:
-            group_json, start, vector = decode_partial_sum(value)
-            quiet = vector.startswith(QUIET)
-            if quiet:
-                vector = vector[1:]
-            if self.params.public_groups is not None and group_json not in self.core.public:
-                self.not_public.inc()  # with public groups, other groups are never released
-                return
+            # value: one partial sum, or a bundle of this group's [bundles]: every bucket's part of a window
+            # comes in the same watermark's timers, so a window's parts mostly arrive in one call
+            changed: dict[int, list[float]] = {}  # window start -> its total, written once per call
+            for payload in unbundle(value):
+                group_json, start, vector = decode_partial_sum(payload)
+                quiet = vector.startswith(QUIET)
+                if quiet:
+                    vector = vector[1:]
+                if self.params.public_groups is not None and group_json not in self.core.public:
+                    self.not_public.inc()  # with public groups, other groups are never released
+                    continue
+                acc = changed.get(start) or self._open(group_json, start, ctx)
+                if acc is None:
+                    continue
+                for i, v in enumerate(decode_vector(vector)):
+                    acc[i] += v
+                changed[start] = acc
+                if quiet:
+                    # stage 1 closed this window on a quiet input: release it once every bucket has sent its part
+                    now = int(time.time() * 1000)
+                    if not self.quiet_seen.contains(start):
+                        ctx.timer_service().register_processing_time_timer(now + self.settle_ms)
+                    self.quiet_seen.put(start, now)
+            if changed:
+                put_all(self.windows, {start: encode_vector(acc) for start, acc in changed.items()})
+            return
+            yield
+
+        def _open(self, group_json: str, start: int, ctx: Any) -> list[float] | None:
+            """The group's running total of a window, from the cache, state, or new; None when the window is late."""
             acc = self.cache.get((group_json, start))
             if acc is None:
                 text = self.windows.get(start)
@@ -491,21 +538,11 @@ def _stages() -> tuple[type, type, type]:
                     through = self.released_through.value()
                     if release <= ctx.timer_service().current_watermark() or (through is not None and start <= through):
                         self.late.inc()
-                        return
+                        return None
                     ctx.timer_service().register_event_time_timer(release)
                     acc = list(self.zero)
                 self._cache(group_json, start, acc)
-            for i, v in enumerate(decode_vector(vector)):
-                acc[i] += v
-            self.windows.put(start, encode_vector(acc))
-            if quiet:
-                # stage 1 closed this window on a quiet input: release it once every bucket has sent its part
-                now = int(time.time() * 1000)
-                if not self.quiet_seen.contains(start):
-                    ctx.timer_service().register_processing_time_timer(now + self.settle_ms)
-                self.quiet_seen.put(start, now)
-            return
-            yield
+            return acc
 
         def _cache(self, group_json: str, start: int, acc: list[float]) -> None:
             if len(self.cache) >= CACHE_LIMIT:
