@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.full_job import jvm_cpu_seconds
-from operators.dp.core import ContributionBounder, GroupReleaser, merge, window_starts
+from operators.dp.core import ContributionBounder, GroupReleaser, window_starts
 from operators.dp.mechanisms import make_random
 from operators.dp.params import DpParams
 
@@ -80,10 +80,11 @@ def core_throughput(params: DpParams, rows) -> float:
                 vector = bounder.vector(values)
             bounder.offer(window, group, vector)
     # (subject, window) -> kept groups; now stage 2
-    totals: dict[tuple[str, int], list[float]] = {}
+    windows: dict[int, list] = {}
     for (_, start), window in buffers.items():
-        for group, vector in bounder.finish(window):
-            totals[(group, start)] = merge(totals.get((group, start)), vector)
+        windows.setdefault(start, []).append(window)
+    totals = {(group, start): acc for start, held in windows.items()
+              for group, acc in bounder.totals(held).items()}
     releaser = GroupReleaser(params)
     released = sum(releaser.release(g, s, acc) is not None for (g, s), acc in totals.items())
     elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu

@@ -172,6 +172,7 @@ class ContributionBounder:
         self.cap = params.max_contributions_per_group
         self.max_groups = params.max_groups_per_subject
         self._fields = tuple((m.field, m.lo, m.hi) for m in self.metrics)
+        self._slots = tuple((m.kind == "sum", m.mid) for m in self.metrics)
 
     @staticmethod
     def new_salt(rng: Any) -> int:
@@ -241,19 +242,31 @@ class ContributionBounder:
 
     def contribution(self, acc: list[float]) -> list[float]:
         """The stage-2 vector of one kept group: ``[1 subject, records, per metric slots]``."""
-        kept = (len(acc) - 2) // self.width if self.width else min(int(acc[1]), self.cap)
+        width = self.width
+        kept = (len(acc) - 2) // width if width else min(int(acc[1]), self.cap)
         out = [1.0, float(kept)]
-        for i, m in enumerate(self.metrics):
-            vals = [acc[2 + r * self.width + i] for r in range(kept)]
-            vals = [v for v in vals if v == v]  # drop NaN (null values)
-            if m.kind == "sum":
-                out.append(math.fsum(vals))
+        # a window's flush runs this for every (subject, window): slot i of each kept record is acc[2 + i::width]
+        for i, (is_sum, mid) in enumerate(self._slots):
+            vals = [v for v in acc[2 + i :: width] if v == v]  # drop NaN (null values)
+            if is_sum:
+                out.append(vals[0] if len(vals) == 1 else math.fsum(vals))
             else:
-                out.extend((float(len(vals)), math.fsum(v - m.mid for v in vals)))
+                out.append(float(len(vals)))
+                out.append(vals[0] - mid if len(vals) == 1 else math.fsum([v - mid for v in vals]))
         return out
 
     def finish(self, window: SubjectWindow) -> list[tuple[str, list[float]]]:
         return [(key, self.contribution(acc)) for key, acc in window.groups.items()]
+
+    def totals(self, windows: Iterable[SubjectWindow]) -> dict[str, list[float]]:
+        """One window's partial sums: the bounded contributions of its (subject, window) buffers, per group."""
+        totals: dict[str, list[float]] = {}
+        for window in windows:
+            for group_json, acc in window.groups.items():
+                vector = self.contribution(acc)
+                total = totals.get(group_json)
+                totals[group_json] = vector if total is None else [a + b for a, b in zip(total, vector, strict=True)]
+        return totals
 
     def zero(self) -> list[float]:
         """The vector of a public-group marker: no subject, nothing added."""
@@ -450,12 +463,6 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def merge(acc: list[float] | None, vector: list[float]) -> list[float]:
-    if acc is None:
-        return list(vector)
-    return [a + b for a, b in zip(acc, vector, strict=True)]
-
-
 # ---------------------------------------------------------------------------
 # budget
 # ---------------------------------------------------------------------------
@@ -543,10 +550,7 @@ class LocalAggregator:
         return self.advance(2**63 - 1)
 
     def _close(self, start: int, subjects: dict[str, SubjectWindow]) -> list[tuple]:
-        totals: dict[str, list[float]] = {}
-        for window in subjects.values():
-            for group_json, vector in self.bounder.finish(window):
-                totals[group_json] = merge(totals.get(group_json), vector)
+        totals = self.bounder.totals(subjects.values())
         for group_json in self.params.public_groups or ():
             totals.setdefault(group_json, self.bounder.zero())
         if self.params.public_groups is not None:

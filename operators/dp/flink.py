@@ -312,6 +312,7 @@ def _stages() -> tuple[type, type, type]:
             # value: one contribution, or a bundle of this bucket's [bundles]
             windows = None
             changed: dict[str, SubjectWindow] = {}  # state key -> its buffer, written once per call
+            now = int(time.time() * 1000)  # the wall clock without a call into the JVM, once per call
             for payload in unbundle(value):
                 subject, group_json, values_json, ts = decode_contribution(payload)
                 if windows is None:
@@ -319,18 +320,18 @@ def _stages() -> tuple[type, type, type]:
                     windows = self.buckets.get(bucket)
                     if windows is None:
                         windows = self._windows(bucket, ctx)
-                self._contribute(bucket, windows, subject, group_json, values_json, ts, ctx, changed)
+                self._contribute(bucket, windows, subject, group_json, values_json, ts, now, ctx, changed)
             if changed:
                 put_all(self.state, {key: encode_window(window) for key, window in changed.items()})
             return
             yield  # a generator, as PyFlink expects
 
         def _contribute(self, bucket: int, windows: dict[int, dict[str, SubjectWindow]], subject: str,
-                        group_json: str, values_json: str, ts: int, ctx: Any, changed: dict[str, SubjectWindow]) -> None:
+                        group_json: str, values_json: str, ts: int, now: int, ctx: Any,
+                        changed: dict[str, SubjectWindow]) -> None:
             """One record into its (subject, window) buffers; ``changed`` gathers those to write through to state."""
             self.records.add()
             if self.clock.idle_ms is not None:
-                now = int(time.time() * 1000)  # the wall clock without a call into the JVM
                 self.clock.saw(ts, now)
                 if bucket not in self.ticking:
                     self._tick(bucket, now, ctx)
@@ -441,16 +442,7 @@ def _stages() -> tuple[type, type, type]:
             if subjects:
                 self.held -= len(subjects)
                 self._forget(bucket, start, subjects, windows)
-                totals: dict[str, list[float]] = {}
-                for window in subjects.values():
-                    for group_json, vector in self.core.finish(window):
-                        acc = totals.get(group_json)
-                        if acc is None:
-                            totals[group_json] = vector
-                        else:
-                            for i, v in enumerate(vector):
-                                acc[i] += v
-                for group_json, acc in totals.items():
+                for group_json, acc in self.core.totals(subjects.values()).items():
                     yield self.row(group_json, encode_partial_sum(group_json, start, marker + encode_vector(acc)))
             if p.public_groups and start not in self.announced:
                 self.announced.add(start)
