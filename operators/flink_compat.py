@@ -232,9 +232,10 @@ def _bundled(j_stream: Any, row_type: Any, name: str) -> Any:
     from pyflink.java_gateway import get_gateway
 
     j_env = j_stream.getExecutionEnvironment()
-    settings = j_env.getConfiguration().toMap()
-    size = int(settings.get("python.fn-execution.bundle.size") or 100_000)  # PyFlink's defaults
-    delay_ms = int(settings.get("python.fn-execution.bundle.time") or 1_000)
+    python_options = get_gateway().jvm.org.apache.flink.python.PythonOptions
+    # the job's settings, or else PyFlink's own defaults
+    size = j_env.getConfiguration().get(python_options.MAX_BUNDLE_SIZE)
+    delay_ms = j_env.getConfiguration().get(python_options.MAX_BUNDLE_TIME_MILLS)
     if size <= 1 or not _streaming(j_env):
         return j_stream
     if not BUNDLE_JAR.is_file():

@@ -118,9 +118,7 @@ def run_files(policy: Any, keyring_ref: str, input_path: Path, output: Path, *, 
     rest_base, rest_config = local_rest_config()
     options = JobOptions(keyring_ref=keyring_ref, parallelism=parallelism, execution_mode=execution_mode,
                          stats_dir=str((output / "_stats").resolve()), batch=batch,
-                         extra_config={**rest_config, **(metrics_config or {})})
-    if bundle_size is not None:
-        options.bundle_size = bundle_size
+                         extra_config={**rest_config, **(metrics_config or {}), **bundle_config(bundle_size)})
     env = make_env(options)
     build(env, policy, FileInput(str(input_path)), FileOutput(str(output)), options)
     started = time.monotonic()

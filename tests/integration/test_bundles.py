@@ -78,6 +78,14 @@ def test_a_keyed_stage_takes_its_records_in_bundles_of_its_key():
     assert len(got) < N / 5
 
 
+def test_without_settings_bundles_take_pyflinks_own_default_size():
+    # python.fn-execution.bundle.size defaults to 1,000 records: at most that many held across the keys
+    got = calls()
+    assert_every_record_once_in_order(got)
+    assert max(len(payloads) for _key, payloads in got) <= 1000 // KEYS + 1
+    assert len(got) < N / 5  # and bundled all the same
+
+
 def test_the_end_of_input_and_each_checkpoint_let_a_bundle_go():
     # bundles that neither size nor time would let go, over an input of about 3 s
     got = calls(bundle_size=1_000_000, bundle_ms=3_600_000, checkpoint_ms=300, pace_ms=1.5)
