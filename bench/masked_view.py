@@ -32,19 +32,27 @@ sys.path.insert(0, str(ROOT))
 from conf.samples.generate_events import iter_events  # noqa: E402
 from flink_jobs.policy import compile_policy  # noqa: E402
 from flink_jobs.protect_stream import FileInput, FileOutput, JobOptions, build, make_env  # noqa: E402
+from operators.flink_compat import unframe  # noqa: E402
 from udfs.keyring import Keyring  # noqa: E402
 from udfs.record import envelope_line  # noqa: E402
 
 
 class ParseAndDump(MapFunction):
-    """The no-op: what any JSON-in, JSON-out Python pipeline pays, and nothing else."""
+    """The no-op: what any JSON-in, JSON-out Python pipeline pays, and nothing else.
 
-    def map(self, value: tuple) -> str:
-        position, key, raw, _ = value
+    It takes the frames of lines the job's file source yields, as the protect operator does, and
+    writes each frame's lines as one string.
+    """
+
+    def map(self, frame: str) -> str:
+        return "\n".join(self.dump(line) for line in unframe(frame)[1])
+
+    @staticmethod
+    def dump(raw: str) -> str:
         try:
-            return envelope_line(key, "{}", orjson.dumps(orjson.loads(raw)).decode(), True)
+            return envelope_line(None, "{}", orjson.dumps(orjson.loads(raw)).decode(), True)
         except orjson.JSONDecodeError:
-            return envelope_line(key, "{}", raw, False)
+            return envelope_line(None, "{}", raw, False)
 
 
 def run_noop(events: Path, out: Path, parallelism: int, keyring_ref: str) -> float:

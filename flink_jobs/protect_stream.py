@@ -12,6 +12,8 @@ so the same graph runs on JSONL files (the embedded default) and on Kafka.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 import sys
@@ -19,7 +21,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,13 +48,16 @@ from flink_jobs.metrics import ProtectMetrics
 from flink_jobs.policy import Policy
 from flink_jobs.protect import BLANK, DLQ, Protector
 from operators.flink_compat import (
+    BUNDLE_SEPARATOR,
     BatchedCounter,
+    framed_lines,
     keyed_event_time_side_output,
     keyed_side_output,
     side_output,
     subtask_index,
     task_attempt,
     thread_mode,
+    unframe,
 )
 from udfs.keyring import load_keyring
 from udfs.record import envelope_line
@@ -211,28 +216,23 @@ def make_env(options: JobOptions, jars: Iterable[str] = ()) -> StreamExecutionEn
     return env
 
 
-class NumberLines(MapFunction):
-    """Give each line its 1-based position, for dead-letter reasons (runs at parallelism 1).
+class LinePositions:
+    """A line's position for dead-letter reasons, from its number in the run's input [frames].
 
-    ``files`` lists, in reading order, each file's position prefix and its line count: the
-    running count then turns into ``<file> line N``. Without it, positions are ``line N``.
+    ``files`` lists, in reading order, each file's position prefix and its line count: number N
+    then reads ``<file> line n``. Without it, positions are ``line N``.
     """
 
     def __init__(self, files: list[tuple[str, int]] | None = None) -> None:
-        self.files = files or [("", -1)]
+        self.prefixes = [prefix for prefix, _ in files or []]
+        # the number each file's first line has in the whole input
+        self.starts = list(itertools.accumulate((count for _, count in (files or [])[:-1]), initial=1))
 
-    def open(self, runtime_context: Any) -> None:
-        self.line = 0
-        self.index = 0
-
-    def map(self, value: str) -> tuple:
-        self.line += 1
-        # the files are read one after another: past this file's last line is the next file's first
-        while self.index + 1 < len(self.files) and self.line > self.files[self.index][1]:
-            self.line -= self.files[self.index][1]
-            self.index += 1
-        # "" is "no key": PyFlink workaround [no None] in operators.flink_compat
-        return (f"{self.files[self.index][0]}line {self.line}", "", value, 0)
+    def __call__(self, number: int) -> str:
+        if len(self.prefixes) < 2:
+            return f"{self.prefixes[0] if self.prefixes else ''}line {number}"
+        index = bisect.bisect_right(self.starts, number) - 1
+        return f"{self.prefixes[index]}line {number - self.starts[index] + 1}"
 
 
 def input_files(path: Path) -> list[Path]:
@@ -261,10 +261,11 @@ def line_count(path: Path) -> int:
 class FileInput:
     """A bounded JSON Lines file or folder: the embedded default source.
 
-    A dead letter's position is ``line N`` of the file; in a folder, ``<file> line N``, with the
-    file's path inside the folder. A folder's files are read one after another, in name order
-    (a hybrid source of one file source each), so the positions and the order of the records
-    are the same in every run, streaming or BATCH.
+    It yields frames of numbered lines (:func:`~operators.flink_compat.framed_lines`), and
+    ``positions`` turns a line's number into its position for a dead letter: ``line N`` of the
+    file; in a folder, ``<file> line N``, with the file's path inside the folder. A folder's files
+    are read one after another, in name order (a hybrid source of one file source each), so the
+    positions and the order of the records are the same in every run, streaming or BATCH.
     """
 
     def __init__(self, path: str) -> None:
@@ -284,15 +285,13 @@ class FileInput:
             for file in files[1:]:
                 builder = builder.add_source(file_source(str(file)))
             source = builder.build()
-            numbering = [(f"{file.relative_to(root)} ", line_count(file)) for file in files]
+            self.positions = LinePositions([(f"{file.relative_to(root)} ", line_count(file)) for file in files])
         else:
-            source, numbering = file_source(self.path), None
+            source, self.positions = file_source(self.path), LinePositions()
         # a hybrid source's element type cannot be inferred: name it
         lines = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw-file", type_info=Types.STRING())
-        lines = lines.set_parallelism(1)
-        # shape: (position "[file ]line N", key None, raw line, 0)
-        return (lines.map(NumberLines(numbering), output_type=raw_type()).set_parallelism(1)
-                .name("number-lines").uid("number-lines"))
+        # shape: frames of numbered lines, "<first line's number>\n<line>\n<line>..." [frames]
+        return framed_lines(lines.set_parallelism(1), "frame-lines")
 
 
 class Envelope(MapFunction):
@@ -340,8 +339,9 @@ class ProtectFunction(ProcessFunction):
     """Thin Flink wrapper of :class:`~flink_jobs.protect.Protector`: routes its output to side outputs."""
 
     def __init__(self, policy: Policy, options: JobOptions, kinds: dict[str, str], lines: bool = False,
-                 shortcut_token: str | None = None) -> None:
+                 shortcut_token: str | None = None, positions: LinePositions | None = None) -> None:
         self.protector = Protector(policy.document, policy.file)
+        self.positions = positions or LinePositions()  # a frame's line numbers -> dead-letter positions
         self.keyring_ref = options.keyring_ref
         self.stats_dir = options.stats_dir
         self.kinds = kinds  # channel -> its shape (channel_kinds)
@@ -380,46 +380,58 @@ class ProtectFunction(ProcessFunction):
         self.routed = dict.fromkeys(self.kinds, 0)  # records per channel, for the run's accounting
         self.next_progress = time.monotonic() + 1.0
 
-    def process_element(self, value: tuple, ctx: Any):
-        position, key, raw, _ = value
-        if not raw.strip(BLANK) and self.protector.cdc is None:  # an empty change event is a tombstone
-            return  # a blank line is not a record: records_in counts what the CLI's count_records counts
-        self.seen += 1
-        for routed in self.protector.process(position, key, raw):
-            channel = routed.channel
-            self.routed[channel] += 1
-            if channel == DLQ:
-                self.dead += 1
-                self.metric_dlq.inc()
-            shape = self.encode[channel]
-            if shape is None:
-                yield self.tags[channel], routed.value
-            elif shape is _ROW:
-                yield self.tags[channel], sink_row(*routed.value)
-            elif shape is _KEYED:
-                record, keys, _ = routed.value
-                if channel in self.shortcuts:
-                    published = self.shortcuts[channel](record, keys, int(time.time() * 1000))
-                    if published is not None:
-                        yield self.released_tags[channel], published
-                        continue
-                yield self.tags[channel], Row(keys[-1], self.encode_staged(record, keys))
-            elif shape is _TIMED:
-                key, payload, event_ms = routed.value
-                yield self.tags[channel], (Row(key, payload), event_ms)
-            elif shape is _STAGED_TIMED:
-                record, keys, event_ms = routed.value
-                yield self.tags[channel], (Row(keys[-1], self.encode_staged(record, keys)), event_ms)
-            else:
-                yield self.tags[channel], envelope_line(*routed.value, shape)
-        # metrics in batches: a counter call per record costs more than the record's masking. The
-        # first record is reported at once: the start-up watchdog waits for it
-        if self.metric_in.add() or self.seen == 1:
-            self.metric_in.flush()
-            self.metrics.update(self.routed, self.protector)
-            if self.stats_dir and time.monotonic() > self.next_progress:
-                self.next_progress = time.monotonic() + 1.0
-                self._write_stats("progress")
+    def process_element(self, value: Any, ctx: Any):
+        # a frame of numbered lines from a file source [frames], or one (position, key, raw value, ms) record
+        if type(value) is str:
+            first, lines = unframe(value)
+            positions = self.positions
+            records: Iterable[tuple] = ((positions(first + i), "", line) for i, line in enumerate(lines))
+        else:
+            records = (value[:3],)
+        handover = Handover()  # each channel is handed over once per call
+        for position, key, raw in records:
+            if not raw.strip(BLANK) and self.protector.cdc is None:  # an empty change event is a tombstone
+                continue  # a blank line is not a record: records_in counts what the CLI's count_records counts
+            self.seen += 1
+            for routed in self.protector.process(position, key, raw):
+                channel = routed.channel
+                self.routed[channel] += 1
+                if channel == DLQ:
+                    self.dead += 1
+                    self.metric_dlq.inc()
+                shape = self.encode[channel]
+                if shape is None:
+                    yield self.tags[channel], routed.value
+                elif shape is _ROW:
+                    yield self.tags[channel], sink_row(*routed.value)
+                elif shape is _KEYED:
+                    record, keys, _ = routed.value
+                    if channel in self.shortcuts:
+                        published = self.shortcuts[channel](record, keys, int(time.time() * 1000))
+                        if published is not None:
+                            if self.lines:
+                                handover.line(self.released_tags[channel], published)
+                            else:
+                                yield self.released_tags[channel], published
+                            continue
+                    handover.keyed(self.tags[channel], keys[-1], self.encode_staged(record, keys))
+                elif shape is _TIMED:
+                    key, payload, event_ms = routed.value
+                    handover.keyed(self.tags[channel], key, payload, event_ms)
+                elif shape is _STAGED_TIMED:
+                    record, keys, event_ms = routed.value
+                    handover.keyed(self.tags[channel], keys[-1], self.encode_staged(record, keys), event_ms)
+                else:
+                    handover.line(self.tags[channel], envelope_line(*routed.value, shape))
+            # metrics in batches: a counter call per record costs more than the record's masking. The
+            # first record is reported at once: the start-up watchdog waits for it
+            if self.metric_in.add() or self.seen == 1:
+                self.metric_in.flush()
+                self.metrics.update(self.routed, self.protector)
+                if self.stats_dir and time.monotonic() > self.next_progress:
+                    self.next_progress = time.monotonic() + 1.0
+                    self._write_stats("progress")
+        yield from handover.items()
 
     def close(self) -> None:
         if hasattr(self, "metric_in"):
@@ -440,6 +452,46 @@ class ProtectFunction(ProcessFunction):
         os.replace(path + ".tmp", path)
 
 
+class Handover:
+    """What one call of the protect operator hands to its channels: each channel once [frames].
+
+    A file sink's lines are joined (it writes each string and a line break); a keyed channel's
+    payloads are joined per key, as ``BundleByKey`` would join them, and a timed one takes its
+    latest event time. The watermark after the protect operator then moves as it would have,
+    record by record: it is never emitted in the middle of one call.
+    """
+
+    __slots__ = ("lines", "groups")
+
+    def __init__(self) -> None:
+        self.lines: dict[Any, list[str]] = {}  # tag -> finished lines, in order
+        self.groups: dict[tuple[Any, str], list] = {}  # (tag, key) -> [payloads in order, latest event ms or None]
+
+    def line(self, tag: Any, line: str) -> None:
+        lines = self.lines.get(tag)
+        if lines is None:
+            self.lines[tag] = [line]
+        else:
+            lines.append(line)
+
+    def keyed(self, tag: Any, key: str, payload: str, event_ms: int | None = None) -> None:
+        group = self.groups.get((tag, key))
+        if group is None:
+            self.groups[tag, key] = [[payload], event_ms]
+            return
+        group[0].append(payload)
+        if event_ms is not None and event_ms > group[1]:
+            group[1] = event_ms
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """``(tag, output)``: a string of lines, ``Row(key, payloads)``, or ``(Row(key, payloads), event ms)``."""
+        for tag, lines in self.lines.items():
+            yield tag, "\n".join(lines)
+        for (tag, key), (payloads, event_ms) in self.groups.items():
+            row = Row(key, BUNDLE_SEPARATOR.join(payloads))
+            yield tag, row if event_ms is None else (row, event_ms)
+
+
 def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks: Sinks, options: JobOptions) -> None:
     """Wire the protect_stream graph for ``policy`` into ``env``."""
     lines = getattr(sinks, "encodes_lines", False)
@@ -456,9 +508,10 @@ def build(env: StreamExecutionEnvironment, policy: Policy, source: Source, sinks
     # hold it back
     kanon = "kanon" in kinds.values()
     shortcut_token = uuid.uuid4().hex if kanon and not options.batch and thread_mode(raw) else None
-    # shape: (position, key, raw value, source ms)
+    # shape: frames of numbered lines (files), or (position, key, raw value, source ms) records (Kafka)
     protected = (
-        raw.process(ProtectFunction(policy, options, kinds, lines, shortcut_token), output_type=Types.STRING())
+        raw.process(ProtectFunction(policy, options, kinds, lines, shortcut_token, getattr(source, "positions", None)),
+                    output_type=Types.STRING())
         .name("protect").uid("protect")
     )
     # every channel leaves the protect operator in the shape its next operator takes, so no record

@@ -68,6 +68,12 @@ Both modes
       holds no state, so a restore loses and repeats nothing. The keyed function then splits its
       input (:func:`unbundle`). Not in BATCH mode, nor with a bundle size of 1; without the jar the
       records cross one by one, as before, with a warning.
+    - [frames] the same holds for the protect operator, called once per input line: a file source's
+      lines pass a Java operator first, ``FrameLines`` (same jar), which numbers them and joins runs of
+      them into one string, let go as ``BundleByKey`` lets a bundle go (:func:`framed_lines`,
+      :func:`unframe`). The protect operator then hands each of its channels over once per frame: the
+      lines of a file sink joined, a keyed channel's payloads joined per key, as ``BundleByKey``
+      would join them. Without the jar each line is a frame of its own, numbered in Python.
 """
 
 from __future__ import annotations
@@ -226,29 +232,81 @@ def pipeline_jars(j_env: Any) -> list[str]:
     return Configuration.parse_list_value(conf.getString(key, None))
 
 
+def _bundle_settings(j_env: Any) -> tuple[int, int]:
+    """``(records, ms)`` of a bundle: the job's ``python.fn-execution.bundle.*``, or else PyFlink's own defaults."""
+    from pyflink.java_gateway import get_gateway
+
+    python_options = get_gateway().jvm.org.apache.flink.python.PythonOptions
+    config = j_env.getConfiguration()
+    return config.get(python_options.MAX_BUNDLE_SIZE), config.get(python_options.MAX_BUNDLE_TIME_MILLS)
+
+
+def _ops_jar_loaded(j_env: Any, missing: str) -> bool:
+    """Whether :data:`BUNDLE_JAR` is there, shipped with the job and loadable here; else warns ``missing``."""
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    if not BUNDLE_JAR.is_file():
+        log.warning("%s is missing (make jars builds it): %s", BUNDLE_JAR, missing)
+        return False
+    url = BUNDLE_JAR.as_uri()
+    if url not in pipeline_jars(j_env):
+        StreamExecutionEnvironment(j_env).add_jars(url)
+    return True
+
+
 def _bundled(j_stream: Any, row_type: Any, name: str) -> Any:
     """``j_stream`` through ``BundleByKey``, where [bundles] applies; else ``j_stream`` as it is."""
-    from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
 
     j_env = j_stream.getExecutionEnvironment()
-    python_options = get_gateway().jvm.org.apache.flink.python.PythonOptions
-    # the job's settings, or else PyFlink's own defaults
-    size = j_env.getConfiguration().get(python_options.MAX_BUNDLE_SIZE)
-    delay_ms = j_env.getConfiguration().get(python_options.MAX_BUNDLE_TIME_MILLS)
+    size, delay_ms = _bundle_settings(j_env)
     if size <= 1 or not _streaming(j_env):
         return j_stream
-    if not BUNDLE_JAR.is_file():
-        log.warning("%s is missing (make jars builds it): keyed Python stages take their records one by one",
-                    BUNDLE_JAR)
+    if not _ops_jar_loaded(j_env, "keyed Python stages take their records one by one"):
         return j_stream
-    url = BUNDLE_JAR.as_uri()
-    if url not in pipeline_jars(j_env):
-        StreamExecutionEnvironment(j_env).add_jars(url)  # shipped with the job, and loadable here
     operator = get_gateway().jvm.dev.flinkanonymizer.BundleByKey(size, max(delay_ms, 1), BUNDLE_SEPARATOR)
     j_out = j_stream.transform(name, row_type.get_java_type_info(), operator)
     j_out.uid(name).setParallelism(j_stream.getParallelism())
     return j_out
+
+
+def framed_lines(lines: Any, name: str) -> Any:
+    r"""A text source's lines, numbered and joined into frames [frames]: ``"<first line's number>\n<line>\n..."``.
+
+    ``lines`` must run at one subtask, in reading order: the numbers are the lines' positions in the
+    input. Frames hold up to ``bundle.size`` lines and wait up to ``bundle.time``; in BATCH mode they
+    wait for nothing but their size and the end of input. :func:`unframe` reads one.
+    """
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream, MapFunction
+    from pyflink.java_gateway import get_gateway
+
+    j_stream = lines._j_data_stream
+    j_env = j_stream.getExecutionEnvironment()
+    if not _ops_jar_loaded(j_env, "the protect operator takes the input's lines one by one"):
+
+        class FrameEach(MapFunction):
+            """Each line a frame of its own, numbered in Python."""
+
+            def open(self, runtime_context: Any) -> None:
+                self.number = 0
+
+            def map(self, line: str) -> str:
+                self.number += 1
+                return f"{self.number}\n{line}"
+
+        return lines.map(FrameEach(), output_type=Types.STRING()).set_parallelism(1).name(name).uid(name)
+    size, delay_ms = _bundle_settings(j_env)
+    operator = get_gateway().jvm.dev.flinkanonymizer.FrameLines(max(size, 1), max(delay_ms, 1) if _streaming(j_env) else 0)
+    j_out = j_stream.transform(name, Types.STRING().get_java_type_info(), operator)
+    j_out.uid(name).setParallelism(1)
+    return DataStream(j_out)
+
+
+def unframe(frame: str) -> tuple[int, list[str]]:
+    """``(number of the first line, the lines)`` of a frame from :func:`framed_lines`."""
+    first, _, body = frame.partition("\n")
+    return int(first), body.split("\n")
 
 
 def _keyed(j_stream: Any, row_type: Any, bundle: str | None = None) -> Any:

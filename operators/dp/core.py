@@ -255,9 +255,6 @@ class ContributionBounder:
                 out.append(vals[0] - mid if len(vals) == 1 else math.fsum([v - mid for v in vals]))
         return out
 
-    def finish(self, window: SubjectWindow) -> list[tuple[str, list[float]]]:
-        return [(key, self.contribution(acc)) for key, acc in window.groups.items()]
-
     def totals(self, windows: Iterable[SubjectWindow]) -> dict[str, list[float]]:
         """One window's partial sums: the bounded contributions of its (subject, window) buffers, per group."""
         totals: dict[str, list[float]] = {}

@@ -312,7 +312,8 @@ def _stages() -> tuple[type, type, type]:
             # value: one contribution, or a bundle of this bucket's [bundles]
             windows = None
             changed: dict[str, SubjectWindow] = {}  # state key -> its buffer, written once per call
-            now = int(time.time() * 1000)  # the wall clock without a call into the JVM, once per call
+            # the wall clock without a call into the JVM, once per call; only a quiet-input clock reads it
+            now = int(time.time() * 1000) if self.clock.idle_ms is not None else 0
             for payload in unbundle(value):
                 subject, group_json, values_json, ts = decode_contribution(payload)
                 if windows is None:
