@@ -8,6 +8,7 @@ the k-anonymity operator uses them for its hierarchies too.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,8 +62,32 @@ def geohash(lat: float, lon: float, precision: int) -> str:
 _DATE_UNITS = ("hour", "day", "month", "year")
 
 
+#: a UTC timestamp to the second, as most producers write it: its minutes and seconds are always valid, so
+#: whether it parses and what it cuts to depend only on its first 13 characters (date and hour)
+_PLAIN_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:[0-5]\d:[0-5]\dZ")
+#: (first 13 characters, unit) -> cut, for such timestamps; a stream's timestamps share a few hours
+_CUTS: dict[tuple[str, str], str] = {}
+
+
 def cut_datetime(value: str, unit: str) -> str:
-    """Cut an ISO-8601 timestamp to ``hour``, ``day``, ``month`` or ``year``."""
+    """Cut an ISO-8601 timestamp to ``hour``, ``day``, ``month`` or ``year``.
+
+    Raises :class:`ValueError` for a string that is not ISO-8601. A plain UTC timestamp to the
+    second is cut once per hour it falls in: parsing each one would cost several times as much.
+    """
+    if len(value) == 20 and _PLAIN_UTC.fullmatch(value):
+        key = (value[:13], unit)
+        cut = _CUTS.get(key)
+        if cut is None:
+            cut = _parse_and_cut(value, unit)  # raises for an impossible date or hour: never remembered
+            if len(_CUTS) >= 4096:
+                _CUTS.clear()
+            _CUTS[key] = cut
+        return cut
+    return _parse_and_cut(value, unit)
+
+
+def _parse_and_cut(value: str, unit: str) -> str:
     moment = parse_timestamp(value)
     if unit == "hour":
         text = moment.replace(minute=0, second=0, microsecond=0).isoformat()

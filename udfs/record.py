@@ -152,13 +152,17 @@ def _compiled(node: Node) -> Any:
 
 def _generate(node: Node) -> Any:
     scope: dict[str, Any] = {"MISSING": MISSING, "DROP": DROP, "Mapping": Mapping, "FieldError": FieldError,
-                             "TransformError": TransformError, "NAMES": frozenset(node.children),
-                             "_kind": _kind, "_apply_array": _apply_array, "_compiled": _compiled}
+                             "TransformError": TransformError, "NAMES": frozenset(node.children), "UNNAMED": {},
+                             "_unnamed": _unnamed, "_kind": _kind, "_apply_array": _apply_array, "_compiled": _compiled}
     body = [
         "def apply_node(value, record, prefix, dropped):",
-        "    extra = value.keys() - NAMES",
+        # the records of a stream have a few shapes: their unnamed fields are found once per shape
+        "    shape = (prefix, *value)",
+        "    extra = UNNAMED.get(shape)",
+        "    if extra is None:",
+        "        extra = _unnamed(UNNAMED, shape, value, NAMES, prefix)",
         "    if extra:",
-        "        dropped.extend(prefix + name for name in sorted(extra))",
+        "        dropped.extend(extra)",
         "    out = {}",
         "    get = value.get",
     ]
@@ -205,6 +209,15 @@ def _generate(node: Node) -> Any:
     body.append("    return out")
     exec(compile("\n".join(body), f"<view node {sorted(node.children)[:3]}>", "exec"), scope)  # noqa: S102
     return scope["apply_node"]
+
+
+def _unnamed(known: dict[tuple, tuple[str, ...]], shape: tuple, value: Mapping[str, Any], names: frozenset,
+             prefix: str) -> tuple[str, ...]:
+    """The paths of the fields of ``value`` a node does not name, sorted, remembered by the record's shape."""
+    if len(known) >= 1024:  # a stream of ever new shapes costs a sort each, and no more memory
+        known.clear()
+    extra = known[shape] = tuple(prefix + name for name in sorted(value.keys() - names))
+    return extra
 
 
 def _apply_node(node: Node, value: Mapping[str, Any], record: Mapping[str, Any], prefix: str, dropped: list[str]) -> dict:

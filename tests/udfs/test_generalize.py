@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udfs import registry
-from udfs.generalize import cut_datetime, geohash, numeric_range, truncate
+from udfs.generalize import _parse_and_cut, cut_datetime, geohash, numeric_range, truncate
 from udfs.registry import MISSING, ParamError, Transform, TransformError
 
 GEOHASH_ALPHABET = set("0123456789bcdefghjkmnpqrstuvwxyz")
@@ -347,3 +347,34 @@ def test_numeric_range_contains_the_value(value, width):
     low_n = math.floor(value / width) * width
     assert text == f"{low_n}-{low_n + width - 1}"
     assert low_n <= value <= low_n + width - 1
+
+
+def _cut_or_error(cut, value: str, unit: str) -> str:
+    try:
+        return cut(value, unit)
+    except ValueError:
+        return "ValueError"
+
+
+@settings(max_examples=300, deadline=None)
+@given(year=st.integers(0, 9999), month=st.integers(0, 13), day=st.integers(0, 32), hour=st.integers(0, 25),
+       minute=st.integers(0, 61), second=st.integers(0, 61), unit=st.sampled_from(["hour", "day", "month", "year"]))
+def test_a_plain_utc_timestamp_cuts_as_a_parsed_one_valid_or_not(year, month, day, hour, minute, second, unit):
+    # the remembered cut of a plain UTC timestamp (cut_datetime) against parsing each one (_parse_and_cut):
+    # impossible dates, hours, minutes and seconds included, each asked twice so the second is remembered
+    value = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
+    want = _cut_or_error(_parse_and_cut, value, unit)
+    assert _cut_or_error(cut_datetime, value, unit) == want
+    assert _cut_or_error(cut_datetime, value, unit) == want
+    # another moment of the same hour, the first one remembered
+    later = value[:14] + "59:59Z"
+    assert _cut_or_error(cut_datetime, later, unit) == _cut_or_error(_parse_and_cut, later, unit)
+
+
+@pytest.mark.parametrize("value", ["2024-03-15T07:23:45Z", "2024-02-30T07:00:00Z", "2024-03-15T24:00:00Z",
+                                   "2024-03-15T07:60:00Z", "2024-03-15T07:23:45+00:00", "2024-03-15T07:23:45.5Z",
+                                   "2024-03-15 07:23:45Z", "2024-03-15T07:23:45"])
+@pytest.mark.parametrize("unit", ["hour", "day", "month", "year"])
+def test_other_forms_and_impossible_timestamps_cut_as_parsed(value, unit):
+    assert _cut_or_error(cut_datetime, value, unit) == _cut_or_error(_parse_and_cut, value, unit)
+    assert _cut_or_error(cut_datetime, value, unit) == _cut_or_error(_parse_and_cut, value, unit)
