@@ -66,11 +66,6 @@ from udfs.record import envelope_line
 # and a function that captures it can no longer be pickled.
 
 
-def raw_type() -> Any:
-    """(position, key, raw value, source timestamp ms): what every source yields."""
-    return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG()])
-
-
 def out_type() -> Any:
     """(key, headers JSON, value): what every sink takes."""
     return Types.TUPLE([Types.STRING(), Types.STRING(), Types.STRING()])
